@@ -1,0 +1,30 @@
+"""oversipd: a pre-fork master/worker daemon hosting OverSIP-style modules.
+
+The module API (SPEC §2): SystemCallbacks, SystemEvents, Launcher,
+Logger, the `modules` namespace (alias `M`), `process`, `config` and
+`module_settings`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import modules, process
+from .callbacks import SystemCallbacks, SystemEvents
+from .launcher import Launcher
+from .logger import Logger
+
+__version__ = "0.1.0"
+__all__ = ["SystemCallbacks", "SystemEvents", "Launcher", "Logger", "M", "modules",
+           "process", "config", "module_settings", "__version__"]
+
+M = modules
+
+# The current configuration (an oversipd.settings.Settings), replaced on
+# reload.  An attribute, not a submodule: see settings.py.
+config: Any = None
+
+
+def module_settings(name: str) -> dict[str, Any]:
+    """The `[modules.NAME]` table as a dict (empty when absent)."""
+    return config.module_settings(name) if config is not None else {}

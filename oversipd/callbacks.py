@@ -1,0 +1,97 @@
+"""SystemCallbacks (lists for modules) and SystemEvents (single handlers for the server script)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any, Callable
+
+Callback = Callable[..., Any]
+ErrorHandler = Callable[[Callback, BaseException], None]
+
+
+def describe(fn: Callback) -> str:
+    """A callback's name as a log line shows it: module.qualname."""
+    module = getattr(fn, "__module__", None) or "?"
+    return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+async def call(fn: Callback, *args: Any) -> None:
+    """Call a plain function, or call and await a coroutine function."""
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        await result
+
+
+class CallbackList:
+    """An ordered list of callbacks; calling it registers one (decorator or call)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._callbacks: list[Callback] = []
+
+    def __call__(self, callback: Callback) -> Callback:
+        if not callable(callback):
+            raise TypeError(f"SystemCallbacks.{self.name} needs a callable, got {callback!r}")
+        self._callbacks.append(callback)
+        return callback
+
+    def __iter__(self):
+        return iter(list(self._callbacks))
+
+    def __len__(self) -> int:
+        return len(self._callbacks)
+
+    async def run(self, *args: Any, reverse: bool = False, on_error: ErrorHandler) -> None:
+        """Run every callback, one at a time; `on_error` decides what a failure does."""
+        callbacks = list(self._callbacks)
+        for callback in reversed(callbacks) if reverse else callbacks:
+            try:
+                await call(callback, *args)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as error:  # SystemExit too: a module must not end the worker
+                on_error(callback, error)
+
+
+class _SystemCallbacks:
+    def __init__(self) -> None:
+        self.on_started = CallbackList("on_started")
+        self.on_reload = CallbackList("on_reload")
+        self.on_terminated = CallbackList("on_terminated")
+
+
+class _SystemEvents:
+    """One handler per event; a later registration replaces the earlier one."""
+
+    NAMES = ("on_initialize", "on_started", "on_user_reload", "on_terminated")
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Callback] = {}
+
+    def _setter(self, name: str) -> Callable[[Callback], Callback]:
+        def register(handler: Callback) -> Callback:
+            if not callable(handler):
+                raise TypeError(f"SystemEvents.{name} needs a callable, got {handler!r}")
+            self._handlers[name] = handler
+            return handler
+        register.__name__ = name
+        return register
+
+    def __getattr__(self, name: str) -> Callable[[Callback], Callback]:
+        if name in _SystemEvents.NAMES:
+            return self._setter(name)
+        raise AttributeError(name)
+
+    def handler(self, name: str) -> Callback | None:
+        return self._handlers.get(name)
+
+    async def run(self, name: str, *args: Any) -> None:
+        """Run the event's handler, if any; exceptions propagate to the caller."""
+        handler = self._handlers.get(name)
+        if handler is not None:
+            await call(handler, *args)
+
+
+SystemCallbacks = _SystemCallbacks()
+SystemEvents = _SystemEvents()

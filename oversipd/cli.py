@@ -1,0 +1,155 @@
+"""The `oversipd` command: parse the command line, turn errors into exit statuses."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Sequence
+
+import oversipd
+
+from . import logger, privileges
+from .errors import EXIT_FATAL, EXIT_OK, EXIT_USAGE, ConfigError, HaltServer
+from .launcher import Launcher
+from .loader import ModuleLoadError, load_all
+from .settings import LOG_LEVELS, Overrides, Settings, default_conf_path, load_settings
+
+COMMANDS = ("run", "check", "reload", "stop", "status")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oversipd", description="Pre-fork master/worker daemon hosting OverSIP-style modules.")
+    parser.add_argument("--version", action="version", version=f"oversipd {oversipd.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon (the default command)")
+    _add_conf(run)
+    run.add_argument("-w", "--workers", type=_workers_option, help='worker count (int >= 1 or "auto")')
+    run.add_argument("--modules-dir", metavar="DIR", help="drop-in modules directory")
+    run.add_argument("--pid-file", metavar="PATH", help="pid file")
+    run.add_argument("--log-level", choices=LOG_LEVELS, help="lowest level logged")
+    run.add_argument("-d", "--daemonize", action="store_true", help="detach; return once ready")
+    _add_insecure(run)
+
+    check = commands.add_parser("check", help="validate the configuration, import modules, run nothing")
+    _add_conf(check)
+    _add_insecure(check)
+
+    for name, text in (("reload", "send SIGHUP to the running master"),
+                       ("stop", "send SIGTERM to the running master and wait until it is gone"),
+                       ("status", "show the master and its workers")):
+        sub = commands.add_parser(name, help=text)
+        _add_conf(sub)
+        sub.add_argument("--pid-file", metavar="PATH", help="pid file of the running master")
+    return parser
+
+
+def _add_conf(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--conf", metavar="CONF", default=None,
+                        help="configuration file (default: $OVERSIPD_CONF, then /etc/oversipd/oversipd.conf)")
+
+
+def _add_insecure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--insecure-modules", action="store_true",
+                        help="allow module files writable by group or others")
+
+
+def _workers_option(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected an integer >= 1 or "auto", got {value!r}') from None
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    argv = list(argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        argv.insert(0, "run")  # `run` is the default command
+    return build_parser().parse_args(argv)
+
+
+def overrides_from(args: argparse.Namespace) -> Overrides:
+    return Overrides(workers=getattr(args, "workers", None),
+                     modules_dir=getattr(args, "modules_dir", None),
+                     pid_file=getattr(args, "pid_file", None),
+                     log_level=getattr(args, "log_level", None))
+
+
+def load(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.conf or default_conf_path(), overrides_from(args))
+    privileges.check_identity(settings)
+    return settings
+
+
+def prepare_master(args: argparse.Namespace) -> Settings:
+    """Validate, configure logging and import every module; nothing forked yet."""
+    settings = load(args)
+    logger.configure(settings.core.log_level)
+    oversipd.config = settings
+    try:
+        load_all(settings.core.modules_dir, settings.core.server_script, args.insecure_modules)
+    except ModuleLoadError as failure:
+        logger.core_log.log_system_crit(f"{failure.what} failed to import:")
+        Launcher.fatal(failure.error)
+    return settings
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from .master import Master, run_on_initialize  # the check command needs none of it
+
+    settings = prepare_master(args)
+    _set_title(f"oversipd: master [{settings.path}]")
+    run_on_initialize()
+    return Master(settings, overrides_from(args)).run()
+
+
+def command_check(args: argparse.Namespace) -> int:
+    settings = prepare_master(args)
+    print(f"{settings.path}: configuration OK; {settings.core.workers} worker(s)")
+    return EXIT_OK
+
+
+def command_control(args: argparse.Namespace) -> int:
+    from . import control_commands
+    return control_commands.run(args)
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": command_run, "check": command_check,
+    "reload": command_control, "stop": command_control, "status": command_control,
+}
+
+
+def _set_title(title: str) -> None:
+    try:
+        import setproctitle
+        setproctitle.setproctitle(title)
+    except ImportError:
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; every user mistake becomes one line and exit status 2."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return HANDLERS[args.command](args)
+    except ConfigError as error:
+        print(f"oversipd: {error.one_line()}", file=sys.stderr)
+        return EXIT_USAGE
+    except HaltServer as halt:
+        return halt.status
+    except KeyboardInterrupt:
+        return EXIT_FATAL
+
+
+def console_main() -> None:
+    status = main()
+    # The daemon has done its own cleanup; skipping interpreter shutdown
+    # saves ~10 ms on every stop (PITFALLS).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -1,0 +1,46 @@
+"""Exit statuses and the exception types that carry them to the one place that exits."""
+
+from __future__ import annotations
+
+# Exit statuses of the `oversipd` command (SPEC §4).  Users and service
+# managers act on these, so they never change meaning.
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3  # `status` when no daemon runs (LSB convention)
+
+# A worker leaves with this status after Launcher.fatal: the master then
+# brings the whole daemon down instead of respawning the slot.
+WORKER_EXIT_FATAL = 3
+# A worker leaves with this status when an exception escaped its reactor.
+WORKER_EXIT_CRASHED = 1
+
+CRASH_LOOP_MESSAGE = "crash loop"
+EXITING_WITH_ERROR = "exiting with error status"
+
+
+class ConfigError(Exception):
+    """A user mistake in the configuration or the command line."""
+
+    def __init__(self, source: str, key: str | None, problem: str) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        where = f"{self.source}: {self.key}" if self.key else self.source
+        return f"{where}: {self.problem}"
+
+
+class HaltServer(BaseException):
+    """Unwinds the master to the CLI, which exits with `status`.
+
+    A BaseException so that a module's `except Exception` around
+    `Launcher.fatal` cannot swallow the daemon's death.
+    """
+
+    def __init__(self, reason: str, status: int = EXIT_FATAL) -> None:
+        self.reason = reason
+        self.status = status
+        super().__init__(reason)

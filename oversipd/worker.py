@@ -1,0 +1,228 @@
+"""A worker process: one asyncio SelectorEventLoop (the reactor) running the modules' callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any, NoReturn
+
+import oversipd
+
+from . import control, logger, privileges, process
+from .callbacks import SystemCallbacks, SystemEvents, describe
+from .control import Channel
+from .errors import WORKER_EXIT_CRASHED
+from .heartbeat import HeartbeatBoard
+from .launcher import Launcher
+from .logger import Logger
+from .settings import Settings
+
+# Terminal and control signals are the master's business: a Ctrl-C or a
+# hang-up sent to the whole process group must reach each worker only
+# through the master, so that it stops exactly once.
+IGNORED_IN_WORKER = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
+                     signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH,
+                     signal.SIGPIPE)
+DEFAULT_IN_WORKER = (signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM)
+MAX_HEARTBEAT_INTERVAL = 1.0
+
+
+def heartbeat_interval(worker_timeout: float) -> float:
+    return min(MAX_HEARTBEAT_INTERVAL, worker_timeout / 4) if worker_timeout else MAX_HEARTBEAT_INTERVAL
+
+
+def reset_signals_after_fork() -> None:
+    """Undo the master's signal set-up; called first thing in the child."""
+    signal.set_wakeup_fd(-1)
+    for signum in IGNORED_IN_WORKER:
+        signal.signal(signum, signal.SIG_IGN)
+    for signum in DEFAULT_IN_WORKER:
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def close_inherited(fds: list[int]) -> None:
+    # Every master end of every control channel must go: otherwise the
+    # master's death never shows up as EOF in any worker.
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def worker_main(slot_id: int, channel: Channel, settings: Settings,
+                board: HeartbeatBoard, inherited_fds: list[int]) -> NoReturn:
+    """Entry point in the forked child; never returns."""
+    status = WORKER_EXIT_CRASHED
+    try:
+        reset_signals_after_fork()
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        close_inherited(inherited_fds)
+        process.become_worker(slot_id)
+        logger.set_process_tag(f"worker {slot_id}")
+        _set_title(f"oversipd: worker {slot_id}")
+        privileges.drop(settings.core.user, settings.core.group)
+        status = Worker(slot_id, channel, settings, board).run()
+    except BaseException as error:  # nothing may unwind into the master's frames
+        Logger("Worker").log_system_crit(error)
+    finally:
+        # os._exit: the master's atexit handlers and finally blocks (pid
+        # file removal, ...) must not run again here.
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+
+
+def _set_title(title: str) -> None:
+    try:
+        import setproctitle
+        setproctitle.setproctitle(title)
+    except ImportError:
+        pass
+
+
+class Worker(Logger):
+    """Runs the callback lists in order inside the reactor and answers the master."""
+
+    def __init__(self, slot_id: int, channel: Channel, settings: Settings,
+                 board: HeartbeatBoard) -> None:
+        self.log_id = f"Worker {slot_id}"
+        self.slot_id = slot_id
+        self.channel = channel
+        self.settings = settings
+        self.board = board
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop_requested: asyncio.Future[bool] | None = None
+        # The lists never overlap: starting, reloading and user reloads
+        # take turns on this lock.
+        self.turn: asyncio.Lock | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.terminated = False
+
+    def run(self) -> int:
+        loop = asyncio.SelectorEventLoop()
+        asyncio.set_event_loop(loop)
+        self.loop = loop
+        try:
+            return loop.run_until_complete(self.main())
+        except BaseException as error:  # an exception escaped the reactor
+            self.log_system_crit(f"exception escaped the reactor: {error!r}")
+            self.log_system_crit(error)
+            try:
+                loop.run_until_complete(self.terminate(error=True))
+            except BaseException as again:
+                self.log_system_crit(again)
+            return WORKER_EXIT_CRASHED
+
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.stop_requested = loop.create_future()
+        self.turn = asyncio.Lock()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, False)
+        loop.add_reader(self.channel.fileno(), self.on_control)
+        self.beat()
+        self.spawn(self.start())
+        error = await self.stop_requested
+        await self.terminate(error)
+        return 0
+
+    # --- master messages and signals -----------------------------------
+
+    def on_control(self) -> None:
+        messages = self.channel.receive()
+        if messages is None:
+            assert self.loop is not None
+            self.loop.remove_reader(self.channel.fileno())
+            self.log_system_crit("the master is gone; stopping")
+            self.request_stop(True)
+            return
+        for kind, argument in messages:
+            if kind == control.STOP:
+                self.request_stop(bool(argument))
+            elif kind == control.RELOAD:
+                self.spawn(self.reload(argument))
+            elif kind == control.USER_RELOAD:
+                self.spawn(self.user_reload())
+
+    def request_stop(self, error: bool) -> None:
+        if self.stop_requested is not None and not self.stop_requested.done():
+            self.stop_requested.set_result(error)
+
+    def spawn(self, coroutine: Any) -> None:
+        assert self.loop is not None
+        task = self.loop.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def beat(self) -> None:
+        assert self.loop is not None
+        self.board.beat(self.slot_id)
+        self.loop.call_later(heartbeat_interval(self.settings.core.worker_timeout), self.beat)
+
+    # --- the lifecycle ------------------------------------------------------
+
+    async def start(self) -> None:
+        assert self.turn is not None
+        async with self.turn:
+            await SystemCallbacks.on_started.run(on_error=self.started_failed)
+            try:
+                await SystemEvents.run("on_started")
+            except asyncio.CancelledError:
+                raise
+            except BaseException as error:
+                self.log_system_crit("SystemEvents.on_started raised:")
+                self.log_system_crit(error)
+                Launcher.fatal("SystemEvents.on_started failed")
+            self.channel.send(control.STARTED)
+
+    def started_failed(self, callback: Any, error: BaseException) -> None:
+        self.log_system_crit(f"on_started callback {describe(callback)} raised:")
+        self.log_system_crit(error)
+        Launcher.fatal(f"on_started callback {describe(callback)} failed")
+
+    async def reload(self, settings: Settings) -> None:
+        assert self.turn is not None
+        async with self.turn:
+            self.settings = settings
+            oversipd.config = settings
+            logger.set_level(settings.core.log_level)
+            await SystemCallbacks.on_reload.run(on_error=self.callback_failed("on_reload"))
+            self.channel.send(control.RELOADED)
+
+    async def user_reload(self) -> None:
+        assert self.turn is not None
+        async with self.turn:
+            await self.run_event("on_user_reload")
+
+    async def terminate(self, error: bool) -> None:
+        """on_terminated: the server script's handler, then the modules' in reverse order."""
+        if self.terminated:
+            return
+        self.terminated = True
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.run_event("on_terminated", error)
+        await SystemCallbacks.on_terminated.run(error, reverse=True,
+                                                on_error=self.callback_failed("on_terminated"))
+
+    # --- failures that are logged, not fatal ---------------------------------
+
+    def callback_failed(self, list_name: str):
+        def log_failure(callback: Any, error: BaseException) -> None:
+            self.log_system_crit(f"{list_name} callback {describe(callback)} raised:")
+            self.log_system_crit(error)
+        return log_failure
+
+    async def run_event(self, name: str, *args: Any) -> None:
+        try:
+            await SystemEvents.run(name, *args)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:
+            self.log_system_crit(f"SystemEvents.{name} raised:")
+            self.log_system_crit(error)
