@@ -103,7 +103,8 @@ class _Fields(logging.Filter):
             if record.exc_info:
                 record.msg = f"{record.getMessage()}\n{render(record.exc_info[1])}"
                 record.args, record.exc_info, record.exc_text = (), None, None
-        record.level = _level_name(record.levelno)
+        # Our names (NOTICE, WARN, CRIT...) also for colorlog, which keys on levelname.
+        record.level = record.levelname = _level_name(record.levelno)
         record.process_tag = _state["process_tag"]
         record.user_mark = "[user] " if record.user else ""
         return True
@@ -136,8 +137,7 @@ def _stderr_formatter() -> logging.Formatter:
     fmt = "%(asctime)s [%(process_tag)s] " + BODY
     if sys.stderr.isatty():
         import colorlog  # only a terminal pays for the import
-        return colorlog.ColoredFormatter("%(log_color)s" + fmt, log_colors=COLOURS,
-                                         reset=True, log_color_field="level")
+        return colorlog.ColoredFormatter("%(log_color)s" + fmt, log_colors=COLOURS, reset=True)
     return logging.Formatter(fmt)
 
 

@@ -9,6 +9,7 @@ next deadline (respawn, worker_timeout, graceful stop, watchdog).
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import os
 import selectors
@@ -101,6 +102,9 @@ class Master(Logger):
     def run(self) -> int:
         """Fork the workers and serve until stopped; return the exit status."""
         self.install_signal_handlers()
+        # Inherited by every worker: SIGABRT for a stuck reactor puts each
+        # thread's Python stack in the log before the process dies.
+        faulthandler.enable(all_threads=True)
         # Objects made so far are never collected in the workers: freezing
         # them keeps the collector from touching (and copying) their pages.
         gc.freeze()
@@ -139,7 +143,8 @@ class Master(Logger):
                 deadlines.append(slot.abort_sent_at + ABORT_GRACE)
             elif timeout and slot.alive and slot.state is not SlotState.STOPPING:
                 deadlines.append(self.board.last_beat(slot.slot_id) + timeout)
-        return min(deadlines, default=None)
+        # inf marks a deadline already acted upon (SIGKILL sent): nothing more is due.
+        return min((d for d in deadlines if d != float("inf")), default=None)
 
     def run_due_work(self, now: float) -> None:
         if self.stop_request is not None:
@@ -178,13 +183,14 @@ class Master(Logger):
             return
         if self.reload_in_progress:
             self.reload_pending = True  # any number of HUPs now: one more reload
+            self.log_system_info("SIGHUP during a reload: another reload will follow")
             return
         self.begin_reload()
 
     def handle_usr1(self) -> None:
         if self.stop_request is not None:
             return
-        self.log_system_info("SIGUSR1: running on_user_reload in every worker")
+        self.log_system_info("SIGUSR1: every worker runs SystemEvents.on_user_reload")
         for slot in self.live_slots():
             slot.channel.send(control.USER_RELOAD)
 
@@ -195,10 +201,14 @@ class Master(Logger):
             self.manage_workers()
 
     def handle_ttou(self) -> None:
-        if self.stop_request is None and self.target_workers > 1:
-            self.target_workers -= 1
-            self.log_system_info(f"SIGTTOU: {self.target_workers} worker(s)")
-            self.manage_workers()
+        if self.stop_request is not None:
+            return
+        if self.target_workers == 1:
+            self.log_system_notice("SIGTTOU: already at one worker")
+            return
+        self.target_workers -= 1
+        self.log_system_info(f"SIGTTOU: {self.target_workers} worker(s)")
+        self.manage_workers()
 
     # --- workers: spawn, count, reap ------------------------------------------
 

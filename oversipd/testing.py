@@ -237,6 +237,11 @@ class Daemon:
             return found if len(found) >= count else None
         return self.log.wait_for(matching, timeout, f"{count} log line(s) with {text!r}")
 
+    def find_log(self, text: str) -> list[str]:
+        """The log lines so far that contain `text`."""
+        with self.log.changed:
+            return [line for line in self.log.items if text in line]
+
     def log_text(self) -> str:
         with self.log.changed:
             return "\n".join(self.log.items)

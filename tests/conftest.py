@@ -1,0 +1,51 @@
+"""Shared module sources for the tests: drop-in modules that report what they see."""
+
+import textwrap
+
+import pytest
+
+# A drop-in module that records every callback it gets, with where it ran.
+PROBE = textwrap.dedent('''
+    import asyncio
+    import oversipd
+    from oversipd import SystemCallbacks
+    from oversipd.testing import record
+
+    record("imported")
+
+    @SystemCallbacks.on_started
+    def started():
+        loop = asyncio.get_running_loop()
+        record("started", loop=type(loop).__name__, settings=oversipd.module_settings("probe"))
+
+    @SystemCallbacks.on_reload
+    def reloaded():
+        record("reload", settings=oversipd.module_settings("probe"))
+
+    @SystemCallbacks.on_terminated
+    def terminated(error):
+        record("terminated", error=error)
+''')
+
+
+def module(source: str) -> str:
+    """Module source written inline in a test, with the usual imports in front."""
+    header = ("import asyncio, os, signal, sys, time\n"
+              "import oversipd\n"
+              "from oversipd import SystemCallbacks, SystemEvents, Launcher, Logger\n"
+              "from oversipd.testing import record\n")
+    return header + textwrap.dedent(source)
+
+
+def workers_of(events, name):
+    """{worker slot: [events]} of the events called `name`."""
+    slots = {}
+    for event in events:
+        if event["event"] == name:
+            slots.setdefault(event["worker"], []).append(event)
+    return slots
+
+
+@pytest.fixture
+def probe():
+    return PROBE
