@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import oversipd
 
-from . import logger, privileges
+from . import logger, privileges, process
 from .errors import EXIT_FATAL, EXIT_OK, EXIT_USAGE, ConfigError, HaltServer
 from .launcher import Launcher
 from .loader import ModuleLoadError, load_all
@@ -102,7 +102,7 @@ def command_run(args: argparse.Namespace) -> int:
     from .master import Master, run_on_initialize  # the check command needs none of it
 
     settings = prepare_master(args)
-    _set_title(f"oversipd: master [{settings.path}]")
+    process.set_title(f"oversipd: master [{settings.path}]")
     run_on_initialize()
     return Master(settings, overrides_from(args)).run()
 
@@ -123,13 +123,6 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "reload": command_control, "stop": command_control, "status": command_control,
 }
 
-
-def _set_title(title: str) -> None:
-    try:
-        import setproctitle
-        setproctitle.setproctitle(title)
-    except ImportError:
-        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:

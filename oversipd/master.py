@@ -253,7 +253,7 @@ class Master(Logger):
             master_end.close()
             worker_end.close()
             self.log_system_error(f"cannot fork worker {slot.slot_id}: {error}")
-            slot.forked_at = time.monotonic()
+            slot.quick_deaths += 1  # back off as for a worker that died at once
             self.schedule_respawn(slot, quick=True)
             return
         if pid == 0:
