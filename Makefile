@@ -10,7 +10,11 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[test]'
+	# compat: the core on sys.path itself.  setuptools' default editable
+	# finder runs after the path finder, so the `oversipd/` directory that an
+	# installed module distribution brings (oversip-mod-*) would shadow the
+	# core as an empty namespace package (pypa/setuptools#3557).
+	$(PIP) install --quiet -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 .PHONY: venv
