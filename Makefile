@@ -4,13 +4,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+MOD_PG := mods/oversip-mod-postgresql
+MOD_PG_STAMP := $(VENV)/.installed-mod-postgresql
 
 .PHONY: run test check clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[test]'
+	# compat: the core on sys.path itself.  setuptools' default editable
+	# finder runs after the path finder, so the `oversipd/` directory that an
+	# installed module distribution brings (oversip-mod-*) would shadow the
+	# core as an empty namespace package (pypa/setuptools#3557).
+	$(PIP) install --quiet -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 .PHONY: venv
@@ -26,8 +32,28 @@ check: $(STAMP)
 	chmod go-w modules.d modules.d/*.py
 	$(VENV)/bin/oversipd check -c oversipd.conf
 
-test: $(STAMP)
+test: $(STAMP) $(MOD_PG_STAMP) postgresql-server
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# oversip-mod-postgresql: a distribution of its own, installed (editable)
+# next to the core; tests/test_mod_postgresql.py uses it.
+$(MOD_PG_STAMP): $(STAMP) $(MOD_PG)/setup.cfg $(MOD_PG)/pyproject.toml
+	$(PIP) install --quiet -e $(MOD_PG)
+	touch $@
+
+# The PostgreSQL tests start a private server (initdb into a temporary
+# directory) from Debian's postgresql package: install it when missing,
+# without the cluster Debian would otherwise create and start.
+.PHONY: postgresql-server
+postgresql-server:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ ! -e /etc/postgresql-common/createcluster.conf ]; then \
+	    mkdir -p /etc/postgresql-common && \
+	    echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf; \
+	  fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1 \
+	    apt-get install -y -qq -o Dpkg::Options::=--force-confold postgresql; \
+	fi
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -7,9 +7,14 @@ Logger, the `modules` namespace (alias `M`), `process`, `config` and
 
 from __future__ import annotations
 
+from pkgutil import extend_path
 from typing import Any
 
-from . import modules, process
+# `oversipd/modules/` of third-party distributions may live in other sys.path
+# entries than this package: let them take part in `oversipd.modules`.
+__path__ = extend_path(__path__, __name__)
+
+from . import modules, process  # noqa: E402 (needs the extended __path__)
 from .callbacks import SystemCallbacks, SystemEvents
 from .launcher import Launcher
 from .logger import Logger

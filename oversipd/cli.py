@@ -15,7 +15,7 @@ from .launcher import Launcher
 from .loader import ModuleLoadError, load_all
 from .settings import LOG_LEVELS, Overrides, Settings, default_conf_path, load_settings
 
-COMMANDS = ("run", "check", "reload", "stop", "status")
+COMMANDS = ("run", "check", "reload", "stop", "status", "new-module")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         _add_conf(sub)
         sub.add_argument("--pid-file", metavar="PATH", help="pid file of the running master")
+
+    new_module = commands.add_parser("new-module", help="create oversip-mod-NAME/, a module distribution to start from")
+    new_module.add_argument("name", metavar="NAME", help="the module's name: oversipd.modules.NAME")
+    new_module.add_argument("--dir", default=".", metavar="DIR", help="where to create it (default: .)")
     return parser
 
 
@@ -118,9 +122,16 @@ def command_control(args: argparse.Namespace) -> int:
     return control_commands.run(args)
 
 
+def command_new_module(args: argparse.Namespace) -> int:
+    from .scaffold import CREATED, create_module_distribution
+    print(CREATED.format(path=create_module_distribution(args.name, args.dir)))
+    return EXIT_OK
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": command_run, "check": command_check,
     "reload": command_control, "stop": command_control, "status": command_control,
+    "new-module": command_new_module,
 }
 
 

@@ -2,9 +2,11 @@
 
 Module code under test calls `record("event", key=value)`; the test
 starts a real daemon with `oversipd_daemon(...)` and waits for those
-events, for log lines or for the daemon's exit.  Events travel over a
-unix datagram socket the test owns, so a test waits for an event, never
-for a guessed number of seconds.
+events, for log lines, sd_notify messages or the daemon's exit.  Events
+travel over a unix datagram socket the test owns, so a test waits for an
+event, never for a guessed number of seconds.  docs/modules.md ("Testing")
+is the guide; every wait takes a `timeout` (default `DEFAULT_TIMEOUT`,
+`$OVERSIPD_TEST_TIMEOUT` seconds when set).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 EVENTS_ENV = "OVERSIPD_TEST_EVENTS"
-DEFAULT_TIMEOUT = 15.0
+TIMEOUT_ENV = "OVERSIPD_TEST_TIMEOUT"
+DEFAULT_TIMEOUT = float(os.environ.get(TIMEOUT_ENV) or 15.0)
+WAIT_WORKERS_POLL = 0.05  # seconds between looks at the process table
 _sender: socket.socket | None = None
 
 
@@ -89,6 +93,15 @@ def toml_document(tables: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Mark:
+    """How many events, log lines and notifications had arrived when `Daemon.mark()` was called."""
+
+    events: int = 0
+    log: int = 0
+    notifications: int = 0
+
+
 @dataclass
 class Daemon:
     """A real oversipd in `directory`, with its modules, settings, log and events."""
@@ -101,6 +114,7 @@ class Daemon:
     server_script: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    workers: int | None = None   # shorthand for core={"workers": N}
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
@@ -132,6 +146,8 @@ class Daemon:
 
     def write_conf(self, text: str | None = None) -> None:
         core = {"workers": 1, "log_level": "debug", **self.core}
+        if self.workers is not None:
+            core["workers"] = self.workers
         tables = {"core": core, **{f"modules.{k}": v for k, v in self.settings.items()},
                   **self.extra_tables}
         self.conf_path.write_text(text if text is not None else toml_document(tables))
@@ -168,8 +184,60 @@ class Daemon:
         assert self.process is not None
         return self.process.pid
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def signal(self, signum: int) -> None:
+        """Send `signum` to the master."""
         os.kill(self.pid, signum)
+
+    def reload(self, wait: bool = True, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """SIGHUP; with `wait`, return once every worker ran its on_reload callbacks."""
+        before = self.mark()
+        self.signal(signal.SIGHUP)
+        if wait:
+            self.wait_notification("RELOADING=1", timeout, since=before)
+            self.wait_notification("READY=1", timeout, since=before)
+
+    def user_reload(self) -> None:
+        """SIGUSR1: every worker runs SystemEvents.on_user_reload."""
+        self.signal(signal.SIGUSR1)
+
+    def add_worker(self) -> None:
+        """SIGTTIN: one worker more (see wait_workers)."""
+        self.signal(signal.SIGTTIN)
+
+    def remove_worker(self) -> None:
+        """SIGTTOU: one worker fewer (see wait_workers)."""
+        self.signal(signal.SIGTTOU)
+
+    def kill_worker(self, slot: int, signum: int | None = None) -> int:
+        """Send `signum` (default SIGKILL) to the worker in `slot`; return its pid."""
+        pid = self.worker_pids()[slot]
+        os.kill(pid, signal.SIGKILL if signum is None else signum)
+        return pid
+
+    def worker_count(self) -> int:
+        return len(self.worker_pids())
+
+    def wait_workers(self, count: int, timeout: float = DEFAULT_TIMEOUT) -> dict[int, int]:
+        """Wait until exactly `count` workers run; return {slot: pid}."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._fail_if_exited(f"{count} worker(s)")
+            pids = self.worker_pids()
+            if len(pids) == count:
+                return pids
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"timed out after {timeout:g} s waiting for {count} worker(s); "
+                                   f"running: {sorted(pids)}")
+            time.sleep(WAIT_WORKERS_POLL)  # the process table has no change event to wait on
+
+    def set_settings(self, module: str, table: dict[str, Any]) -> None:
+        """Replace the `[modules.MODULE]` table and rewrite the file (then `reload()` applies it)."""
+        self.settings[module] = table
+        self.write_conf()
 
     def wait_exit(self, timeout: float = DEFAULT_TIMEOUT) -> int:
         assert self.process is not None
@@ -180,6 +248,12 @@ class Daemon:
         if self.process is not None and self.process.poll() is None:
             self.signal(signal.SIGTERM)
         return self.wait_exit(timeout)
+
+    def __enter__(self) -> "Daemon":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.cleanup()
 
     def cleanup(self) -> None:
         """Leave nothing running: kill what the test did not stop."""
@@ -211,36 +285,48 @@ class Daemon:
         """Wait for the master's READY=1 (sd_notify), or fail if it exits first."""
         self.wait_notification("READY=1", timeout)
 
-    def wait_notification(self, line: str, timeout: float = DEFAULT_TIMEOUT, count: int = 1) -> None:
+    def wait_notification(self, line: str, timeout: float = DEFAULT_TIMEOUT, count: int = 1, *,
+                          since: Mark | None = None) -> None:
+        """Wait for `count` sd_notify messages with the line `line` (e.g. "READY=1")."""
         def seen(items: list[list[str]]) -> bool:
             self._fail_if_exited(f"the notification {line!r}")
-            return sum(line in message for message in items) >= count
+            return sum(line in message for message in items[since.notifications if since else 0:]) >= count
         self.notifications.wait_for(seen, timeout, f"{count} x {line!r} from sd_notify")
 
-    def wait_events(self, event: str, count: int = 1, timeout: float = DEFAULT_TIMEOUT,
-                    **match: Any) -> list[dict[str, Any]]:
+    def wait_events(self, event: str, count: int = 1, timeout: float = DEFAULT_TIMEOUT, *,
+                    since: Mark | None = None, **match: Any) -> list[dict[str, Any]]:
         """Wait until `count` events named `event` (with matching fields) arrived; return them all."""
         def matching(items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-            found = self.find(event, **match)
+            found = self.find(event, since=since, **match)
             return found if len(found) >= count else None
         return self.events.wait_for(matching, timeout, f"{count} x event {event!r} {match or ''}")
 
-    def find(self, event: str | None = None, **match: Any) -> list[dict[str, Any]]:
+    def find(self, event: str | None = None, *, since: Mark | None = None,
+             **match: Any) -> list[dict[str, Any]]:
+        """The recorded events named `event` whose fields equal `match` (after `since`, if given)."""
         with self.events.changed:
-            items = list(self.events.items)
+            items = self.events.items[since.events if since else 0:]
         return [e for e in items if (event is None or e["event"] == event)
                 and all(e.get(k) == v for k, v in match.items())]
 
-    def wait_log(self, text: str, timeout: float = DEFAULT_TIMEOUT, count: int = 1) -> list[str]:
+    def wait_log(self, text: str, timeout: float = DEFAULT_TIMEOUT, count: int = 1, *,
+                 since: Mark | None = None) -> list[str]:
+        """Wait until `count` log lines contain `text` (after `since`, if given); return them."""
         def matching(lines: list[str]) -> list[str] | None:
-            found = [line for line in lines if text in line]
+            found = [line for line in lines[since.log if since else 0:] if text in line]
             return found if len(found) >= count else None
         return self.log.wait_for(matching, timeout, f"{count} log line(s) with {text!r}")
 
-    def find_log(self, text: str) -> list[str]:
+    def log_lines(self, text: str = "", *, since: Mark | None = None) -> list[str]:
         """The log lines so far that contain `text`."""
         with self.log.changed:
-            return [line for line in self.log.items if text in line]
+            lines = self.log.items[since.log if since else 0:]
+        return [line for line in lines if text in line]
+
+    def mark(self) -> Mark:
+        """A point in time: pass it as `since=` to wait only for what comes after it."""
+        with self.events.changed, self.log.changed, self.notifications.changed:
+            return Mark(len(self.events.items), len(self.log.items), len(self.notifications.items))
 
     def log_text(self) -> str:
         with self.log.changed:
@@ -287,6 +373,7 @@ def _daemon_factory(directory: Path) -> Iterator[Callable[..., Daemon]]:
     made: list[Daemon] = []
 
     def make(start: bool = True, args: tuple[str, ...] = (), **options: Any) -> Daemon:
+        """A Daemon in a fresh directory; options are Daemon's fields (modules, core, settings...)."""
         path = directory / f"daemon{len(made) + 1}"
         path.mkdir(mode=0o755)
         daemon = Daemon(path, **options)
@@ -310,6 +397,9 @@ except ImportError:  # the plugin is optional; record() works without pytest
 if pytest is not None:
     @pytest.fixture
     def oversipd_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-        """Factory: `oversipd_daemon(modules={...}, core={...}, settings={...})` -> a ready Daemon."""
+        """Factory: `oversipd_daemon(modules={...}, settings={...}, workers=N)` -> a ready Daemon.
+
+        Every daemon it made is killed (if still running) when the test ends.
+        """
         tmp_path.chmod(0o755)
         yield from _daemon_factory(tmp_path)

@@ -37,7 +37,7 @@ def test_quick_deaths_back_off_and_end_in_a_crash_loop(oversipd_daemon):
     (daemon.modules_dir / "crash").touch()
     os.kill(daemon.worker_pids()[1], signal.SIGKILL)
     assert daemon.wait_exit() == 1
-    assert any("CRIT:" in line for line in daemon.find_log("crash loop"))
+    assert any("CRIT:" in line for line in daemon.log_lines("crash loop"))
     starts = [e["t"] / 1e9 for e in daemon.find("started")]
     assert len(starts) == 4  # the first worker and three quick respawns
     gaps = [b - a for a, b in zip(starts[1:], starts[2:])]

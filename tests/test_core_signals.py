@@ -11,7 +11,7 @@ from conftest import PROBE, module
 def send_and_wait(daemon, signum, log_text):
     """Send one signal and wait until the master logged it: identical pending
     signals are merged by the kernel, so each must be handled before the next."""
-    seen = len(daemon.find_log(log_text))
+    seen = len(daemon.log_lines(log_text))
     daemon.signal(signum)
     daemon.wait_log(log_text, count=seen + 1)
 
