@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import oversipd
 
-from . import logger, privileges
+from . import listeners, logger, privileges
 from .errors import EXIT_FATAL, EXIT_OK, EXIT_USAGE, ConfigError, HaltServer
 from .launcher import Launcher
 from .loader import ModuleLoadError, load_all
@@ -103,8 +103,14 @@ def command_run(args: argparse.Namespace) -> int:
 
     settings = prepare_master(args)
     _set_title(f"oversipd: master [{settings.path}]")
-    run_on_initialize()
-    return Master(settings, overrides_from(args)).run()
+    # Bound before on_initialize and the fork (and so before any worker
+    # drops privileges); a bind failure is a ConfigError: exit 2.
+    listeners.open_listeners(settings.listen, str(settings.path))
+    try:
+        run_on_initialize()
+        return Master(settings, overrides_from(args)).run()
+    finally:
+        listeners.close_listeners()
 
 
 def command_check(args: argparse.Namespace) -> int:
