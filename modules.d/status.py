@@ -98,7 +98,11 @@ class StatusServer(Logger):
         self.date = HttpDate()
 
     async def start(self, sock: Any) -> None:
-        self.server = await asyncio.start_server(self.serve_client, sock=sock,
+        # backlog=1 is how many connections asyncio accepts per wake-up (the
+        # kernel backlog is the [listen.*] section's). One at a time, like
+        # nginx's default `multi_accept off`: every worker shares the socket,
+        # and a worker that took a whole burst would leave the others idle.
+        self.server = await asyncio.start_server(self.serve_client, sock=sock, backlog=1,
                                                  limit=self.max_request_bytes)
 
     async def stop(self) -> None:

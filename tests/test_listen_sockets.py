@@ -292,3 +292,19 @@ def test_activation_variables_for_another_process_are_ignored(oversipd_daemon):
     assert health(port)["worker"] == 1
     assert daemon.stop() == 0
 
+
+
+def test_check_validates_listen_but_binds_nothing(oversipd_daemon):
+    port = free_port("tcp")
+    holder = socket.create_server(("127.0.0.1", port))  # a running daemon would hold it
+    try:
+        daemon = oversipd_daemon(start=False, modules={"status": STATUS_SOURCE},
+                                 extra_tables={"listen.status": listen_table(f"tcp://127.0.0.1:{port}")})
+        assert daemon.run_command("check", "-c", str(daemon.conf_path)).returncode == 0
+        daemon.extra_tables = {"listen.status": listen_table("tcp://127.0.0.1:http")}
+        daemon.write_conf()
+        result = daemon.run_command("check", "-c", str(daemon.conf_path))
+    finally:
+        holder.close()
+    assert result.returncode == EXIT_USAGE
+    assert "listen.status.address: 'tcp://127.0.0.1:http'" in result.stderr
