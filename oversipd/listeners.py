@@ -2,10 +2,10 @@
 
 The master binds each `[listen.NAME]` section (or takes the socket systemd
 passed under that name) before on_initialize and before any fork, so a
-bind failure is a configuration error (exit status 2) and nothing runs.  The sockets
-then live as long as the master: a worker that dies or reloads never
-closes the kernel's listening socket, so connections wait in its backlog
-(and datagrams in its buffer) until some worker takes them.
+bind failure is a configuration error (exit status 2) and nothing runs.
+The sockets then live as long as the master: a worker that dies or
+reloads never closes the kernel's listening socket, so connections wait
+in its backlog (and datagrams in its buffer) until some worker takes them.
 """
 
 from __future__ import annotations
@@ -65,10 +65,6 @@ def listen_socket(name: str) -> socket.socket:
     return copy
 
 
-def listener_names() -> list[str]:
-    return sorted(_listeners)
-
-
 # --- opening and closing, in the master ---------------------------------------------------
 
 def open_listeners(sections: dict[str, ListenSettings], source: str) -> None:
@@ -120,14 +116,18 @@ def _bind(spec: ListenSettings, source: str) -> Listener:
         sock = socket.socket(spec.family, spec.type)
     except OSError as error:
         raise ConfigError(source, where, f"cannot bind {spec.address}: {_reason(error)}") from None
+    bound = False
     try:
         _set_options(spec, sock)
         sock.bind(spec.sockaddr)
+        bound = True
         if spec.type == socket.SOCK_STREAM:
             sock.listen(spec.backlog)
         sock.setblocking(False)
     except OSError as error:
         sock.close()
+        if bound and spec.scheme == "unix":
+            os.unlink(spec.path)  # ours, never listened on: leave no stale file behind
         raise ConfigError(source, where, f"cannot bind {spec.address}: {_reason(error)}") from None
     inode = os.lstat(spec.path).st_ino if spec.scheme == "unix" else None
     _log.log_system_info(f"{where}: listening on {_describe(sock, spec)}")
