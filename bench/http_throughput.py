@@ -47,12 +47,16 @@ def load_status_module():
 
 def serve_plain(port: int) -> None:
     """The baseline: one process, one SelectorEventLoop, the status module's server."""
+    from oversipd.listeners import ListeningSocket
+
     status = load_status_module()
     settings = status.read_settings({})
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # As in oversipd: listen() once with backlog 1024, which asyncio's
+    # start_server(backlog=1) must not shrink (see oversipd/listeners.py).
+    sock = ListeningSocket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
-    sock.listen(1024)
+    socket.socket.listen(sock, 1024)
     sock.setblocking(False)
 
     async def main() -> None:
