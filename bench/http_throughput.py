@@ -4,8 +4,9 @@
 All three servers run the same code (modules.d/status.py's StatusServer on
 an asyncio SelectorEventLoop); only the process model differs. They are
 started once and measured in turn with Debian's `wrk`, several rounds
-interleaved, so that background load hits all three alike; the medians
-and their ratios to the plain server are printed.
+interleaved (each round starting with the next server), so that
+background load hits all three alike; the medians and their ratios to
+the plain server are printed.
 
     python bench/http_throughput.py [--duration 5] [--rounds 3] [--connections 50]
 
@@ -176,8 +177,11 @@ def main() -> int:
             start_plain(servers[0])
             start_oversipd(servers[1], 1, Path(directory))
             start_oversipd(servers[2], 2, Path(directory))
-            for _ in range(args.rounds):
-                for server in servers:
+            for round_number in range(args.rounds):
+                # Each round starts with another server, so that whatever
+                # comes first or last in a round hits each of them alike.
+                shift = round_number % len(servers)
+                for server in servers[shift:] + servers[:shift]:
                     measure(server, args)
         finally:
             for server in servers:
