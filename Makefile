@@ -57,3 +57,13 @@ postgresql-server:
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+
+# --- listening sockets (issue 4): HTTP throughput of the status module -----------
+# `wrk` is Debian's HTTP load tool; installed once, only when missing.
+.PHONY: install-wrk bench-http
+install-wrk:
+	command -v wrk >/dev/null 2>&1 || (apt-get update && apt-get install -y wrk)
+
+# Short interleaved runs by default; e.g. BENCH_ARGS="--duration 10 --rounds 5".
+bench-http: $(STAMP) install-wrk
+	$(PY) bench/http_throughput.py $(BENCH_ARGS)

@@ -17,11 +17,12 @@ __path__ = extend_path(__path__, __name__)
 from . import modules, process  # noqa: E402 (needs the extended __path__)
 from .callbacks import SystemCallbacks, SystemEvents
 from .launcher import Launcher
+from .listeners import listen_socket
 from .logger import Logger
 
 __version__ = "0.1.0"
 __all__ = ["SystemCallbacks", "SystemEvents", "Launcher", "Logger", "M", "modules",
-           "process", "config", "module_settings", "__version__"]
+           "process", "config", "module_settings", "listen_socket", "__version__"]
 
 M = modules
 

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import oversipd
 
-from . import logger, privileges, process
+from . import listeners, logger, privileges, process
 from .errors import EXIT_FATAL, EXIT_OK, EXIT_USAGE, ConfigError, HaltServer
 from .launcher import Launcher
 from .loader import ModuleLoadError, load_all
@@ -89,11 +89,16 @@ def load(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def prepare_master(args: argparse.Namespace) -> Settings:
-    """Validate, configure logging and import every module; nothing forked yet."""
+def prepare_master(args: argparse.Namespace, bind: bool = False) -> Settings:
+    """Validate, configure logging, (bind) and import every module; nothing forked yet."""
     settings = load(args)
     logger.configure(settings.core.log_level)
     oversipd.config = settings
+    if bind:
+        # Before any module code runs (a bind failure is exit status 2 with
+        # nothing started) and before the fork, so before any worker drops
+        # its privileges.
+        listeners.open_listeners(settings.listen, str(settings.path))
     try:
         load_all(settings.core.modules_dir, settings.core.server_script, args.insecure_modules)
     except ModuleLoadError as failure:
@@ -105,10 +110,13 @@ def prepare_master(args: argparse.Namespace) -> Settings:
 def command_run(args: argparse.Namespace) -> int:
     from .master import Master, run_on_initialize  # the check command needs none of it
 
-    settings = prepare_master(args)
-    process.set_title(f"oversipd: master [{settings.path}]")
-    run_on_initialize()
-    return Master(settings, overrides_from(args)).run()
+    try:
+        settings = prepare_master(args, bind=True)
+        process.set_title(f"oversipd: master [{settings.path}]")
+        run_on_initialize()
+        return Master(settings, overrides_from(args)).run()
+    finally:
+        listeners.close_listeners()
 
 
 def command_check(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ WORKER_EXIT_CRASHED = 1
 
 CRASH_LOOP_MESSAGE = "crash loop"
 EXITING_WITH_ERROR = "exiting with error status"
+LISTEN_RESTART_NEEDED = "a restart is needed; keeping the current sockets"
 
 
 class ConfigError(Exception):

@@ -20,7 +20,7 @@ from typing import Callable
 
 import oversipd
 
-from . import control, logger, privileges
+from . import control, listeners, logger, privileges
 from .control import Channel
 from .errors import CRASH_LOOP_MESSAGE, EXIT_FATAL, EXIT_OK, WORKER_EXIT_FATAL, ConfigError, HaltServer
 from .heartbeat import HeartbeatBoard
@@ -427,6 +427,7 @@ class Master(Logger):
         for key in ("modules_dir", "server_script", "user", "group"):
             if getattr(old.core, key) != getattr(new.core, key):
                 self.log_system_warn(f"core.{key} changed: takes effect at the next restart")
+        listeners.warn_if_changed(old.listen, new.listen, self)
         if new.workers_in_file != old.workers_in_file:
             self.target_workers = new.core.workers
         self.manage_workers()

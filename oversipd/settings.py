@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from .addresses import ListenSettings, parse_listen_tables
 from .errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
@@ -54,6 +55,8 @@ class Settings:
     # `workers` as the file says it (before -w): a reload changes the
     # worker count only when this value changed (SPEC §5).
     workers_in_file: int = 1
+    # [listen.NAME] sections (SPEC §7); bound once, at start.
+    listen: dict[str, ListenSettings] = field(default_factory=dict)
 
     def module_settings(self, name: str) -> dict[str, Any]:
         return dict(self.modules.get(name, {}))
@@ -135,8 +138,9 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
     source = str(conf_path)
     core_table = _table(document, "core", source)
     modules_table = _table(document, "modules", source)
+    listen = parse_listen_tables(_table(document, "listen", source), source)
     for name in document:
-        if name not in ("core", "modules"):
+        if name not in ("core", "modules", "listen"):
             raise ConfigError(source, name, "unknown table or key")
 
     raw: dict[str, Any] = {}
@@ -171,7 +175,8 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
         **{k: raw[k] for k in ("user", "group", "log_level", "syslog_facility",
                                "graceful_timeout", "worker_timeout", "respawn_limit") if k in raw},
     )
-    return Settings(path=conf_path, core=core, modules=modules, workers_in_file=workers_in_file)
+    return Settings(path=conf_path, core=core, modules=modules, workers_in_file=workers_in_file,
+                    listen=listen)
 
 
 def with_overrides(settings: Settings, **changes: Any) -> Settings:
