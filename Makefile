@@ -59,3 +59,7 @@ bench: $(BENCH_STAMP)
 # A short run (well under 2 minutes) for development: fewer runs, 3 s idle windows.
 bench-quick: $(BENCH_STAMP)
 	BENCH_COMMAND="make bench-quick" $(BENCH_PY) -m bench --quick --write bench/results/quick.md
+
+# Where oversipd's start, respawn and stop time goes: phase stamps, imports, pyinstrument.
+bench-profile: $(BENCH_STAMP)
+	$(BENCH_PY) -m bench.profile

@@ -31,7 +31,7 @@ class Daemon:
     def __init__(self, workdir: Path, workers: int, bin_dir: Path) -> None:
         self.workdir = workdir
         self.workers = workers
-        self.bin_dir = bin_dir
+        self.bin_dir = bin_dir.absolute()  # the daemon runs in workdir
         workdir.mkdir(parents=True)
         self.events = EventStream(workdir / "events.fifo", workdir / "events.log")
         self.process: subprocess.Popen[bytes] | None = None

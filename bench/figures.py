@@ -85,6 +85,8 @@ class Bench:
                     started = daemon.wait_started(workers, t0)
                     self.samples.add(f"start_{workers}", kind.name,
                                      (max(e.t_ns for e in started) - t0) / NS_PER_MS)
+                    (loaded,) = daemon.events.wait_count("loaded", 1, t0)
+                    self.samples.add(f"master_up_{workers}", kind.name, (loaded.t_ns - t0) / NS_PER_MS)
                     if workers == self.options.workers:
                         time.sleep(SETTLE)
                         self.record_memory(daemon)

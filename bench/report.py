@@ -25,6 +25,7 @@ def figures(workers: int, idle_seconds: float) -> list[Figure]:
     return [
         Figure("start_1", "start → every worker started, 1 worker", "ms"),
         Figure(f"start_{workers}", f"start → every worker started, {workers} workers", "ms", "≤ 200 ms"),
+        Figure(f"master_up_{workers}", f"… of which start → the master loaded its probe ⁴", "ms"),
         Figure("respawn", "respawn: SIGKILL of a worker → its replacement started", "ms", "≤ 5 ms"),
         Figure(f"reload_{workers}", f"reload, {workers} workers: SIGHUP → every worker reloaded ¹", "ms", "≤ 3 ms"),
         Figure(f"stop_{workers}", f"stop, {workers} workers: SIGTERM → master exited", "ms", "≤ 30 ms"),
@@ -50,6 +51,8 @@ NOTES = [
     "² oversipd's master sleeps until a worker_timeout deadline (30 s by default) comes due; "
     "its workers write their heartbeat to shared memory once a second without waking it.",
     "³ one sample per worker and run.",
+    "⁴ the interpreter and the imports, before any fork: oversipd imports its drop-in modules "
+    "(the probe) before the fork; gunicorn runs its on_starting hook before binding and forking.",
 ]
 
 
