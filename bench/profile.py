@@ -3,7 +3,7 @@
 Runs oversipd through `probes/oversipd_phases.py`, which stamps each phase
 boundary, and prints the median (min-max) of every phase; then the
 imports on the master's start path (`-X importtime`, best of several runs)
-and a pyinstrument profile of `oversipd check` (config + module import).
+and a py-spy profile of `oversipd check` (config + module import).
 """
 
 from __future__ import annotations
@@ -171,17 +171,34 @@ def profile_imports(bin_dir: Path, repeats: int = 5, threshold_ms: float = 2.0) 
             print(f"  {'  ' * indent}{name:<{44 - 2 * indent}} {own / 1000:7.1f} {total / 1000:8.1f}")
 
 
-def profile_check(bin_dir: Path, workdir: Path) -> None:
-    """pyinstrument over `oversipd check`: config and module import, as the master does them."""
+FRAME = re.compile(r"(\S+) \((.+?):\d+\)")
+
+
+def profile_check(bin_dir: Path, workdir: Path, rate: int = 2000) -> None:
+    """py-spy over `oversipd check`: config and module import, what the master does before the fork."""
     daemon = Oversipd(workdir / "check", 1, bin_dir)
+    raw = workdir / "py-spy.txt"
     try:
-        result = subprocess.run([str(bin_dir / "python"), "-m", "pyinstrument", "--interval", "0.0002",
-                                 "-m", "oversipd", "check", "-c", str(daemon.workdir / "oversipd.conf")],
-                                capture_output=True, text=True, cwd=daemon.workdir)
-        print("\npyinstrument: oversipd check (the master's work before the fork)")
-        print(result.stdout[-6000:])
+        subprocess.run([str(bin_dir / "py-spy"), "record", "--rate", str(rate), "--format", "raw",
+                        "-o", str(raw), "--", str(bin_dir / "oversipd"), "check", "-c",
+                        str(daemon.workdir / "oversipd.conf")],
+                       capture_output=True, text=True, cwd=daemon.workdir, check=True)
     finally:
         daemon.stop()
+    by_module: dict[str, int] = defaultdict(int)
+    total = importing = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [match.groups() for match in map(FRAME.fullmatch, stack.split(";")) if match]
+        total += int(count)
+        modules = [file for function, file in frames if function == "<module>"]
+        if len(modules) > 1:  # below the command's own <module>: an import is running
+            importing += int(count)
+            by_module[modules[-1]] += int(count)
+    print(f"\npy-spy ({rate} Hz) over `oversipd check`: {total} samples, {importing} of them importing; "
+          "the module whose top-level code was running:")
+    for module, count in sorted(by_module.items(), key=lambda item: -item[1])[:15]:
+        print(f"  {module:<60} {count:5d} samples  {count / rate * 1000:6.1f} ms")
 
 
 def main() -> int:
@@ -189,7 +206,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()
-    bin_dir = Path(sys.executable).parent
+    bin_dir = Path(sys.executable).parent.absolute()
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="ovsprof-") as tmp:
         workdir = Path(tmp)
