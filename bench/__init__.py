@@ -1,0 +1,1 @@
+"""Lifecycle benchmarks of oversipd side by side with gunicorn (`make bench`)."""
