@@ -26,7 +26,8 @@ IGNORED_IN_WORKER = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR
                      signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH,
                      signal.SIGPIPE)
 DEFAULT_IN_WORKER = (signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM)
-MAX_HEARTBEAT_INTERVAL = 1.0
+# An idle worker wakes only this often; worker_timeout/4 when that is shorter.
+MAX_HEARTBEAT_INTERVAL = 5.0
 
 
 def heartbeat_interval(worker_timeout: float) -> float:
