@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import oversipd
 
-from . import logger, privileges
-from .errors import EXIT_FATAL, EXIT_OK, EXIT_USAGE, ConfigError, HaltServer
+from . import logger, pidfile, privileges
+from .daemonize import DEFAULT_READY_TIMEOUT
+from .errors import ALREADY_RUNNING, EXIT_FATAL, EXIT_OK, EXIT_USAGE, ConfigError, HaltServer, StartupError
 from .launcher import Launcher
 from .loader import ModuleLoadError, load_all
 from .settings import LOG_LEVELS, Overrides, Settings, default_conf_path, load_settings
+
+if TYPE_CHECKING:
+    from .daemonize import StartupReport
 
 COMMANDS = ("run", "check", "reload", "stop", "status")
 
@@ -31,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pid-file", metavar="PATH", help="pid file")
     run.add_argument("--log-level", choices=LOG_LEVELS, help="lowest level logged")
     run.add_argument("-d", "--daemonize", action="store_true", help="detach; return once ready")
+    run.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT, metavar="SECONDS",
+                     help=f"with --daemonize: fail (status 1) when not ready within SECONDS "
+                          f"(default {DEFAULT_READY_TIMEOUT:g})")
     _add_insecure(run)
 
     check = commands.add_parser("check", help="validate the configuration, import modules, run nothing")
@@ -85,10 +92,11 @@ def load(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def prepare_master(args: argparse.Namespace) -> Settings:
+def prepare_master(args: argparse.Namespace, settings: Settings | None = None,
+                   syslog: bool = False) -> Settings:
     """Validate, configure logging and import every module; nothing forked yet."""
-    settings = load(args)
-    logger.configure(settings.core.log_level)
+    settings = settings or load(args)
+    logger.configure(settings.core.log_level, settings.core.syslog_facility if syslog else None)
     oversipd.config = settings
     try:
         load_all(settings.core.modules_dir, settings.core.server_script, args.insecure_modules)
@@ -99,12 +107,33 @@ def prepare_master(args: argparse.Namespace) -> Settings:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    settings = load(args)
+    if not args.daemonize:
+        return serve(args, settings)
+    from .daemonize import launch
+
+    # Checked here too so that the launching terminal hears of it at once;
+    # the daemon's own lock on the pid file is what settles a race.
+    running = pidfile.running_pid(settings.core.pid_file) if settings.core.pid_file else None
+    if running is not None:
+        raise StartupError(ALREADY_RUNNING.format(path=settings.core.pid_file, pid=running))
+    return launch(lambda report: serve(args, settings, report), args.ready_timeout)
+
+
+def serve(args: argparse.Namespace, settings: Settings, report: "StartupReport | None" = None) -> int:
+    """Hold the pid file, import the modules and run the master; `report` when daemonized."""
     from .master import Master, run_on_initialize  # the check command needs none of it
 
-    settings = prepare_master(args)
-    _set_title(f"oversipd: master [{settings.path}]")
-    run_on_initialize()
-    return Master(settings, overrides_from(args)).run()
+    with pidfile.held(settings.core.pid_file) as pid_file:
+        prepare_master(args, settings, syslog=report is not None)
+        if report is not None:
+            logger.add_handler(report)  # CRIT lines reach the launching terminal
+        _set_title(f"oversipd: master [{settings.path}]")
+        run_on_initialize()
+        master = Master(settings, overrides_from(args),
+                        on_ready=report.ready if report is not None else None,
+                        private_fds=[pid_file.fd] if pid_file is not None else [])
+        return master.run()
 
 
 def command_check(args: argparse.Namespace) -> int:
@@ -140,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"oversipd: {error.one_line()}", file=sys.stderr)
         return EXIT_USAGE
+    except StartupError as error:
+        print(f"oversipd: {error}", file=sys.stderr)
+        return EXIT_FATAL
     except HaltServer as halt:
         return halt.status
     except KeyboardInterrupt:
