@@ -93,10 +93,16 @@ def load(args: argparse.Namespace) -> Settings:
 
 
 def prepare_master(args: argparse.Namespace, settings: Settings | None = None,
-                   syslog: bool = False) -> Settings:
-    """Validate, configure logging and import every module; nothing forked yet."""
+                   report: "StartupReport | None" = None) -> Settings:
+    """Validate, configure logging and import every module; nothing forked yet.
+
+    Daemonized (`report` given), the log goes to syslog, and CRIT lines also
+    to the launching terminal until the daemon is ready.
+    """
     settings = settings or load(args)
-    logger.configure(settings.core.log_level, settings.core.syslog_facility if syslog else None)
+    logger.configure(settings.core.log_level, settings.core.syslog_facility if report else None)
+    if report is not None:
+        logger.add_handler(report)
     oversipd.config = settings
     try:
         load_all(settings.core.modules_dir, settings.core.server_script, args.insecure_modules)
@@ -125,9 +131,7 @@ def serve(args: argparse.Namespace, settings: Settings, report: "StartupReport |
     from .master import Master, run_on_initialize  # the check command needs none of it
 
     with pidfile.held(settings.core.pid_file) as pid_file:
-        prepare_master(args, settings, syslog=report is not None)
-        if report is not None:
-            logger.add_handler(report)  # CRIT lines reach the launching terminal
+        prepare_master(args, settings, report)
         _set_title(f"oversipd: master [{settings.path}]")
         run_on_initialize()
         master = Master(settings, overrides_from(args),

@@ -28,6 +28,7 @@ from .errors import EXIT_FATAL, EXIT_OK, EXIT_USAGE, ConfigError, HaltServer, St
 
 DEFAULT_READY_TIMEOUT = 60.0
 LINE_LIMIT = select.PIPE_BUF - 1  # one write of at most PIPE_BUF bytes is atomic
+START_FAILED = "start-up failed (exit status {status})"
 STOPPED_BEFORE_READY = "the daemon stopped before it was ready"
 EXITED_DURING_START = "the daemon exited during start-up"
 NOT_READY_IN_TIME = "the daemon was not ready within {timeout:g} s (--ready-timeout); stopping it"
@@ -102,8 +103,9 @@ def _become_daemon(serve: Callable[[StartupReport], int], write_end: int) -> Non
         context.open()  # stdio is /dev/null from here on
         report.send("pid", str(os.getpid()))
         status = serve(report)
-        if not report.finished:
-            report.line(STOPPED_BEFORE_READY)
+        if not report.finished:  # the master returned before it was ready
+            if status == EXIT_OK:
+                report.line(STOPPED_BEFORE_READY)
             report.finish(status or EXIT_FATAL)
     except ConfigError as error:
         report.line(error.one_line())
@@ -153,6 +155,8 @@ def await_outcome(read_end: int, timeout: float) -> int:
                 status = int(text)
                 if status == EXIT_OK:
                     print(f"oversipd: started (pid {daemon_pid})")
+                else:
+                    _complain(START_FAILED.format(status=status))
                 return status
 
 
