@@ -26,7 +26,7 @@ check: $(STAMP)
 	chmod go-w modules.d modules.d/*.py
 	$(VENV)/bin/oversipd check -c oversipd.conf
 
-test: $(STAMP)
+test: $(STAMP) service-test-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:
@@ -93,3 +93,18 @@ uninstall:
 	fi
 	rmdir $(DESTDIR)$(CONFDIR)/modules.d $(DESTDIR)$(CONFDIR) 2>/dev/null || true
 	$(if $(DESTDIR),,if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi)
+
+# The service tests boot a real systemd in namespaces (unshare, nsenter,
+# setpriv), add a throw-away user (useradd) and run `make install`, whose
+# service interpreter needs the venv module.  Installs only what is missing.
+.PHONY: service-test-deps
+service-test-deps:
+	@missing=""; \
+	command -v systemd-analyze >/dev/null && [ -x /lib/systemd/systemd ] || missing="$$missing systemd"; \
+	command -v unshare >/dev/null && command -v nsenter >/dev/null && command -v setpriv >/dev/null \
+	    || missing="$$missing util-linux"; \
+	command -v useradd >/dev/null || missing="$$missing passwd"; \
+	$(INSTALL_PYTHON) -c 'import venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi

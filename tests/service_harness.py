@@ -32,6 +32,7 @@ POWEROFF_TIMEOUT = 30.0
 SYSTEMD = "/lib/systemd/systemd"
 SHARE_PATH = "/srv/oversipd-test"       # the shared host directory, inside the container
 BOOT_TARGET = "oversipd-test.target"
+CGROUP_PREFIX = "oversipd-test-"
 INSIDE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
               "LANG": "C.UTF-8", "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", "SYSTEMD_LESS": ""}
 REPO = Path(__file__).resolve().parent.parent
@@ -111,7 +112,7 @@ def missing_tools() -> str | None:
     """Why a booted systemd cannot be had here, or None when it can."""
     if os.geteuid() != 0:
         return "booting systemd in namespaces needs root"
-    for tool in ("unshare", "nsenter"):
+    for tool in ("unshare", "nsenter", "setpriv"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     if not os.access(SYSTEMD, os.X_OK):
@@ -130,6 +131,25 @@ def cgroup2_mount() -> Path | None:
             if fstype == "cgroup2":
                 return Path(fields[4])
     return None
+
+
+def remove_cgroup_tree(cgroup: Path) -> None:
+    """rmdir a cgroup and its descendants, deepest first (only empty cgroups can go)."""
+    for directory in sorted((p for p in cgroup.rglob("*") if p.is_dir()),
+                            key=lambda p: len(p.parts), reverse=True):
+        directory.rmdir()
+    cgroup.rmdir()
+
+
+def _remove_abandoned_cgroups(parent: Path) -> None:
+    """Empty cgroups left by a test run that was killed before its poweroff."""
+    for cgroup in parent.glob(f"{CGROUP_PREFIX}*"):
+        owner = cgroup.name[len(CGROUP_PREFIX):].split("-")[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            try:
+                remove_cgroup_tree(cgroup)
+            except OSError:
+                pass  # still has processes: not ours to touch
 
 
 def own_cgroup2_path() -> str:
@@ -172,8 +192,11 @@ class BootedSystemd:
                    "NOTIFY_SOCKET": f"{SHARE_PATH}/boot-notify"}
             # The shell joins the cgroup before unshare makes it the root of
             # the new cgroup namespace: everything systemd creates stays below.
-            join_and_boot = ('echo $$ > "$0/cgroup.procs" && exec unshare --pid --fork --kill-child '
-                             '--mount --uts --ipc --net --cgroup /bin/sh "$@"')
+            # Should this test process die, unshare gets SIGKILL (setpriv) and
+            # takes PID 1 with it (--kill-child): no container outlives us.
+            join_and_boot = ('echo $$ > "$0/cgroup.procs" && exec setpriv --pdeathsig KILL '
+                             'unshare --pid --fork --kill-child --mount --uts --ipc --net --cgroup '
+                             '/bin/sh "$@"')
             with open(self.workdir / "boot.log", "wb") as log:
                 self.process = subprocess.Popen(
                     ["/bin/sh", "-c", join_and_boot, str(self.cgroup), str(script), str(base),
@@ -187,7 +210,8 @@ class BootedSystemd:
         mount = cgroup2_mount()
         assert mount is not None
         parent = mount / own_cgroup2_path().lstrip("/")
-        cgroup = parent / f"oversipd-test-{os.getpid()}-{next(_boots)}"
+        _remove_abandoned_cgroups(parent)
+        cgroup = parent / f"{CGROUP_PREFIX}{os.getpid()}-{next(_boots)}"
         cgroup.mkdir()
         return cgroup
 
@@ -233,13 +257,8 @@ class BootedSystemd:
             self._remove_cgroup()
 
     def _remove_cgroup(self) -> None:
-        if self.cgroup is None or not self.cgroup.exists():
-            return
-        # Children first.  The pid namespace is gone, so they are empty.
-        for directory in sorted((p for p in self.cgroup.rglob("*") if p.is_dir()),
-                                key=lambda p: len(p.parts), reverse=True):
-            directory.rmdir()
-        self.cgroup.rmdir()
+        if self.cgroup is not None and self.cgroup.exists():
+            remove_cgroup_tree(self.cgroup)  # the pid namespace is gone: all empty
         self.cgroup = None
 
     # --- inside ---------------------------------------------------------------------
