@@ -195,6 +195,20 @@ def test_reload_runs_on_reload_everywhere_and_returns_to_active(container: Boote
                         StatusText=f"{WORKERS} of {WORKERS} worker(s) running; 1 reload(s), 0 respawn(s)")
 
 
+def test_rejected_reload_returns_the_unit_to_active(container: BootedSystemd, events: Events) -> None:
+    start(container, events)
+    good = container.run("cat", CONF, check=True).stdout
+    container.write_file(CONF, good + "\n[core]\n")  # a table defined twice: invalid TOML
+    try:
+        container.systemctl("reload", UNIT)
+        container.wait_unit(UNIT, ActiveState="active", SubState="running",
+                            StatusText="reload rejected: invalid configuration; running on the old one")
+    finally:
+        container.write_file(CONF, good)
+    assert events.find("on_reload") == []
+    assert "reload refused, keeping the old configuration" in container.journal(UNIT, "-p", "err")
+
+
 def test_killed_worker_is_respawned_and_the_unit_stays_active(container: BootedSystemd,
                                                               events: Events) -> None:
     started = start(container, events)
@@ -248,6 +262,8 @@ def test_journal_lines_carry_their_priorities(container: BootedSystemd, events: 
         return found[-1]
 
     assert priority_of("WARN: <probe> probe started") == "4"
+    # The journal stamps the time itself: a line is `[process] LEVEL: <log_id> message`.
+    assert any(e["MESSAGE"] == f"[master] NOTICE: <Master> ready: {WORKERS} worker(s) running" for e in ours)
     assert priority_of("NOTICE: <Master> ready:") == "5"
     assert priority_of("INFO: <Master> started") == "6"
 
@@ -287,4 +303,6 @@ def test_daemonized_master_logs_to_syslog(container: BootedSystemd, events: Even
     lines = container.run("journalctl", "--no-pager", "-t", "oversipd", f"_PID={pid}", "-o", "json").stdout
     entries = [json.loads(line) for line in lines.splitlines()]
     ready = [e for e in entries if "NOTICE: <Master> ready:" in e["MESSAGE"]]
-    assert ready and ready[0]["PRIORITY"] == "5" and ready[0]["SYSLOG_FACILITY"] == "3"  # daemon
+    assert ready, entries
+    assert ready[0]["MESSAGE"] == f"[master] NOTICE: <Master> ready: {WORKERS} worker(s) running"
+    assert (ready[0]["PRIORITY"], ready[0]["SYSLOG_FACILITY"], ready[0]["SYSLOG_PID"]) == ("5", "3", pid)
