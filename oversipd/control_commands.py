@@ -10,11 +10,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .errors import EXIT_FATAL, EXIT_NOT_RUNNING, EXIT_OK, NO_PID_FILE, NOT_RUNNING, ConfigError
 from .pidfile import running_pid
 from .settings import CoreSettings, default_conf_path, load_settings
+
+if TYPE_CHECKING:
+    import psutil
 
 # `stop` gives the master graceful_timeout to stop its workers, plus this
 # much for its own exit, before it reports failure.

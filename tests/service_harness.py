@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 _boots = itertools.count(1)
 _stages: dict[tuple[str, ...], Path] = {}
 
-TARGET_UNIT = f"""\
+TARGET_UNIT = """\
 [Unit]
 Description=oversipd test boot: basic.target and nothing else
 Requires=basic.target

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from oversipd.control_commands import STOP_MARGIN
 from oversipd.testing import Daemon

@@ -10,7 +10,6 @@ The probe module reports its callbacks to a datagram socket the test owns
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
