@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import oversipd
 
-from . import listeners, logger, privileges, process
-from .errors import EXIT_FATAL, EXIT_OK, EXIT_USAGE, ConfigError, HaltServer
+from . import listeners, logger, pidfile, privileges, process
+from .daemonize import DEFAULT_READY_TIMEOUT
+from .errors import ALREADY_RUNNING, EXIT_FATAL, EXIT_OK, EXIT_USAGE, ConfigError, HaltServer, StartupError
 from .launcher import Launcher
 from .loader import ModuleLoadError, load_all
 from .settings import LOG_LEVELS, Overrides, Settings, default_conf_path, load_settings
+
+if TYPE_CHECKING:
+    from .daemonize import StartupReport
 
 COMMANDS = ("run", "check", "reload", "stop", "status", "new-module")
 
@@ -31,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pid-file", metavar="PATH", help="pid file")
     run.add_argument("--log-level", choices=LOG_LEVELS, help="lowest level logged")
     run.add_argument("-d", "--daemonize", action="store_true", help="detach; return once ready")
+    run.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT, metavar="SECONDS",
+                     help=f"with --daemonize: fail (status 1) when not ready within SECONDS "
+                          f"(default {DEFAULT_READY_TIMEOUT:g})")
     _add_insecure(run)
 
     check = commands.add_parser("check", help="validate the configuration, import modules, run nothing")
@@ -89,10 +96,17 @@ def load(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def prepare_master(args: argparse.Namespace, bind: bool = False) -> Settings:
-    """Validate, configure logging, (bind) and import every module; nothing forked yet."""
-    settings = load(args)
-    logger.configure(settings.core.log_level)
+def prepare_master(args: argparse.Namespace, settings: Settings | None = None,
+                   report: "StartupReport | None" = None, bind: bool = False) -> Settings:
+    """Validate, configure logging, bind (with `bind`) and import every module; nothing forked yet.
+
+    Daemonized (`report` given), the log goes to syslog, and CRIT lines also
+    to the launching terminal until the daemon is ready.
+    """
+    settings = settings or load(args)
+    logger.configure(settings.core.log_level, settings.core.syslog_facility if report else None)
+    if report is not None:
+        logger.add_handler(report)
     oversipd.config = settings
     if bind:
         # Before any module code runs (a bind failure is exit status 2 with
@@ -108,15 +122,34 @@ def prepare_master(args: argparse.Namespace, bind: bool = False) -> Settings:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    settings = load(args)
+    if not args.daemonize:
+        return serve(args, settings)
+    from .daemonize import launch
+
+    # Checked here too so that the launching terminal hears of it at once;
+    # the daemon's own lock on the pid file is what settles a race.
+    running = pidfile.running_pid(settings.core.pid_file) if settings.core.pid_file else None
+    if running is not None:
+        raise StartupError(ALREADY_RUNNING.format(path=settings.core.pid_file, pid=running))
+    return launch(lambda report: serve(args, settings, report), args.ready_timeout)
+
+
+def serve(args: argparse.Namespace, settings: Settings, report: "StartupReport | None" = None) -> int:
+    """Hold the pid file, import the modules and run the master; `report` when daemonized."""
     from .master import Master, run_on_initialize  # the check command needs none of it
 
-    try:
-        settings = prepare_master(args, bind=True)
-        process.set_title(f"oversipd: master [{settings.path}]")
-        run_on_initialize()
-        return Master(settings, overrides_from(args)).run()
-    finally:
-        listeners.close_listeners()
+    with pidfile.held(settings.core.pid_file) as pid_file:
+        try:
+            prepare_master(args, settings, report, bind=True)
+            process.set_title(f"oversipd: master [{settings.path}]")
+            run_on_initialize()
+            master = Master(settings, overrides_from(args),
+                            on_ready=report.ready if report is not None else None,
+                            private_fds=[pid_file.fd] if pid_file is not None else [])
+            return master.run()
+        finally:
+            listeners.close_listeners()
 
 
 def command_check(args: argparse.Namespace) -> int:
@@ -152,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"oversipd: {error.one_line()}", file=sys.stderr)
         return EXIT_USAGE
+    except StartupError as error:
+        print(f"oversipd: {error}", file=sys.stderr)
+        return EXIT_FATAL
     except HaltServer as halt:
         return halt.status
     except KeyboardInterrupt:

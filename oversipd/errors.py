@@ -18,6 +18,9 @@ WORKER_EXIT_CRASHED = 1
 CRASH_LOOP_MESSAGE = "crash loop"
 EXITING_WITH_ERROR = "exiting with error status"
 LISTEN_RESTART_NEEDED = "a restart is needed; keeping the current sockets"
+ALREADY_RUNNING = "{path}: already running (pid {pid})"
+NOT_RUNNING = "not running (pid file {path})"
+NO_PID_FILE = "no pid file: set core.pid_file in {conf} or give --pid-file"
 
 
 class ConfigError(Exception):
@@ -32,6 +35,14 @@ class ConfigError(Exception):
     def one_line(self) -> str:
         where = f"{self.source}: {self.key}" if self.key else self.source
         return f"{where}: {self.problem}"
+
+
+class StartupError(Exception):
+    """The daemon cannot start for a reason other than its configuration (exit 1).
+
+    Carries one line for the operator: the pid file is taken, cannot be
+    created, the daemonized master failed before it was ready...
+    """
 
 
 class HaltServer(BaseException):

@@ -177,6 +177,13 @@ def configure(level: str, syslog_facility: str | None = None) -> None:
     set_level(level)
 
 
+def add_handler(handler: logging.Handler) -> None:
+    """Add a destination for log lines, formatted `LEVEL: <log_id> message`."""
+    handler.setFormatter(logging.Formatter(BODY))
+    handler.addFilter(_Fields())
+    logging.getLogger().addHandler(handler)
+
+
 def set_level(level: str) -> None:
     logging.getLogger().setLevel(level_number(level))
 

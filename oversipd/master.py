@@ -16,7 +16,7 @@ import selectors
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import oversipd
 
@@ -31,6 +31,9 @@ from .systemd import Notifier
 from .worker import heartbeat_interval, worker_main
 
 ABORT_GRACE = 1.0  # seconds between SIGABRT (traceback) and SIGKILL for a stuck reactor
+# A worker answers its heartbeat while its last beat is younger than this
+# many heartbeat intervals; the systemd watchdog is petted only then.
+HEARTBEAT_MISSES = 3
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 IGNORED_SIGNALS = (signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM, signal.SIGPIPE)
 
@@ -70,9 +73,12 @@ def run_on_initialize() -> None:
 class Master(Logger):
     log_id = "Master"
 
-    def __init__(self, settings: Settings, overrides: Overrides = Overrides()) -> None:
+    def __init__(self, settings: Settings, overrides: Overrides = Overrides(),
+                 on_ready: Callable[[], None] | None = None, private_fds: Sequence[int] = ()) -> None:
         self.settings = settings
         self.overrides = overrides
+        self.on_ready = on_ready              # called once, when every worker ran on_started
+        self.private_fds = list(private_fds)  # the master's alone (pid file lock): closed in workers
         self.target_workers = settings.core.workers
         self.slots: dict[int, WorkerSlot] = {}
         self.board = HeartbeatBoard()
@@ -132,9 +138,11 @@ class Master(Logger):
             key.data()
 
     def next_deadline(self) -> float | None:
-        deadlines = [] if self.next_watchdog is None else [self.next_watchdog]
+        deadlines = []
         if self.stop_request is not None:
             deadlines.append(self.stop_request.deadline)
+        elif self.next_watchdog is not None:  # no petting while stopping (STOPPING=1 was sent)
+            deadlines.append(self.next_watchdog)
         timeout = self.settings.core.worker_timeout
         for slot in self.slots.values():
             if slot.state is SlotState.WAITING and slot.respawn_at is not None:
@@ -242,6 +250,7 @@ class Master(Logger):
         master_end, worker_end = Channel.pair()
         self.board.beat(slot.slot_id)
         inherited = [self.signal_r, self.signal_w, self.selector.fileno(), master_end.fileno(),
+                     *self.private_fds,
                      *(s.channel.fileno() for s in self.slots.values() if s.channel)]
         # Block our signals across the fork: a signal landing in the child
         # before it resets its handlers would wake the master's pipe.
@@ -302,6 +311,10 @@ class Master(Logger):
             self.ready = True
             self.log_system_notice(f"ready: {len(self.live_slots())} worker(s) running")
             self.notifier.ready(self.status_line())
+            if self.on_ready is not None:
+                self.on_ready()
+        elif self.ready:  # a respawned or added worker: the count went back up
+            self.notifier.status(self.status_line())
 
     def reap_workers(self) -> None:
         while True:
@@ -371,9 +384,14 @@ class Master(Logger):
         """WATCHDOG=1 only while every worker's reactor answers its heartbeat."""
         interval = self.notifier.watchdog_interval or 1.0
         self.next_watchdog = now + interval
-        limit = max(self.settings.core.worker_timeout, 2 * heartbeat_interval(self.settings.core.worker_timeout))
-        if all(now - self.board.last_beat(s.slot_id) < limit for s in self.live_slots()):
+        limit = HEARTBEAT_MISSES * heartbeat_interval(self.settings.core.worker_timeout)
+        silent = [s for s in self.live_slots() if now - self.board.last_beat(s.slot_id) >= limit]
+        if not silent:
             self.notifier.watchdog()
+            return
+        for slot in silent:
+            self.log_system_warn(f"worker {slot.slot_id} (pid {slot.pid}) missed its heartbeat for "
+                                 f"{now - self.board.last_beat(slot.slot_id):.1f} s: systemd watchdog not petted")
 
     # --- stopping -----------------------------------------------------------
 
