@@ -84,10 +84,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def overrides_from(args: argparse.Namespace) -> Overrides:
+    # A path given on the command line is relative to where the command
+    # runs, not to the configuration file's directory.
     return Overrides(workers=getattr(args, "workers", None),
-                     modules_dir=getattr(args, "modules_dir", None),
-                     pid_file=getattr(args, "pid_file", None),
+                     modules_dir=_absolute(getattr(args, "modules_dir", None)),
+                     pid_file=_absolute(getattr(args, "pid_file", None)),
                      log_level=getattr(args, "log_level", None))
+
+
+def _absolute(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else path
 
 
 def load(args: argparse.Namespace) -> Settings:

@@ -26,7 +26,7 @@ from .errors import CRASH_LOOP_MESSAGE, EXIT_FATAL, EXIT_OK, WORKER_EXIT_FATAL, 
 from .heartbeat import HeartbeatBoard
 from .logger import Logger
 from .settings import MAX_WORKERS, Overrides, Settings, load_settings
-from .slots import SlotState, WorkerSlot
+from .slots import FIRST_BACKOFF, SlotState, WorkerSlot
 from .systemd import Notifier
 from .worker import heartbeat_interval, worker_main
 
@@ -246,11 +246,12 @@ class Master(Logger):
         slot.retiring = True
         self.stop_worker(slot, error=False)
 
-    def spawn_worker(self, slot: WorkerSlot) -> None:
+    def spawn_worker(self, slot: WorkerSlot) -> bool:
+        """Fork the worker of `slot`; False (and a respawn scheduled) when fork fails."""
         master_end, worker_end = Channel.pair()
         self.board.beat(slot.slot_id)
         inherited = [self.signal_r, self.signal_w, self.selector.fileno(), master_end.fileno(),
-                     *self.private_fds,
+                     *self.private_fds, *self.notifier.filenos(),
                      *(s.channel.fileno() for s in self.slots.values() if s.channel)]
         # Block our signals across the fork: a signal landing in the child
         # before it resets its handlers would wake the master's pipe.
@@ -263,8 +264,8 @@ class Master(Logger):
             worker_end.close()
             self.log_system_error(f"cannot fork worker {slot.slot_id}: {error}")
             slot.quick_deaths += 1  # back off as for a worker that died at once
-            self.schedule_respawn(slot, quick=True)
-            return
+            self.schedule_respawn(slot, max(slot.respawn_delay(), FIRST_BACKOFF))
+            return False
         if pid == 0:
             worker_main(slot.slot_id, worker_end, self.settings, self.board, inherited)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -272,6 +273,7 @@ class Master(Logger):
         slot.forked(pid, master_end)
         self.selector.register(master_end.sock, selectors.EVENT_READ,
                                lambda: self.read_worker_messages(slot))
+        return True
 
     def stop_worker(self, slot: WorkerSlot, error: bool) -> None:
         slot.transition(SlotState.STOPPING, "asked to stop")
@@ -353,15 +355,24 @@ class Master(Logger):
             del self.slots[slot.slot_id]
             self.begin_stop(error=True, status=EXIT_FATAL, reason=CRASH_LOOP_MESSAGE)
         else:
-            (self.log_system_error if code != 0 else self.log_system_notice)(f"{what}; respawning")
-            self.schedule_respawn(slot, quick)
+            outcome = self.respawn_worker(slot, quick)
+            (self.log_system_error if code != 0 else self.log_system_notice)(f"{what}; {outcome}")
+            self.notifier.status(self.status_line())
         self.finish_reload_if_acknowledged()
 
-    def schedule_respawn(self, slot: WorkerSlot, quick: bool) -> None:
-        slot.respawn_at = time.monotonic() + (slot.respawn_delay() if quick else 0.0)
-        slot.transition(SlotState.WAITING, f"respawn in {slot.respawn_at - time.monotonic():.2f} s")
+    def respawn_worker(self, slot: WorkerSlot, quick: bool) -> str:
+        """Fork the replacement now, or after the back-off of a quick death; say which."""
         self.respawns += 1
-        self.notifier.status(self.status_line())
+        delay = slot.respawn_delay() if quick else 0.0
+        if delay == 0.0:
+            # Fork first: the log line can wait, the slot should not.
+            return f"respawned as pid {slot.pid}" if self.spawn_worker(slot) else "fork failed"
+        self.schedule_respawn(slot, delay)
+        return f"respawning in {delay:g} s ({slot.quick_deaths} quick deaths in a row)"
+
+    def schedule_respawn(self, slot: WorkerSlot, delay: float) -> None:
+        slot.respawn_at = time.monotonic() + delay
+        slot.transition(SlotState.WAITING, f"respawn in {delay:g} s")
 
     def murder_unresponsive_workers(self, now: float) -> None:
         """SIGABRT (faulthandler prints the traceback) a stuck reactor, then SIGKILL it."""

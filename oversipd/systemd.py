@@ -56,6 +56,6 @@ class Notifier:
     def watchdog(self) -> None:
         self.send("WATCHDOG=1")
 
-    def close_in_child(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
+    def filenos(self) -> list[int]:
+        """The master's notify socket: systemd listens to the master alone."""
+        return [self.sock.fileno()] if self.sock is not None else []
