@@ -457,6 +457,11 @@ class Master(Logger):
             if getattr(old.core, key) != getattr(new.core, key):
                 self.log_system_warn(f"core.{key} changed: takes effect at the next restart")
         listeners.warn_if_changed(old.listen, new.listen, self)
+        if new.core.worker_timeout != old.core.worker_timeout:
+            # Each worker beats at the new pace once it has the new settings;
+            # until then, its last beat counts as fresh.
+            for slot in self.live_slots():
+                self.board.beat(slot.slot_id)
         if new.workers_in_file != old.workers_in_file:
             self.target_workers = new.core.workers
         self.manage_workers()

@@ -96,6 +96,7 @@ class Worker(Logger):
         self.turn: asyncio.Lock | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.terminated = False
+        self.next_beat: asyncio.TimerHandle | None = None
 
     def run(self) -> int:
         loop = asyncio.SelectorEventLoop()
@@ -154,8 +155,10 @@ class Worker(Logger):
 
     def beat(self) -> None:
         assert self.loop is not None
+        if self.next_beat is not None:
+            self.next_beat.cancel()
         self.board.beat(self.slot_id)
-        self.loop.call_later(heartbeat_interval(self.settings.core.worker_timeout), self.beat)
+        self.next_beat = self.loop.call_later(heartbeat_interval(self.settings.core.worker_timeout), self.beat)
 
     # --- the lifecycle ------------------------------------------------------
 
@@ -184,6 +187,7 @@ class Worker(Logger):
             self.settings = settings
             oversipd.config = settings
             logger.set_level(settings.core.log_level)
+            self.beat()  # at the new worker_timeout's pace from now on
             await SystemCallbacks.on_reload.run(on_error=self.callback_failed("on_reload"))
             self.channel.send(control.RELOADED)
 

@@ -129,3 +129,24 @@ def test_an_exception_escaping_the_reactor_ends_the_worker_with_error(oversipd_d
     assert (ended["pid"], ended["error"]) == (first, True)
     daemon.wait_events("started", count=2)  # respawned
     assert daemon.stop() == 0
+
+
+def test_a_reload_applies_a_new_worker_timeout(oversipd_daemon):
+    source = module('''
+        @SystemCallbacks.on_started
+        def started():
+            record("started")
+
+        @SystemEvents.on_user_reload
+        def block_the_reactor():
+            time.sleep(600)
+    ''')
+    daemon = oversipd_daemon(server_script=source, core={"worker_timeout": 0})
+    daemon.core = {"worker_timeout": 1.0}
+    daemon.write_conf()
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_log("reload done")
+    daemon.signal(signal.SIGUSR1)
+    daemon.wait_log("reactor unresponsive for 1 s")
+    daemon.wait_events("started", count=2)
+    assert daemon.stop() == 0
