@@ -156,6 +156,7 @@ def test_each_ttin_adds_a_worker_and_each_ttou_removes_one(oversipd_daemon):
     assert (removed["worker"], removed["error"]) == (3, False)
     send_and_wait(daemon, signal.SIGTTOU, "SIGTTOU: 1 worker(s)")
     daemon.wait_events("terminated", count=2)
+    daemon.wait_log("exited with status 0", count=2)  # reaped by the master
     # Never fewer than one.
     send_and_wait(daemon, signal.SIGTTOU, "SIGTTOU: already at one worker")
     assert sorted(daemon.worker_pids()) == [1]
