@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import oversipd
 
 from . import control, logger, privileges, process
-from .callbacks import SystemCallbacks, SystemEvents, describe
+from .callbacks import SystemCallbacks, SystemEvents, describe, is_cancellation
 from .control import Channel
 from .errors import WORKER_EXIT_CRASHED
 from .heartbeat import HeartbeatBoard
@@ -171,9 +171,9 @@ class Worker(Logger):
             await SystemCallbacks.on_started.run(on_error=self.started_failed)
             try:
                 await SystemEvents.run("on_started")
-            except asyncio.CancelledError:
-                raise
             except BaseException as error:
+                if is_cancellation(error):
+                    raise
                 self.log_system_crit("SystemEvents.on_started raised:")
                 self.log_system_crit(error)
                 Launcher.fatal("SystemEvents.on_started failed")
@@ -221,8 +221,8 @@ class Worker(Logger):
     async def run_event(self, name: str, *args: Any) -> None:
         try:
             await SystemEvents.run(name, *args)
-        except asyncio.CancelledError:
-            raise
         except BaseException as error:
+            if is_cancellation(error):
+                raise
             self.log_system_crit(f"SystemEvents.{name} raised:")
             self.log_system_crit(error)
