@@ -30,6 +30,9 @@ from .systemd import Notifier
 from .worker import heartbeat_interval, worker_main
 
 ABORT_GRACE = 1.0  # seconds between SIGABRT (traceback) and SIGKILL for a stuck reactor
+# epoll cannot wait longer than ~24 days (a C int of milliseconds); a longer
+# worker_timeout or graceful_timeout is legal, so the loop wakes and re-computes.
+MAX_WAIT = 3600.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 IGNORED_SIGNALS = (signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM, signal.SIGPIPE)
 
@@ -123,7 +126,7 @@ class Master(Logger):
 
     def wait_for_events(self) -> None:
         deadline = self.next_deadline()
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        timeout = None if deadline is None else min(MAX_WAIT, max(0.0, deadline - time.monotonic()))
         for key, _ in self.selector.select(timeout):
             key.data()
 
