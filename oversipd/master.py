@@ -140,6 +140,8 @@ class Master(Logger):
                 deadlines.append(slot.respawn_at)
             elif slot.abort_sent_at is not None:
                 deadlines.append(slot.abort_sent_at + ABORT_GRACE)
+            elif slot.stop_deadline is not None and slot.alive:
+                deadlines.append(slot.stop_deadline)
             elif timeout and slot.alive and slot.state is not SlotState.STOPPING:
                 deadlines.append(self.board.last_beat(slot.slot_id) + timeout)
         return min(deadlines, default=None)
@@ -152,6 +154,7 @@ class Master(Logger):
         for slot in list(self.slots.values()):
             if slot.state is SlotState.WAITING and slot.respawn_at is not None and slot.respawn_at <= now:
                 self.spawn_worker(slot)
+        self.kill_overdue_retired_workers(now)
         self.murder_unresponsive_workers(now)
         if self.next_watchdog is not None and now >= self.next_watchdog:
             self.pet_watchdog(now)
@@ -259,6 +262,7 @@ class Master(Logger):
 
     def stop_worker(self, slot: WorkerSlot, error: bool) -> None:
         slot.transition(SlotState.STOPPING, "asked to stop")
+        slot.stop_deadline = time.monotonic() + self.settings.core.graceful_timeout
         self.awaiting_reload.discard(slot.slot_id)
         if slot.channel is None or not slot.channel.send(control.STOP, error):
             self.signal_worker(slot, signal.SIGTERM)
@@ -360,6 +364,15 @@ class Master(Logger):
                 self.signal_worker(slot, signal.SIGABRT)
                 slot.abort_sent_at = now
 
+    def kill_overdue_retired_workers(self, now: float) -> None:
+        """graceful_timeout bounds a worker removed by TTOU (or a smaller `workers`) too."""
+        for slot in self.slots.values():
+            if slot.alive and slot.stop_deadline is not None and now >= slot.stop_deadline:
+                self.log_system_warn(f"worker {slot.slot_id} (pid {slot.pid}) still running "
+                                     "graceful_timeout after it was asked to stop; SIGKILL")
+                self.signal_worker(slot, signal.SIGKILL)
+                slot.stop_deadline = None
+
     def pet_watchdog(self, now: float) -> None:
         """WATCHDOG=1 only while every worker's reactor answers its heartbeat."""
         interval = self.notifier.watchdog_interval or 1.0
@@ -389,6 +402,7 @@ class Master(Logger):
                 self.log_system_warn(f"worker {slot.slot_id} (pid {slot.pid}) still running after "
                                      "graceful_timeout; SIGKILL")
                 self.signal_worker(slot, signal.SIGKILL)
+                slot.stop_deadline = None
         self.stop_request.deadline = float("inf")
 
     # --- reloading -------------------------------------------------------------
