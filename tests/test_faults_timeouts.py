@@ -37,3 +37,15 @@ def test_graceful_timeout_kills_a_hung_on_terminated(oversipd_daemon):
     assert "still running after graceful_timeout; SIGKILL" in log
     assert log.count("killed by SIGKILL") == 2
     assert "Traceback" not in log
+
+
+def test_graceful_timeout_bounds_a_worker_removed_by_ttou(oversipd_daemon):
+    """A worker retired by SIGTTOU whose on_terminated hangs is killed, and the count converges."""
+    daemon = oversipd_daemon(modules={"slow": SLOW_ON_TERMINATED},
+                             core={"workers": 2, "graceful_timeout": 0.5})
+    pid = daemon.worker_pids()[2]
+    daemon.signal(signal.SIGTTOU)
+    daemon.wait_events("terminating", pid=pid)
+    daemon.wait_log(f"(pid {pid}) killed by SIGKILL")
+    assert list(daemon.worker_pids()) == [1]
+    assert daemon.stop(30) == 0
