@@ -11,7 +11,7 @@ import time
 from typing import Callable
 
 from . import observe
-from .runner import MAX_WORKERS, MIN_WORKERS, WORKER_TIMEOUT, Soak
+from .runner import GRACEFUL_TIMEOUT, MAX_WORKERS, MIN_WORKERS, WORKER_TIMEOUT, Soak
 
 EXCEPTION_KINDS = ("RuntimeError", "ValueError", "OSError", "ZeroDivisionError", "Exception",
                    "SystemExit", "KeyboardInterrupt")
@@ -240,6 +240,31 @@ def fatal_in_respawned_worker(soak: Soak) -> None:
     soak.start_daemon()
 
 
+def hang_in_on_terminated(soak: Soak) -> None:
+    """on_terminated blocks the reactor: graceful_timeout must end the worker with SIGKILL."""
+    flag = soak.flags / "hang_on_terminated"
+    flag.write_text(str(GRACEFUL_TIMEOUT * 30))
+    try:
+        if soak.target > MIN_WORKERS and soak.rng.random() < 0.5:
+            soak.injected("on_terminated hangs in a worker removed by SIGTTOU")
+            _, lines = soak.mark()
+            slots = soak.workers().slots
+            leaving = slots[max(slots)]
+            soak.target -= 1
+            soak.signal_master(signal.SIGTTOU)
+            soak.wait_log(f"(pid {leaving}) killed by SIGKILL", lines,
+                          f"graceful_timeout to end the hung retired worker pid {leaving}", )
+        else:
+            soak.injected("on_terminated hangs during a stop")
+            soak.check_step()
+            soak.signal_master(signal.SIGTERM)
+            soak.end_lifetime(expected_status=0)
+            soak.start_daemon()
+    finally:
+        flag.unlink(missing_ok=True)
+    soak.checked("graceful_timeout ends a worker whose on_terminated hangs")
+
+
 def burst(soak: Soak) -> None:
     """Several signals back to back, without waiting for the daemon to settle in between."""
     soak.injected("burst of signals")
@@ -268,7 +293,7 @@ FAULTS: list[tuple[int, Callable[[Soak], None]]] = [
     (10, sighup), (8, sigusr1), (6, sigttin), (6, sigttou), (10, sigkill_worker),
     (4, sigterm_worker), (4, sigstop_short), (3, sigstop_long), (6, raise_in_callback),
     (4, broken_then_fixed_config), (3, ignored_signal), (4, burst),
-    (2, restart), (1, sigkill_master), (1, fatal_in_respawned_worker),
+    (2, restart), (1, sigkill_master), (1, fatal_in_respawned_worker), (1, hang_in_on_terminated),
 ]
 
 

@@ -56,6 +56,18 @@ def armed(hook):
     return getattr(builtins, kind)(f"{MARK} failure in {hook}")
 
 
+def maybe_hang(hook):
+    """Block the reactor for the seconds named in the hook's hang flag file, when it exists."""
+    path = os.path.join(oversipd.module_settings("soak")["flags"], "hang_" + hook)
+    try:
+        with open(path) as flag:
+            seconds = float(flag.read())
+    except FileNotFoundError:
+        return
+    record("hanging", hook=hook)
+    __import__("time").sleep(seconds)
+
+
 def maybe_raise(hook):
     error = armed(hook)
     if error is not None:
@@ -84,6 +96,7 @@ def reload_after_failure():
 
 @SystemCallbacks.on_terminated
 def terminated_may_fail(error):
+    maybe_hang("on_terminated")
     maybe_raise("on_terminated")
 '''
 

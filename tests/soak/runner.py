@@ -22,7 +22,7 @@ from .probe import MODULES, SERVER_SCRIPT
 
 MIN_WORKERS, MAX_WORKERS = 2, 4
 WORKER_TIMEOUT = 2.0          # small, so a SIGSTOP can trip it
-GRACEFUL_TIMEOUT = 10.0
+GRACEFUL_TIMEOUT = 2.0        # small, so a hung on_terminated is killed soon
 CONVERGE_TIMEOUT = 40.0       # the respawn back-off alone reaches 5 s
 EVENT_TIMEOUT = 20.0
 RSS_WARMUP_CHECKS = 5         # imports and caches settle in the first steps of a master
@@ -168,7 +168,7 @@ class Soak:
     def end_lifetime(self, expected_status: int) -> None:
         """The master is going away: check its exit, orphans, every worker's end, fds and RSS."""
         try:
-            status = self.daemon.wait_exit(GRACEFUL_TIMEOUT + EVENT_TIMEOUT)
+            status = self.daemon.wait_exit(GRACEFUL_TIMEOUT + CONVERGE_TIMEOUT)
         except Exception:
             raise self.violation("the master did not exit") from None
         if status != expected_status:
