@@ -61,4 +61,4 @@ def print_summary(result: Result, say: Callable[[str], None]) -> None:
         say("OK: no invariant violated")
     else:
         say(f"VIOLATION at step {soak.step} ({soak.fault_name}), seed {soak.seed}: {result.violation}")
-        say(f"replay: make soak SEED={soak.seed} SECONDS={soak.seconds:g}")
+        say(f"replay: make soak SOAK_SEED={soak.seed} SOAK_SECONDS={soak.seconds:g}")
