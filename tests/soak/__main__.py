@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 from .report import run_campaign
 

@@ -11,7 +11,7 @@ import time
 from typing import Callable
 
 from . import observe
-from .runner import GRACEFUL_TIMEOUT, MAX_WORKERS, MIN_WORKERS, WORKER_TIMEOUT, Soak
+from .runner import CONVERGE_TIMEOUT, GRACEFUL_TIMEOUT, MAX_WORKERS, MIN_WORKERS, WORKER_TIMEOUT, Soak
 
 EXCEPTION_KINDS = ("RuntimeError", "ValueError", "OSError", "ZeroDivisionError", "Exception",
                    "SystemExit", "KeyboardInterrupt")
@@ -19,13 +19,13 @@ IGNORED = (signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM, signal.SIGPIPE)
 STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # Broken configurations: each must be refused on reload, the old one kept.
 BROKEN_CONFIGS = {
-    "invalid TOML": "[core\nworkers = ",
-    "unknown [core] key": "[core]\nworkers = 2\nsoak_no_such_key = 1\n",
-    "wrong type": '[core]\nworkers = "many"\n',
-    "out of range": "[core]\nworkers = 2\nworker_timeout = -1.0\n",
-    "unknown table": "[core]\nworkers = 2\n[soak_no_such_table]\nx = 1\n",
-    "missing modules_dir": '[core]\nworkers = 2\nmodules_dir = "no/such/dir"\n',
-    "not UTF-8": b"[core]\nworkers = 2 # \xff\xfe\n".decode("latin-1"),
+    "invalid TOML": b"[core\nworkers = ",
+    "unknown [core] key": b"[core]\nworkers = 2\nsoak_no_such_key = 1\n",
+    "wrong type": b'[core]\nworkers = "many"\n',
+    "out of range": b"[core]\nworkers = 2\nworker_timeout = -1.0\n",
+    "unknown table": b"[core]\nworkers = 2\n[soak_no_such_table]\nx = 1\n",
+    "missing modules_dir": b'[core]\nworkers = 2\nmodules_dir = "no/such/dir"\n',
+    "not UTF-8": b"[core]\nworkers = 2 # \xff\xfe\n",
 }
 
 
@@ -55,6 +55,7 @@ def expect_same_workers(soak: Soak, before: dict[int, int], why: str) -> None:
 def arm(soak: Soak, hook: str) -> str:
     kind = soak.rng.choice(EXCEPTION_KINDS)
     (soak.flags / hook).write_text(kind)
+    soak.exception_kinds[kind] += 1
     return kind
 
 
@@ -153,8 +154,8 @@ def stop_for(soak: Soak, pid: int, seconds: float) -> None:
 def raise_in_callback(soak: Soak) -> None:
     """A module callback or server-script event raises; logged CRIT, the rest still run."""
     hook = soak.rng.choice(("on_reload", "on_user_reload", "on_terminated"))
-    kind = arm(soak, hook)
-    soak.injected(f"{kind} raised in {hook}")
+    arm(soak, hook)
+    soak.injected(f"exception raised in {hook}")
     try:
         if hook == "on_reload":
             sighup(soak)
@@ -173,7 +174,7 @@ def broken_then_fixed_config(soak: Soak) -> None:
     soak.injected(f"reload of a broken configuration ({name})")
     _, lines = soak.mark()
     before = soak.workers().slots
-    soak.daemon.conf_path.write_bytes(BROKEN_CONFIGS[name].encode("latin-1"))
+    soak.write_conf(BROKEN_CONFIGS[name])
     soak.signal_master(signal.SIGHUP)
     soak.wait_log("reload refused", lines, f"the broken configuration ({name}) to be refused")
     expect_same_workers(soak, before, "a refused reload")
@@ -184,7 +185,7 @@ def broken_then_fixed_config(soak: Soak) -> None:
         soak.target = new_workers
     soak.file_workers = new_workers
     soak.daemon.core = soak.core_settings()
-    soak.daemon.write_conf()
+    soak.write_conf()
     sighup(soak)
 
 
@@ -223,8 +224,8 @@ def sigkill_master(soak: Soak) -> None:
 
 def fatal_in_respawned_worker(soak: Soak) -> None:
     """A respawned worker's on_started raises: Launcher.fatal, the daemon exits 1."""
-    kind = arm(soak, "on_started")
-    soak.injected(f"{kind} raised in on_started of a respawned worker")
+    arm(soak, "on_started")
+    soak.injected("exception raised in on_started of a respawned worker")
     _, lines = soak.mark()
     life = soak.lifetime
     _, pid = random_worker(soak)
@@ -253,7 +254,7 @@ def hang_in_on_terminated(soak: Soak) -> None:
             soak.target -= 1
             soak.signal_master(signal.SIGTTOU)
             soak.wait_log(f"(pid {leaving}) killed by SIGKILL", lines,
-                          f"graceful_timeout to end the hung retired worker pid {leaving}", )
+                          f"graceful_timeout to end the hung retired worker pid {leaving}")
         else:
             soak.injected("on_terminated hangs during a stop")
             soak.check_step()
@@ -263,6 +264,51 @@ def hang_in_on_terminated(soak: Soak) -> None:
     finally:
         flag.unlink(missing_ok=True)
     soak.checked("graceful_timeout ends a worker whose on_terminated hangs")
+
+
+def signals_during_slow_callbacks(soak: Soak) -> None:
+    """HUPs (each with a new file), USR1, TTIN/TTOU and kills while on_reload or on_started awaits.
+
+    A HUP during a reload coalesces into one more reload: none is lost, so
+    every worker that was there for the last HUP ends on the last file.
+    """
+    soak.injected("signals during a slow on_reload / on_started")
+    delays = [soak.flags / "delay_on_reload", soak.flags / "delay_on_started"]
+    for flag in delays:
+        flag.write_text(f"{soak.rng.uniform(0.1, 1.5):.2f}")
+    try:
+        for _ in range(soak.rng.randint(2, 4)):
+            soak.write_conf()
+            soak.signal_master(signal.SIGHUP)
+            soak.injected("slow: SIGHUP with a new configuration")
+            there_for_last_hup = soak.workers().pids
+            other = soak.rng.choice(("USR1", "KILL", "TTIN", "TTOU", "none"))
+            if other == "USR1":
+                soak.signal_master(signal.SIGUSR1)
+            elif other == "KILL":
+                soak.signal_worker(random_worker(soak)[1], signal.SIGKILL)
+            elif other in ("TTIN", "TTOU"):
+                step = 1 if other == "TTIN" else -1
+                if not MIN_WORKERS <= soak.target + step <= MAX_WORKERS:
+                    continue
+                _, lines = soak.mark()
+                soak.target += step
+                soak.signal_master(getattr(signal, "SIG" + other))
+                soak.wait_log(f"SIG{other}: {soak.target} worker(s)", lines, f"the master to count SIG{other}")
+            else:
+                continue
+            soak.injected(f"slow: {other}")
+    finally:
+        for flag in delays:
+            flag.unlink(missing_ok=True)
+    generation = soak.generation
+
+    def stale() -> set[int]:
+        alive = {pid for pid in there_for_last_hup if observe.is_running(pid)}
+        return alive - {e["pid"] for e in soak.events("reloaded", generation=generation)}
+    soak.wait_for(lambda: not stale(), f"every worker to reload generation {generation} (stale: {stale()})",
+                  timeout=CONVERGE_TIMEOUT)
+    soak.checked("no SIGHUP lost: every worker ends on the last configuration")
 
 
 def burst(soak: Soak) -> None:
@@ -292,7 +338,7 @@ def burst(soak: Soak) -> None:
 FAULTS: list[tuple[int, Callable[[Soak], None]]] = [
     (10, sighup), (8, sigusr1), (6, sigttin), (6, sigttou), (10, sigkill_worker),
     (4, sigterm_worker), (4, sigstop_short), (3, sigstop_long), (6, raise_in_callback),
-    (4, broken_then_fixed_config), (3, ignored_signal), (4, burst),
+    (4, broken_then_fixed_config), (3, ignored_signal), (4, burst), (4, signals_during_slow_callbacks),
     (2, restart), (1, sigkill_master), (1, fatal_in_respawned_worker), (1, hang_in_on_terminated),
 ]
 

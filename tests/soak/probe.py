@@ -15,6 +15,8 @@ INJECTED_MARK = "soak-injected"
 # faulty module's, so "the rest still run" is visible in the events.
 PROBE_MODULE = '''
 import os
+
+import oversipd
 from oversipd import SystemCallbacks
 from oversipd.testing import record
 
@@ -26,7 +28,8 @@ def started():
 
 @SystemCallbacks.on_reload
 def reloaded():
-    record("reloaded")
+    # The generation names the configuration file this reload applied.
+    record("reloaded", generation=oversipd.module_settings("soak").get("generation"))
 
 
 @SystemCallbacks.on_terminated
@@ -68,6 +71,17 @@ def maybe_hang(hook):
     __import__("time").sleep(seconds)
 
 
+async def maybe_delay(hook):
+    """Await (without blocking the reactor) the seconds named in the hook's delay flag file."""
+    path = os.path.join(oversipd.module_settings("soak")["flags"], "delay_" + hook)
+    try:
+        with open(path) as flag:
+            seconds = float(flag.read())
+    except FileNotFoundError:
+        return
+    await __import__("asyncio").sleep(seconds)
+
+
 def maybe_raise(hook):
     error = armed(hook)
     if error is not None:
@@ -80,12 +94,14 @@ from oversipd import SystemCallbacks
 
 
 @SystemCallbacks.on_started
-def started():
+async def started():
+    await maybe_delay("on_started")
     maybe_raise("on_started")
 
 
 @SystemCallbacks.on_reload
 async def reload_may_fail():
+    await maybe_delay("on_reload")
     maybe_raise("on_reload")
 
 

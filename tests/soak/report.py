@@ -51,6 +51,9 @@ def print_summary(result: Result, say: Callable[[str], None]) -> None:
     say("faults injected:")
     for name, count in sorted(soak.faults.items()):
         say(f"  {count:6d}  {name}")
+    if soak.exception_kinds:
+        say("  exceptions raised: " + ", ".join(f"{kind} {count}" for kind, count
+                                               in sorted(soak.exception_kinds.items())))
     say("invariants checked:")
     for name, count in sorted(soak.checks.items()):
         say(f"  {count:6d}  {name}")

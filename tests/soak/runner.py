@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,6 +60,7 @@ class Soak:
         self.rng = random.Random(seed)
         self.faults: Counter[str] = Counter()
         self.checks: Counter[str] = Counter()
+        self.exception_kinds: Counter[str] = Counter()
         self.step = 0
         self.fault_name = "start"
         self.lifetimes = 0
@@ -74,6 +73,7 @@ class Soak:
                              core=self.core_settings(), settings={"soak": {"flags": str(self.flags)}})
         self.lifetime: Lifetime | None = None
         self.rss_growth: list[int] = []
+        self.generation = 0   # [modules.soak] generation: which file a reload applied
         self.max_fds = 0
 
     def core_settings(self) -> dict[str, Any]:
@@ -123,6 +123,25 @@ class Soak:
     def wait_log(self, text: str, start: int, what: str, count: int = 1) -> list[str]:
         return self.wait_for(lambda: (found := [l for l in self.log_lines(start) if text in l])
                              and len(found) >= count and found, what)
+
+    def write_conf(self, content: bytes | None = None) -> None:
+        """Replace the configuration file (by default a valid one, with a new generation) atomically.
+
+        Atomically: a reload in progress may be reading the file.
+        """
+        real = self.daemon.conf_path
+        new = real.with_name(real.name + ".new")
+        if content is None:
+            self.generation += 1
+            self.daemon.settings["soak"]["generation"] = self.generation
+            self.daemon.conf_path = new
+            try:
+                self.daemon.write_conf()
+            finally:
+                self.daemon.conf_path = real
+        else:
+            new.write_bytes(content)
+        os.replace(new, real)
 
     # --- processes -------------------------------------------------------------------
 
