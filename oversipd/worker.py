@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import signal
 import sys
@@ -58,6 +59,8 @@ def worker_main(slot_id: int, channel: Channel, settings: Settings,
     status = WORKER_EXIT_CRASHED
     try:
         reset_signals_after_fork()
+        # worker_timeout's SIGABRT then prints where the reactor was stuck.
+        faulthandler.enable(all_threads=True)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         close_inherited(inherited_fds)
         process.become_worker(slot_id)
