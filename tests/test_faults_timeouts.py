@@ -49,3 +49,25 @@ def test_graceful_timeout_bounds_a_worker_removed_by_ttou(oversipd_daemon):
     daemon.wait_log(f"(pid {pid}) killed by SIGKILL")
     assert list(daemon.worker_pids()) == [1]
     assert daemon.stop(30) == 0
+
+
+BLOCKING_ON_RELOAD = """
+import time
+from oversipd import SystemCallbacks
+
+
+@SystemCallbacks.on_reload
+def reload_blocks_the_reactor():
+    time.sleep(60)
+"""
+
+
+def test_worker_timeout_prints_the_stuck_stack(oversipd_daemon):
+    """README: a stuck reactor gets SIGABRT, and faulthandler prints where it was stuck."""
+    daemon = oversipd_daemon(modules={"stuck": BLOCKING_ON_RELOAD},
+                             core={"workers": 1, "worker_timeout": 1.0})
+    pid = daemon.worker_pids()[1]
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_log(f"(pid {pid}) killed by SIG", timeout=30)
+    daemon.wait_log("in reload_blocks_the_reactor")
+    assert "Fatal Python error: Aborted" in daemon.log_text()
