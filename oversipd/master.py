@@ -409,7 +409,10 @@ class Master(Logger):
 
     def begin_reload(self) -> None:
         self.reload_in_progress = True
-        self.notifier.reloading("reloading")
+        # Before start-up completes, systemd waits for the start's READY=1
+        # alone: a reload then must not announce itself, nor report ready.
+        if self.ready:
+            self.notifier.reloading("reloading")
         try:
             new = load_settings(self.settings.path, self.overrides)
             privileges.check_identity(new)
@@ -451,10 +454,12 @@ class Master(Logger):
     def finish_reload(self, rejected: bool) -> None:
         self.reload_in_progress = False
         if rejected:
-            self.notifier.ready("reload rejected: invalid configuration; running on the old one")
+            status = "reload rejected: invalid configuration; running on the old one"
         else:
             self.log_system_info("reload done: every worker ran its on_reload callbacks")
-            self.notifier.ready(self.status_line())
+            status = self.status_line()
+        if self.ready:
+            self.notifier.ready(status)
         if self.reload_pending and self.stop_request is None:
             self.reload_pending = False
             self.begin_reload()
