@@ -59,3 +59,20 @@ def test_a_reload_during_start_up_runs_after_on_started(oversipd_daemon):
         started = daemon.find("started", pid=event["pid"])
         assert started and started[0]["t"] < event["t"]
     assert daemon.stop() == 0
+
+
+def test_stop_signals_repeated_until_the_master_is_gone(oversipd_daemon):
+    """A stop is one stop: more TERM/INT/QUIT until the very end never turn exit 0 into death by signal."""
+    import os
+    import time
+
+    daemon = oversipd_daemon(core={"workers": 2})
+    daemon.signal(signal.SIGTERM)
+    while daemon.process.poll() is None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            try:
+                os.kill(daemon.pid, signum)
+            except ProcessLookupError:
+                break
+        time.sleep(0.001)  # pacing the injected signals, not waiting for anything
+    assert daemon.wait_exit() == 0

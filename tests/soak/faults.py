@@ -17,6 +17,8 @@ EXCEPTION_KINDS = ("RuntimeError", "ValueError", "OSError", "ZeroDivisionError",
                    "SystemExit", "KeyboardInterrupt")
 IGNORED = (signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM, signal.SIGPIPE)
 STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# Master log lines that must not follow "stopping (...)": no respawn, no count change, no user reload.
+ACTIONS_AFTER_STOP = ("respawning", "SIGTTIN:", "SIGTTOU:", "SIGUSR1: running")
 # Broken configurations: each must be refused on reload, the old one kept.
 BROKEN_CONFIGS = {
     "invalid TOML": b"[core\nworkers = ",
@@ -311,6 +313,68 @@ def signals_during_slow_callbacks(soak: Soak) -> None:
     soak.checked("no SIGHUP lost: every worker ends on the last configuration")
 
 
+def signals_during_stop(soak: Soak) -> None:
+    """While the workers' on_terminated awaits: HUP, USR1, TTIN, TTOU, more stop signals, a kill.
+
+    The stop wins: exit status 0, no worker started after it began, every worker ends once.
+    """
+    soak.injected("signals during a stop")
+    soak.check_step()
+    flag = soak.flags / "delay_on_terminated"
+    flag.write_text(f"{soak.rng.uniform(0.2, GRACEFUL_TIMEOUT / 2):.2f}")
+    try:
+        soak.signal_master(soak.rng.choice(STOPS))
+        for _ in range(soak.rng.randint(1, 5)):
+            choice = soak.rng.choice(("HUP", "USR1", "TTIN", "TTOU", "TERM", "INT", "QUIT", "KILL"))
+            soak.injected(f"during stop: {choice}")
+            if choice == "KILL":
+                slots = soak.workers().slots
+                if slots:
+                    soak.signal_worker(slots[soak.rng.choice(sorted(slots))], signal.SIGKILL)
+            elif soak.master_alive():
+                soak.daemon.signal(getattr(signal, "SIG" + choice))
+        soak.end_lifetime(expected_status=0)
+    finally:
+        flag.unlink(missing_ok=True)
+    lines = soak.log_lines()
+    stopping = next(i for i, line in enumerate(lines) if "stopping (" in line)
+    late = [line for line in lines[stopping:] if any(text in line for text in ACTIONS_AFTER_STOP)]
+    if late:
+        raise soak.violation(f"the master still acted after the stop began: {late[0]}")
+    soak.checked("a stop wins over signals that arrive during it")
+    soak.start_daemon()
+
+
+def signals_during_start(soak: Soak) -> None:
+    """A restart whose workers are slow in on_started, with HUP and USR1 (and a bad file) before READY=1."""
+    soak.injected("signals during start-up")
+    soak.check_step()
+    soak.signal_master(signal.SIGTERM)
+    soak.end_lifetime(expected_status=0)
+    flag = soak.flags / "delay_on_started"
+    flag.write_text(f"{soak.rng.uniform(0.1, 1.0):.2f}")
+    broken = soak.rng.random() < 0.3
+    try:
+        soak.start_daemon(wait=False)
+        soak.wait_log(f"started {soak.target} worker(s)", soak.lifetime.log_from,
+                      "the master to fork its workers")
+        if broken:
+            soak.write_conf(BROKEN_CONFIGS["invalid TOML"])
+        for signum in soak.rng.sample((signal.SIGHUP, signal.SIGUSR1), soak.rng.randint(1, 2)):
+            soak.injected(f"during start-up: {signum.name}{' (broken file)' if broken and signum == signal.SIGHUP else ''}")
+            soak.signal_master(signum)
+        soak.wait_ready()
+    finally:
+        flag.unlink(missing_ok=True)
+        if broken:
+            soak.write_conf()
+    first_ready = next(line for line in soak.notifications(soak.lifetime.notifications_from)
+                       if line.startswith("STATUS="))
+    if "worker(s) running" not in first_ready:
+        raise soak.violation(f"the first READY=1 of a start came with {first_ready!r}")
+    soak.checked("READY=1 only once every worker ran on_started, whatever arrives before")
+
+
 def burst(soak: Soak) -> None:
     """Several signals back to back, without waiting for the daemon to settle in between."""
     soak.injected("burst of signals")
@@ -340,6 +404,7 @@ FAULTS: list[tuple[int, Callable[[Soak], None]]] = [
     (4, sigterm_worker), (4, sigstop_short), (3, sigstop_long), (6, raise_in_callback),
     (4, broken_then_fixed_config), (3, ignored_signal), (4, burst), (4, signals_during_slow_callbacks),
     (2, restart), (1, sigkill_master), (1, fatal_in_respawned_worker), (1, hang_in_on_terminated),
+    (2, signals_during_stop), (2, signals_during_start),
 ]
 
 

@@ -111,7 +111,8 @@ def reload_after_failure():
 
 
 @SystemCallbacks.on_terminated
-def terminated_may_fail(error):
+async def terminated_may_fail(error):
+    await maybe_delay("on_terminated")
     maybe_hang("on_terminated")
     maybe_raise("on_terminated")
 '''

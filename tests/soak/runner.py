@@ -38,6 +38,7 @@ class Lifetime:
     master_pid: int
     log_from: int
     events_from: int
+    notifications_from: int
     pids: set[int] = field(default_factory=set)         # every worker seen
     settled: set[int] = field(default_factory=set)      # dead workers already checked
     error_pids: set[int] = field(default_factory=set)   # their on_terminated must get error=True
@@ -169,20 +170,29 @@ class Soak:
 
     # --- lifetimes: start, end --------------------------------------------------------
 
-    def start_daemon(self) -> None:
+    def start_daemon(self, wait: bool = True) -> None:
         events, lines = self.mark()
+        with self.daemon.notifications.changed:
+            notifications = len(self.daemon.notifications.items)
         self.daemon.start(wait=False)
-        self.lifetime = Lifetime(self.daemon.pid, lines, events)
+        self.lifetime = Lifetime(self.daemon.pid, lines, events, notifications)
         self.lifetimes += 1
         self.target = self.file_workers
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """The new master's READY=1 (each one carries MAINPID)."""
         pid = self.daemon.pid
         self.wait_for(lambda: self.require_master() or any(
-            f"MAINPID={pid}" in message for message in self.notifications()), "READY=1 from a new master")
+            f"MAINPID={pid}" in line for line in self.notifications(self.lifetime.notifications_from)),
+            "READY=1 from a new master")
         self.checked("the daemon starts and reports READY=1")
 
-    def notifications(self) -> list[str]:
+    def notifications(self, start: int = 0) -> list[str]:
+        """sd_notify lines, one list entry per line, from the `start`th message on."""
         with self.daemon.notifications.changed:
-            return [line for message in self.daemon.notifications.items for line in message]
+            return [line for message in self.daemon.notifications.items[start:] for line in message]
 
     def end_lifetime(self, expected_status: int) -> None:
         """The master is going away: check its exit, orphans, every worker's end, fds and RSS."""
