@@ -128,3 +128,15 @@ def count_tracebacks(lines: list[str]) -> tuple[int, int]:
 
 def alarming_lines(lines: list[str]) -> list[str]:
     return [line for line in lines if any(text in line for text in ALARMING)]
+
+
+def socket_peers(fd_lines: list[str]) -> str:
+    """What `ss -xp` says about the unix sockets among `fd_lines` (for a violation report)."""
+    import subprocess
+    inodes = [line.split("socket:[")[1].rstrip("]") for line in fd_lines if "socket:[" in line]
+    try:
+        table = subprocess.run(["ss", "-xpa"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    rows = [row for row in table.splitlines() if any(f" {inode} " in row for inode in inodes)]
+    return "\nsockets:\n" + "\n".join(rows)

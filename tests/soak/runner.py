@@ -80,7 +80,7 @@ class Soak:
     def core_settings(self) -> dict[str, Any]:
         # respawn_limit = 0: SIGKILLs of young workers are quick deaths, and
         # the campaign wants the count to converge, not the daemon to give up.
-        return {"workers": self.file_workers, "log_level": "info", "worker_timeout": WORKER_TIMEOUT,
+        return {"workers": self.file_workers, "log_level": os.environ.get("SOAK_LOG_LEVEL", "info"), "worker_timeout": WORKER_TIMEOUT,
                 "graceful_timeout": GRACEFUL_TIMEOUT, "respawn_limit": 0}
 
     # --- bookkeeping ------------------------------------------------------------
@@ -366,7 +366,8 @@ class Soak:
             files = [f"{n} -> {os.readlink(f'/proc/{life.master_pid}/fd/{n}')}"
                      for n in sorted(os.listdir(f"/proc/{life.master_pid}/fd"), key=int)]
             raise self.violation(f"the master holds {extra} fds besides its channels, "
-                                 f"was {life.fds_per_master}: {files}")
+                                 f"was {life.fds_per_master}: {files}; workers: {self.workers()}"
+                                 + observe.socket_peers(files))
         self.checked("the master's open fds stay flat")
         self.max_fds = max(self.max_fds, fds)
         life.rss.append(rss)
