@@ -35,6 +35,7 @@ ABORT_GRACE = 1.0  # seconds between SIGABRT (traceback) and SIGKILL for a stuck
 MAX_WAIT = 3600.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 IGNORED_SIGNALS = (signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM, signal.SIGPIPE)
+IGNORED_LOG_INTERVAL = 1.0  # seconds between two "ignoring SIGx" lines for one signal
 
 
 @dataclass
@@ -98,6 +99,7 @@ class Master(Logger):
             signal.SIGCHLD: self.reap_workers,
         }
         self.handled_signals = [*self.dispatch, *IGNORED_SIGNALS]
+        self.ignored_logged_at: dict[int, float] = {}
 
     # --- the loop -------------------------------------------------------------
 
@@ -169,9 +171,21 @@ class Master(Logger):
         for signum in data:  # one byte per delivered signal: count each one
             handler = self.dispatch.get(signum)
             if handler is None:  # USR2, WINCH, ALRM, PIPE
-                self.log_system_notice(f"ignoring {signal.Signals(signum).name}")
+                self.log_ignored_signal(signum)
             else:
                 handler()
+
+    def log_ignored_signal(self, signum: int) -> None:
+        """Logged at most once a second per signal.
+
+        When stderr's reader is gone, writing the line raises SIGPIPE itself:
+        logging each one would feed a storm that fills the signal pipe and
+        drops the SIGTERM meant to stop us.
+        """
+        now = time.monotonic()
+        if now - self.ignored_logged_at.get(signum, -IGNORED_LOG_INTERVAL) >= IGNORED_LOG_INTERVAL:
+            self.ignored_logged_at[signum] = now
+            self.log_system_notice(f"ignoring {signal.Signals(signum).name}")
 
     def handle_stop_signal(self) -> None:
         if self.stop_request is not None:
