@@ -176,3 +176,10 @@ service-test-deps:
 	if [ -n "$$missing" ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+
+# The fault campaign (docs/RELIABILITY.md): `make soak SOAK_SECONDS=120 SOAK_SEED=N`;
+# a failing run prints the seed and step to replay.
+SOAK_SECONDS ?= 120
+.PHONY: soak
+soak: $(STAMP)
+	PYTHONPATH=tests $(PY) -m soak --seconds $(SOAK_SECONDS) $(if $(SOAK_SEED),--seed $(SOAK_SEED))

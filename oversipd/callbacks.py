@@ -16,6 +16,19 @@ def describe(fn: Callback) -> str:
     return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
+def is_cancellation(error: BaseException) -> bool:
+    """True when `error` cancels the running task itself.
+
+    A module may raise (or let through) a CancelledError of its own; that
+    is a failure of the callback like any other.  Only a cancellation of
+    the task running the list (the worker stopping) must unwind it.
+    """
+    if not isinstance(error, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 async def call(fn: Callback, *args: Any) -> None:
     """Call a plain function, or call and await a coroutine function."""
     result = fn(*args)
@@ -48,9 +61,9 @@ class CallbackList:
         for callback in reversed(callbacks) if reverse else callbacks:
             try:
                 await call(callback, *args)
-            except asyncio.CancelledError:
-                raise
             except BaseException as error:  # SystemExit too: a module must not end the worker
+                if is_cancellation(error):
+                    raise
                 on_error(callback, error)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 # Exit statuses of the `oversipd` command (SPEC §4).  Users and service
 # managers act on these, so they never change meaning.
 EXIT_OK = 0
@@ -23,6 +26,18 @@ NOT_RUNNING = "not running (pid file {path})"
 NO_PID_FILE = "no pid file: set core.pid_file in {conf} or give --pid-file"
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def toml_key(*parts: str) -> str:
+    """A dotted key as TOML writes it: a part that is not a bare key is quoted and escaped.
+
+    A key can hold any character (`"a\\nb" = 1`); quoting keeps the message
+    on one line and an empty key visible.
+    """
+    return ".".join(part if _BARE_KEY.fullmatch(part) else json.dumps(part) for part in parts)
+
+
 class ConfigError(Exception):
     """A user mistake in the configuration or the command line."""
 
@@ -33,7 +48,7 @@ class ConfigError(Exception):
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
-        where = f"{self.source}: {self.key}" if self.key else self.source
+        where = self.source if self.key is None else f"{self.source}: {self.key}"
         return f"{where}: {self.problem}"
 
 

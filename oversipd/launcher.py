@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 
 from . import process
 from .errors import EXITING_WITH_ERROR, WORKER_EXIT_FATAL, HaltServer
-from .logger import Logger
+from .logger import Logger, text_of
 
 
 class Launcher:
@@ -24,4 +24,4 @@ class Launcher:
             # process runs no more callbacks (as in OverSIP).
             sys.stderr.flush()
             os._exit(WORKER_EXIT_FATAL)
-        raise HaltServer(str(message))
+        raise HaltServer(text_of(message))

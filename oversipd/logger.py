@@ -49,11 +49,19 @@ def _priority(number: int) -> int:
     return PRIORITIES[level_number(_level_name(number).lower())]
 
 
+def text_of(message: Any) -> str:
+    """str(message), even when a module's __str__ raises: a log line must not."""
+    try:
+        return str(message)
+    except Exception:
+        return f"<unprintable {type(message).__name__}>"
+
+
 def render(message: Any) -> str:
     """A message as text; an exception as its text, type and traceback start."""
     if not isinstance(message, BaseException):
-        return str(message)
-    head = f"{message} ({type(message).__name__})"
+        return text_of(message)
+    head = f"{text_of(message)} ({type(message).__name__})"
     lines = "".join(traceback.format_exception(message)).rstrip("\n").split("\n")
     return "\n".join([head, *lines[:TRACEBACK_LINES]])
 

@@ -34,8 +34,12 @@ ABORT_GRACE = 1.0  # seconds between SIGABRT (traceback) and SIGKILL for a stuck
 # A worker answers its heartbeat while its last beat is younger than this
 # many heartbeat intervals; the systemd watchdog is petted only then.
 HEARTBEAT_MISSES = 3
+# epoll cannot wait longer than ~24 days (a C int of milliseconds); a longer
+# worker_timeout or graceful_timeout is legal, so the loop wakes and re-computes.
+MAX_WAIT = 3600.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 IGNORED_SIGNALS = (signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM, signal.SIGPIPE)
+IGNORED_LOG_INTERVAL = 1.0  # seconds between two "ignoring SIGx" lines for one signal
 
 
 @dataclass
@@ -102,6 +106,7 @@ class Master(Logger):
             signal.SIGCHLD: self.reap_workers,
         }
         self.handled_signals = [*self.dispatch, *IGNORED_SIGNALS]
+        self.ignored_logged_at: dict[int, float] = {}
 
     # --- the loop -------------------------------------------------------------
 
@@ -133,7 +138,7 @@ class Master(Logger):
 
     def wait_for_events(self) -> None:
         deadline = self.next_deadline()
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        timeout = None if deadline is None else min(MAX_WAIT, max(0.0, deadline - time.monotonic()))
         for key, _ in self.selector.select(timeout):
             key.data()
 
@@ -149,6 +154,8 @@ class Master(Logger):
                 deadlines.append(slot.respawn_at)
             elif slot.abort_sent_at is not None:
                 deadlines.append(slot.abort_sent_at + ABORT_GRACE)
+            elif slot.stop_deadline is not None and slot.alive:
+                deadlines.append(slot.stop_deadline)
             elif timeout and slot.alive and slot.state is not SlotState.STOPPING:
                 deadlines.append(self.board.last_beat(slot.slot_id) + timeout)
         # inf marks a deadline already acted upon (SIGKILL sent): nothing more is due.
@@ -162,6 +169,7 @@ class Master(Logger):
         for slot in list(self.slots.values()):
             if slot.state is SlotState.WAITING and slot.respawn_at is not None and slot.respawn_at <= now:
                 self.spawn_worker(slot)
+        self.kill_overdue_retired_workers(now)
         self.murder_unresponsive_workers(now)
         if self.next_watchdog is not None and now >= self.next_watchdog:
             self.pet_watchdog(now)
@@ -176,9 +184,21 @@ class Master(Logger):
         for signum in data:  # one byte per delivered signal: count each one
             handler = self.dispatch.get(signum)
             if handler is None:  # USR2, WINCH, ALRM, PIPE
-                self.log_system_notice(f"ignoring {signal.Signals(signum).name}")
+                self.log_ignored_signal(signum)
             else:
                 handler()
+
+    def log_ignored_signal(self, signum: int) -> None:
+        """Logged at most once a second per signal.
+
+        When stderr's reader is gone, writing the line raises SIGPIPE itself:
+        logging each one would feed a storm that fills the signal pipe and
+        drops the SIGTERM meant to stop us.
+        """
+        now = time.monotonic()
+        if now - self.ignored_logged_at.get(signum, -IGNORED_LOG_INTERVAL) >= IGNORED_LOG_INTERVAL:
+            self.ignored_logged_at[signum] = now
+            self.log_system_notice(f"ignoring {signal.Signals(signum).name}")
 
     def handle_stop_signal(self) -> None:
         if self.stop_request is not None:
@@ -277,6 +297,7 @@ class Master(Logger):
 
     def stop_worker(self, slot: WorkerSlot, error: bool) -> None:
         slot.transition(SlotState.STOPPING, "asked to stop")
+        slot.stop_deadline = time.monotonic() + self.settings.core.graceful_timeout
         self.awaiting_reload.discard(slot.slot_id)
         if slot.channel is None or not slot.channel.send(control.STOP, error):
             self.signal_worker(slot, signal.SIGTERM)
@@ -391,6 +412,15 @@ class Master(Logger):
                 self.signal_worker(slot, signal.SIGABRT)
                 slot.abort_sent_at = now
 
+    def kill_overdue_retired_workers(self, now: float) -> None:
+        """graceful_timeout bounds a worker removed by TTOU (or a smaller `workers`) too."""
+        for slot in self.slots.values():
+            if slot.alive and slot.stop_deadline is not None and now >= slot.stop_deadline:
+                self.log_system_warn(f"worker {slot.slot_id} (pid {slot.pid}) still running "
+                                     "graceful_timeout after it was asked to stop; SIGKILL")
+                self.signal_worker(slot, signal.SIGKILL)
+                slot.stop_deadline = None
+
     def pet_watchdog(self, now: float) -> None:
         """WATCHDOG=1 only while every worker's reactor answers its heartbeat."""
         interval = self.notifier.watchdog_interval or 1.0
@@ -425,13 +455,17 @@ class Master(Logger):
                 self.log_system_warn(f"worker {slot.slot_id} (pid {slot.pid}) still running after "
                                      "graceful_timeout; SIGKILL")
                 self.signal_worker(slot, signal.SIGKILL)
+                slot.stop_deadline = None
         self.stop_request.deadline = float("inf")
 
     # --- reloading -------------------------------------------------------------
 
     def begin_reload(self) -> None:
         self.reload_in_progress = True
-        self.notifier.reloading("reloading")
+        # Before start-up completes, systemd waits for the start's READY=1
+        # alone: a reload then must not announce itself, nor report ready.
+        if self.ready:
+            self.notifier.reloading("reloading")
         try:
             new = load_settings(self.settings.path, self.overrides)
             privileges.check_identity(new)
@@ -479,10 +513,12 @@ class Master(Logger):
     def finish_reload(self, rejected: bool) -> None:
         self.reload_in_progress = False
         if rejected:
-            self.notifier.ready("reload rejected: invalid configuration; running on the old one")
+            status = "reload rejected: invalid configuration; running on the old one"
         else:
             self.log_system_info("reload done: every worker ran its on_reload callbacks")
-            self.notifier.ready(self.status_line())
+            status = self.status_line()
+        if self.ready:
+            self.notifier.ready(status)
         if self.reload_pending and self.stop_request is None:
             self.reload_pending = False
             self.begin_reload()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .addresses import ListenSettings, parse_listen_tables
-from .errors import ConfigError
+from .errors import ConfigError, toml_key
 
 LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
 SYSLOG_FACILITIES = (
@@ -141,12 +141,12 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
     listen = parse_listen_tables(_table(document, "listen", source), source)
     for name in document:
         if name not in ("core", "modules", "listen"):
-            raise ConfigError(source, name, "unknown table or key")
+            raise ConfigError(source, toml_key(name), "unknown table or key")
 
     raw: dict[str, Any] = {}
     for key, value in core_table.items():
         if key not in CORE_KEYS:
-            raise ConfigError(source, f"core.{key}", "unknown key")
+            raise ConfigError(source, toml_key("core", key), "unknown key")
         try:
             raw[key] = CORE_KEYS[key](value)
         except ValueError as why:
@@ -155,7 +155,7 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
     modules: dict[str, dict[str, Any]] = {}
     for name, table in modules_table.items():
         if not isinstance(table, dict):
-            raise ConfigError(source, f"modules.{name}", "expected a table [modules.NAME]")
+            raise ConfigError(source, toml_key("modules", name), "expected a table [modules.NAME]")
         modules[name] = table
 
     workers_in_file = raw.get("workers", CoreSettings.workers)

@@ -36,6 +36,7 @@ class WorkerSlot:
     respawn_at: float | None = None
     retiring: bool = False        # removed by TTOU (or a smaller `workers`): not respawned
     abort_sent_at: float | None = None
+    stop_deadline: float | None = None   # asked to stop: SIGKILL after this (graceful_timeout)
 
     def transition(self, state: SlotState, why: str = "") -> None:
         if state is not self.state:
@@ -53,6 +54,7 @@ class WorkerSlot:
         self.started_at = None
         self.abort_sent_at = None
         self.respawn_at = None
+        self.stop_deadline = None
         self.transition(SlotState.STARTING, "forked")
 
     def died(self, now: float) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import signal
 import sys
@@ -11,7 +12,7 @@ from typing import Any, NoReturn
 import oversipd
 
 from . import control, logger, privileges, process
-from .callbacks import SystemCallbacks, SystemEvents, describe
+from .callbacks import SystemCallbacks, SystemEvents, describe, is_cancellation
 from .control import Channel
 from .errors import WORKER_EXIT_CRASHED
 from .heartbeat import HeartbeatBoard
@@ -59,6 +60,8 @@ def worker_main(slot_id: int, channel: Channel, settings: Settings,
     status = WORKER_EXIT_CRASHED
     try:
         reset_signals_after_fork()
+        # worker_timeout's SIGABRT then prints where the reactor was stuck.
+        faulthandler.enable(all_threads=True)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         close_inherited(inherited_fds)
         process.become_worker(slot_id)
@@ -168,9 +171,9 @@ class Worker(Logger):
             await SystemCallbacks.on_started.run(on_error=self.started_failed)
             try:
                 await SystemEvents.run("on_started")
-            except asyncio.CancelledError:
-                raise
             except BaseException as error:
+                if is_cancellation(error):
+                    raise
                 self.log_system_crit("SystemEvents.on_started raised:")
                 self.log_system_crit(error)
                 Launcher.fatal("SystemEvents.on_started failed")
@@ -219,8 +222,8 @@ class Worker(Logger):
     async def run_event(self, name: str, *args: Any) -> None:
         try:
             await SystemEvents.run(name, *args)
-        except asyncio.CancelledError:
-            raise
         except BaseException as error:
+            if is_cancellation(error):
+                raise
             self.log_system_crit(f"SystemEvents.{name} raised:")
             self.log_system_crit(error)

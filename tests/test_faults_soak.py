@@ -1,0 +1,19 @@
+"""A short run of the fault campaign (`make soak` runs the long one; docs/RELIABILITY.md)."""
+
+from __future__ import annotations
+
+import os
+
+from soak.report import run_campaign
+
+SHORT_SOAK_SECONDS = float(os.environ.get("OVERSIPD_SOAK_SECONDS", "20"))
+# A fixed seed keeps `make test` reproducible; OVERSIPD_SOAK_SEED explores others.
+SHORT_SOAK_SEED = int(os.environ.get("OVERSIPD_SOAK_SEED", "7"))
+
+
+def test_short_soak_violates_no_invariant():
+    lines: list[str] = []
+    result = run_campaign(SHORT_SOAK_SEED, SHORT_SOAK_SECONDS, say=lines.append)
+    print("\n".join(lines))
+    assert result.ok, "\n".join(lines)
+    assert sum(result.soak.faults.values()) > 0
