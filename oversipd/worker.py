@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import os
 import signal
 import sys
@@ -59,9 +58,7 @@ def worker_main(slot_id: int, channel: Channel, settings: Settings,
     """Entry point in the forked child; never returns."""
     status = WORKER_EXIT_CRASHED
     try:
-        reset_signals_after_fork()
-        # worker_timeout's SIGABRT then prints where the reactor was stuck.
-        faulthandler.enable(all_threads=True)
+        reset_signals_after_fork()  # faulthandler stays: the master enabled it before the fork
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         close_inherited(inherited_fds)
         process.become_worker(slot_id)
@@ -79,7 +76,6 @@ def worker_main(slot_id: int, channel: Channel, settings: Settings,
             sys.stderr.flush()
         finally:
             os._exit(status)
-
 
 
 class Worker(Logger):
