@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, toml_key
 
 DEFAULT_BACKLOG = 1024
 MAX_BACKLOG = 65535
@@ -103,7 +103,7 @@ def _backlog(value: Any) -> int:
 
 def parse_listen_section(name: str, table: Any, source: str) -> ListenSettings:
     """One `[listen.NAME]` table -> ListenSettings; every mistake names file and key."""
-    where = f"listen.{name}"
+    where = toml_key("listen", name)
     if not SECTION_NAME.fullmatch(name):
         raise ConfigError(source, where, "a section name may use letters, digits, '_', '.' and '-' "
                                          "(at most 255 characters)")
@@ -111,7 +111,7 @@ def parse_listen_section(name: str, table: Any, source: str) -> ListenSettings:
         raise ConfigError(source, where, "expected a table [listen.NAME]")
     for key in table:
         if key not in LISTEN_KEYS:
-            raise ConfigError(source, f"{where}.{key}", "unknown key")
+            raise ConfigError(source, toml_key("listen", name, key), "unknown key")
     if "address" not in table:
         raise ConfigError(source, f"{where}.address", "missing (e.g. address = \"tcp://127.0.0.1:8060\")")
     try:

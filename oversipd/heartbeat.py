@@ -14,11 +14,18 @@ import time
 from .settings import MAX_WORKERS
 
 _CELL = struct.Struct("d")
+# An idle worker beats this often at most; worker_timeout/4 when that is shorter.
+MAX_INTERVAL = 5.0
 
 
 class HeartbeatBoard:
-    def __init__(self, slots: int = MAX_WORKERS + 1) -> None:
+    def __init__(self, slots: int = MAX_WORKERS + 1, max_interval: float = MAX_INTERVAL) -> None:
         self._map = mmap.mmap(-1, _CELL.size * slots)
+        self.max_interval = max_interval
+
+    def interval(self, worker_timeout: float) -> float:
+        """How often a worker beats: a few beats fit in worker_timeout and in max_interval."""
+        return min(self.max_interval, worker_timeout / 4) if worker_timeout else self.max_interval
 
     def beat(self, slot_id: int, now: float | None = None) -> None:
         _CELL.pack_into(self._map, slot_id * _CELL.size, time.monotonic() if now is None else now)

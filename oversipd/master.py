@@ -23,12 +23,12 @@ import oversipd
 from . import control, listeners, logger, privileges
 from .control import Channel
 from .errors import CRASH_LOOP_MESSAGE, EXIT_FATAL, EXIT_OK, WORKER_EXIT_FATAL, ConfigError, HaltServer
-from .heartbeat import HeartbeatBoard
+from .heartbeat import MAX_INTERVAL, HeartbeatBoard
 from .logger import Logger
 from .settings import MAX_WORKERS, Overrides, Settings, load_settings
 from .slots import FIRST_BACKOFF, SlotState, WorkerSlot
 from .systemd import Notifier
-from .worker import heartbeat_interval, worker_main
+from .worker import worker_main
 
 ABORT_GRACE = 1.0  # seconds between SIGABRT (traceback) and SIGKILL for a stuck reactor
 # A worker answers its heartbeat while its last beat is younger than this
@@ -85,9 +85,12 @@ class Master(Logger):
         self.private_fds = list(private_fds)  # the master's alone (pid file lock): closed in workers
         self.target_workers = settings.core.workers
         self.slots: dict[int, WorkerSlot] = {}
-        self.board = HeartbeatBoard()
         self.selector = selectors.DefaultSelector()
         self.notifier = Notifier()
+        # Under a systemd watchdog, workers beat often enough to prove, at
+        # each ping, that every reactor still answers.
+        watchdog = self.notifier.watchdog_interval
+        self.board = HeartbeatBoard(max_interval=min(MAX_INTERVAL, watchdog / 2) if watchdog else MAX_INTERVAL)
         self.signal_r, self.signal_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.ready = False
         self.stop_request: StopRequest | None = None
@@ -425,7 +428,7 @@ class Master(Logger):
         """WATCHDOG=1 only while every worker's reactor answers its heartbeat."""
         interval = self.notifier.watchdog_interval or 1.0
         self.next_watchdog = now + interval
-        limit = HEARTBEAT_MISSES * heartbeat_interval(self.settings.core.worker_timeout)
+        limit = HEARTBEAT_MISSES * self.board.interval(self.settings.core.worker_timeout)
         silent = [s for s in self.live_slots() if now - self.board.last_beat(s.slot_id) >= limit]
         if not silent:
             self.notifier.watchdog()

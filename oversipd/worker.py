@@ -26,12 +26,6 @@ IGNORED_IN_WORKER = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR
                      signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH,
                      signal.SIGPIPE)
 DEFAULT_IN_WORKER = (signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM)
-# An idle worker wakes only this often; worker_timeout/4 when that is shorter.
-MAX_HEARTBEAT_INTERVAL = 5.0
-
-
-def heartbeat_interval(worker_timeout: float) -> float:
-    return min(MAX_HEARTBEAT_INTERVAL, worker_timeout / 4) if worker_timeout else MAX_HEARTBEAT_INTERVAL
 
 
 def reset_signals_after_fork() -> None:
@@ -157,7 +151,7 @@ class Worker(Logger):
         if self.next_beat is not None:
             self.next_beat.cancel()
         self.board.beat(self.slot_id)
-        self.next_beat = self.loop.call_later(heartbeat_interval(self.settings.core.worker_timeout), self.beat)
+        self.next_beat = self.loop.call_later(self.board.interval(self.settings.core.worker_timeout), self.beat)
 
     # --- the lifecycle ------------------------------------------------------
 
