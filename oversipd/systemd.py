@@ -7,6 +7,9 @@ import socket
 import time
 
 
+SEND_TIMEOUT = 1.0
+
+
 class Notifier:
     """Sends sd_notify datagrams when NOTIFY_SOCKET is set; otherwise does nothing."""
 
@@ -18,6 +21,10 @@ class Notifier:
         self.sock: socket.socket | None = None
         if address:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # A datagram socket's queue is short (net.unix.max_dgram_qlen,
+            # often 10): a listener that falls behind must not wedge the
+            # master, so a notification waits at most this long.
+            self.sock.settimeout(SEND_TIMEOUT)
         self.watchdog_interval = self._watchdog_interval()
 
     @property
