@@ -39,7 +39,7 @@ HEARTBEAT_MISSES = 3
 MAX_WAIT = 3600.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 IGNORED_SIGNALS = (signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM, signal.SIGPIPE)
-IGNORED_LOG_INTERVAL = 1.0  # seconds between two "ignoring SIGx" lines for one signal
+IGNORED_LOG_INTERVAL = 1.0  # seconds between two "ignoring SIGPIPE" lines
 
 
 @dataclass
@@ -192,14 +192,15 @@ class Master(Logger):
                 handler()
 
     def log_ignored_signal(self, signum: int) -> None:
-        """Logged at most once a second per signal.
+        """Each one is logged; SIGPIPE at most once a second.
 
         When stderr's reader is gone, writing the line raises SIGPIPE itself:
-        logging each one would feed a storm that fills the signal pipe and
-        drops the SIGTERM meant to stop us.
+        logging each of those would feed a storm that fills the signal pipe
+        and drops the SIGTERM meant to stop us.
         """
         now = time.monotonic()
-        if now - self.ignored_logged_at.get(signum, -IGNORED_LOG_INTERVAL) >= IGNORED_LOG_INTERVAL:
+        last = self.ignored_logged_at.get(signum, -IGNORED_LOG_INTERVAL)
+        if signum != signal.SIGPIPE or now - last >= IGNORED_LOG_INTERVAL:
             self.ignored_logged_at[signum] = now
             self.log_system_notice(f"ignoring {signal.Signals(signum).name}")
 

@@ -76,6 +76,7 @@ class Soak:
         self.rss_growth: list[int] = []
         self.generation = 0   # [modules.soak] generation: which file a reload applied
         self.max_fds = 0
+        self.last_sigpipe = float("-inf")  # SIGPIPE is logged at most once a second
 
     def core_settings(self) -> dict[str, Any]:
         # respawn_limit = 0: SIGKILLs of young workers are quick deaths, and
