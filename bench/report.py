@@ -49,7 +49,7 @@ NOTES = [
     "¹ oversipd reloads its workers in place (SIGHUP → every worker's on_reload callbacks done); "
     "gunicorn replaces them (SIGHUP → every new worker's post_worker_init done).",
     "² oversipd's master sleeps until a worker_timeout deadline (30 s by default) comes due; "
-    "its workers write their heartbeat to shared memory once a second without waking it.",
+    "its workers write their heartbeat to shared memory every min(5 s, worker_timeout/4) without waking it.",
     "³ one sample per worker and run.",
     "⁴ the interpreter and the imports, before any fork: oversipd imports its drop-in modules "
     "(the probe) before the fork; gunicorn runs its on_starting hook before binding and forking.",
