@@ -19,6 +19,17 @@ CRASHER = module('''
             asyncio.get_running_loop().call_later(0.05, os._exit, 7)
 ''')
 
+# A server script whose SIGUSR1 handler blocks the reactor for good.
+BLOCKER = module('''
+    @SystemCallbacks.on_started
+    def started():
+        record("started")
+
+    @SystemEvents.on_user_reload
+    def block_the_reactor():
+        time.sleep(600)
+''')
+
 
 def test_a_killed_worker_is_respawned_in_its_slot(oversipd_daemon):
     daemon = oversipd_daemon(modules={"probe": PROBE}, core={"workers": 2})
@@ -85,16 +96,7 @@ def test_when_the_master_disappears_every_worker_terminates_with_error(oversipd_
 
 
 def test_an_unresponsive_reactor_is_aborted_with_a_traceback_and_respawned(oversipd_daemon):
-    source = module('''
-        @SystemCallbacks.on_started
-        def started():
-            record("started")
-
-        @SystemEvents.on_user_reload
-        def block_the_reactor():
-            time.sleep(600)
-    ''')
-    daemon = oversipd_daemon(server_script=source, core={"worker_timeout": 1.0})
+    daemon = oversipd_daemon(server_script=BLOCKER, core={"worker_timeout": 1.0})
     first = daemon.worker_pids()[1]
     daemon.signal(signal.SIGUSR1)
     daemon.wait_log("reactor unresponsive")
@@ -132,16 +134,7 @@ def test_an_exception_escaping_the_reactor_ends_the_worker_with_error(oversipd_d
 
 
 def test_a_reload_applies_a_new_worker_timeout(oversipd_daemon):
-    source = module('''
-        @SystemCallbacks.on_started
-        def started():
-            record("started")
-
-        @SystemEvents.on_user_reload
-        def block_the_reactor():
-            time.sleep(600)
-    ''')
-    daemon = oversipd_daemon(server_script=source, core={"worker_timeout": 0})
+    daemon = oversipd_daemon(server_script=BLOCKER, core={"worker_timeout": 0})
     daemon.core = {"worker_timeout": 1.0}
     daemon.write_conf()
     daemon.signal(signal.SIGHUP)
