@@ -10,6 +10,7 @@ next deadline (respawn, worker_timeout, graceful stop, watchdog).
 from __future__ import annotations
 
 import faulthandler
+import functools
 import gc
 import os
 import selectors
@@ -101,7 +102,7 @@ class Master(Logger):
         self.respawns = 0
         self.next_watchdog = time.monotonic() if self.notifier.watchdog_interval else None
         self.dispatch: dict[int, Callable[[], None]] = {
-            **{signum: self.handle_stop_signal for signum in STOP_SIGNALS},
+            **{signum: functools.partial(self.handle_stop_signal, signum) for signum in STOP_SIGNALS},
             signal.SIGHUP: self.handle_hup,
             signal.SIGUSR1: self.handle_usr1,
             signal.SIGTTIN: self.handle_ttin,
@@ -204,11 +205,12 @@ class Master(Logger):
             self.ignored_logged_at[signum] = now
             self.log_system_notice(f"ignoring {signal.Signals(signum).name}")
 
-    def handle_stop_signal(self) -> None:
+    def handle_stop_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
         if self.stop_request is not None:
-            self.log_system_notice("already stopping")
+            self.log_system_notice(f"{name}: already stopping")
             return
-        self.begin_stop(error=False, status=EXIT_OK, reason="stop requested")
+        self.begin_stop(error=False, status=EXIT_OK, reason=f"stop requested ({name})")
 
     def handle_hup(self) -> None:
         if self.stop_request is not None:

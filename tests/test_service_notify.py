@@ -136,7 +136,7 @@ def test_stop_sends_stopping(oversipd_daemon, listener) -> None:
     listener.wait("READY=1")
     assert daemon.stop() == 0
     (_, stopping), = listener.wait("STOPPING=1")
-    assert value(stopping, "STATUS") == "stopping: stop requested"
+    assert value(stopping, "STATUS") == "stopping: stop requested (SIGTERM)"
 
 
 def test_status_counts_respawns(oversipd_daemon, listener) -> None:
