@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 EVENTS_ENV = "OVERSIPD_TEST_EVENTS"
 TIMEOUT_ENV = "OVERSIPD_TEST_TIMEOUT"
 DEFAULT_TIMEOUT = float(os.environ.get(TIMEOUT_ENV) or 15.0)
+LOG_DRAIN_TIMEOUT = 5.0  # seconds wait_exit waits for the last log lines
 WAIT_WORKERS_POLL = 0.05  # seconds between looks at the process table
 _sender: socket.socket | None = None
 
@@ -68,6 +69,29 @@ class _Inbox:
                 if remaining <= 0:
                     raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
                 self.changed.wait(remaining)
+
+
+def bind_datagram_inbox(address: str, inbox: _Inbox,
+                        decode: Callable[[bytes], Any] = bytes.decode) -> socket.socket:
+    """Bind a unix datagram socket (`@name`: abstract) whose messages a thread decodes into `inbox`.
+
+    Closing the returned socket ends the thread.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + address[1:] if address.startswith("@") else address)
+    threading.Thread(target=_receive_into, args=(sock, inbox, decode), daemon=True).start()
+    return sock
+
+
+def _receive_into(sock: socket.socket, inbox: _Inbox, decode: Callable[[bytes], Any]) -> None:
+    while True:
+        try:
+            data = sock.recv(1 << 16)
+        except OSError:
+            return
+        if not data:
+            return
+        inbox.add(decode(data))
 
 
 def toml_value(value: Any) -> str:
@@ -126,8 +150,8 @@ class Daemon:
         self.notifications = _Inbox()
         # AF_UNIX paths are limited to 108 bytes: keep the sockets short-named.
         self._sockets_dir = Path(tempfile.mkdtemp(prefix="ovs-"))
-        self._events_sock = self._bind_datagram("events", self.events, json.loads)
-        self._notify_sock = self._bind_datagram("notify", self.notifications,
+        self._events_sock = bind_datagram_inbox(str(self._sockets_dir / "events"), self.events, json.loads)
+        self._notify_sock = bind_datagram_inbox(str(self._sockets_dir / "notify"), self.notifications,
                                                 lambda data: data.decode().split("\n"))
         self.write_files()
 
@@ -169,7 +193,8 @@ class Daemon:
             self.command("run", "-c", str(self.conf_path), *args), env=self.environment(),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             start_new_session=True)
-        threading.Thread(target=self._read_log, args=(self.process,), daemon=True).start()
+        self._log_reader = threading.Thread(target=self._read_log, args=(self.process,), daemon=True)
+        self._log_reader.start()
         if wait:
             self.wait_ready(timeout)
         return self
@@ -240,8 +265,13 @@ class Daemon:
         self.write_conf()
 
     def wait_exit(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """Wait for the master's exit status, then for the rest of its log to be read."""
         assert self.process is not None
-        return self.process.wait(timeout)
+        status = self.process.wait(timeout)
+        # The last lines may still be in the pipe; it ends once every
+        # process that shares the master's stderr is gone.
+        self._log_reader.join(LOG_DRAIN_TIMEOUT)
+        return status
 
     def stop(self, timeout: float = DEFAULT_TIMEOUT) -> int:
         """SIGTERM the master and wait for it; returns its exit status."""
@@ -338,23 +368,6 @@ class Daemon:
                                  f"waiting for {waiting_for}; log:\n{self.log_text()}")
 
     # --- plumbing ----------------------------------------------------------------
-
-    def _bind_datagram(self, name: str, inbox: _Inbox, decode: Callable[[bytes], Any]) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(str(self._sockets_dir / name))
-        threading.Thread(target=self._receive, args=(sock, inbox, decode), daemon=True).start()
-        return sock
-
-    @staticmethod
-    def _receive(sock: socket.socket, inbox: _Inbox, decode: Callable[[bytes], Any]) -> None:
-        while True:
-            try:
-                data = sock.recv(1 << 16)
-            except OSError:
-                return
-            if not data:
-                return
-            inbox.add(decode(data))
 
     def _read_log(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stderr is not None

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from oversipd.testing import Daemon, _Inbox
+from oversipd.testing import Daemon, _Inbox, bind_datagram_inbox
 
 WORKERS = 2
 TIMEOUT = 30.0
@@ -47,17 +45,8 @@ class NotifyListener:
     def __init__(self, address: str) -> None:
         self.address = address
         self.inbox = _Inbox()
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
-        threading.Thread(target=self._receive, daemon=True).start()
-
-    def _receive(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            self.inbox.add((time.monotonic_ns(), data.decode().split("\n")))
+        self.sock = bind_datagram_inbox(address, self.inbox,
+                                        lambda data: (time.monotonic_ns(), data.decode().split("\n")))
 
     def messages(self) -> list[tuple[int, list[str]]]:
         with self.inbox.changed:

@@ -10,15 +10,13 @@ The probe module reports its callbacks to a datagram socket the test owns
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from oversipd.testing import EVENTS_ENV, _Inbox
+from oversipd.testing import EVENTS_ENV, _Inbox, bind_datagram_inbox
 from service_harness import SHARE_PATH, BootedSystemd, missing_tools, staged_install
 
 TIMEOUT = 30.0
@@ -85,18 +83,8 @@ class Events:
 
     def __init__(self, path: Path) -> None:
         self.inbox = _Inbox()
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
+        self.sock = bind_datagram_inbox(str(path), self.inbox, json.loads)
         path.chmod(0o666)  # the service runs as the unprivileged user oversipd
-        threading.Thread(target=self._receive, daemon=True).start()
-
-    def _receive(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            self.inbox.add(json.loads(data))
 
     def find(self, event: str, **match: Any) -> list[dict[str, Any]]:
         with self.inbox.changed:

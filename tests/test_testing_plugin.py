@@ -94,6 +94,7 @@ def test_worker_helpers_follow_ttin_ttou_and_respawns(oversipd_daemon) -> None:
 def test_since_a_mark_only_later_events_and_lines_count(oversipd_daemon) -> None:
     daemon = oversipd_daemon(modules={"recorder": RECORDER}, server_script=USER_RELOAD_SCRIPT)
     daemon.wait_events("started")
+    daemon.wait_log("ready:")  # the log arrives through its own pipe, maybe after READY=1
     mark = daemon.mark()
     assert daemon.find("started", since=mark) == []
     assert daemon.log_lines("ready", since=mark) == []
