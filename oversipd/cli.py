@@ -148,7 +148,7 @@ def serve(args: argparse.Namespace, settings: Settings, report: "StartupReport |
     with pidfile.held(settings.core.pid_file) as pid_file:
         try:
             prepare_master(args, settings, report, bind=True)
-            process.set_title(f"oversipd: master [{settings.path}]")
+            process.set_title(process.master_title(settings.path))
             run_on_initialize()
             master = Master(settings, overrides_from(args),
                             on_ready=report.ready if report is not None else None,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .errors import EXIT_FATAL, EXIT_NOT_RUNNING, EXIT_OK, NO_PID_FILE, NOT_RUNNING, ConfigError
 from .pidfile import running_pid
+from .process import worker_processes
 from .settings import CoreSettings, default_conf_path, load_settings
 
 if TYPE_CHECKING:
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 # `stop` gives the master graceful_timeout to stop its workers, plus this
 # much for its own exit, before it reports failure.
 STOP_MARGIN = 5.0
-WORKER_TITLE = "oversipd: worker "
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def status(target: Target) -> int:
     try:
         master = psutil.Process(pid)
         rows = [_row(master, "master", "-")] + [
-            _row(process, "worker", slot) for slot, process in _workers(master)]
+            _row(process, "worker", str(slot)) for slot, process in sorted(worker_processes(pid).items())]
     except psutil.NoSuchProcess:
         _say(NOT_RUNNING.format(path=target.pid_file))
         return EXIT_NOT_RUNNING
@@ -135,21 +135,6 @@ def status(target: Target) -> int:
     for row in [("ROLE", "SLOT", "PID", "STATE", "UPTIME", "RSS", "CPU"), *rows]:
         print("{:<7} {:>4} {:>8}  {:<9} {:>12} {:>10} {:>9}".format(*row))
     return EXIT_OK
-
-
-def _workers(master: "psutil.Process") -> list[tuple[str, "psutil.Process"]]:
-    """(slot, process) of the master's children titled `oversipd: worker K`, by slot."""
-    import psutil
-
-    found = []
-    for child in master.children():
-        try:
-            title = " ".join(child.cmdline())
-        except psutil.Error:
-            continue
-        if title.startswith(WORKER_TITLE):
-            found.append((title[len(WORKER_TITLE):].strip(), child))
-    return sorted(found, key=lambda item: int(item[0]) if item[0].isdigit() else 0)
 
 
 def _row(process: "psutil.Process", role: str, slot: str) -> tuple[str, ...]:

@@ -298,16 +298,8 @@ class Daemon:
 
     def worker_pids(self) -> dict[int, int]:
         """{worker slot: pid} of the live workers, read from their process titles."""
-        import psutil
-        pids = {}
-        for child in psutil.Process(self.pid).children():
-            try:
-                title = " ".join(child.cmdline())
-            except psutil.Error:
-                continue
-            if title.startswith("oversipd: worker "):
-                pids[int(title.split()[-1])] = child.pid
-        return pids
+        from .process import worker_processes
+        return {slot: child.pid for slot, child in worker_processes(self.pid).items()}
 
     # --- waiting ---------------------------------------------------------------
 

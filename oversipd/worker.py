@@ -57,7 +57,7 @@ def worker_main(slot_id: int, channel: Channel, settings: Settings,
         close_inherited(inherited_fds)
         process.become_worker(slot_id)
         logger.set_process_tag(f"worker {slot_id}")
-        process.set_title(f"oversipd: worker {slot_id}")
+        process.set_title(process.worker_title(slot_id))
         privileges.drop(settings.core.user, settings.core.group)
         status = Worker(slot_id, channel, settings, board).run()
     except BaseException as error:  # nothing may unwind into the master's frames
