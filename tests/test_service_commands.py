@@ -8,28 +8,11 @@ import sys
 
 from oversipd.control_commands import STOP_MARGIN
 from oversipd.testing import Daemon
+from service_modules import LIFECYCLE_PROBE
 
 WORKERS = 2
 
-PROBE = '''
-from oversipd import SystemCallbacks
-from oversipd.testing import record
-
-
-@SystemCallbacks.on_started
-def started():
-    record("on_started")
-
-
-@SystemCallbacks.on_reload
-def reloaded():
-    record("on_reload")
-
-
-@SystemCallbacks.on_terminated
-def terminated(error):
-    record("on_terminated", error=error)
-'''
+PROBE = LIFECYCLE_PROBE
 
 
 def running(oversipd_daemon, **core) -> Daemon:

@@ -14,36 +14,15 @@ import pytest
 
 from oversipd.pidfile import read_pid
 from oversipd.testing import Daemon
+from service_modules import LIFECYCLE_PROBE, fatal_on_started
 
 WORKERS = 2
 COMMAND_TIMEOUT = 60
 
-PROBE = '''
-import os
-import oversipd
-from oversipd import SystemCallbacks
-from oversipd.testing import record
-
-
-@SystemCallbacks.on_started
-def started():
-    record("on_started")
-
-
-@SystemCallbacks.on_terminated
-def terminated(error):
-    record("on_terminated", error=error)
-'''
+PROBE = LIFECYCLE_PROBE
 
 FATAL_MESSAGE = "the license server said no"
-FATAL = f'''
-from oversipd import Launcher, SystemCallbacks
-
-
-@SystemCallbacks.on_started
-def started():
-    Launcher.fatal({FATAL_MESSAGE!r})
-'''
+FATAL = fatal_on_started(FATAL_MESSAGE)
 
 NEVER_READY = '''
 import asyncio

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from oversipd.pidfile import PidFile, read_pid
+from service_modules import fatal_on_started
 
 PROBE = '''
 import os
@@ -21,14 +22,7 @@ def started():
     record("on_started", fds=sorted(os.listdir("/proc/self/fd")))
 '''
 
-FATAL_ON_STARTED = '''
-from oversipd import Launcher, SystemCallbacks
-
-
-@SystemCallbacks.on_started
-def started():
-    Launcher.fatal("cannot go on")
-'''
+FATAL_ON_STARTED = fatal_on_started("cannot go on")
 
 
 def dead_pid() -> int:

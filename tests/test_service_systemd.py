@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import pytest
 
 from oversipd.testing import EVENTS_ENV, _Inbox, bind_datagram_inbox
+from service_modules import fatal_on_started
 from service_harness import SHARE_PATH, BootedSystemd, missing_tools, staged_install
 
 TIMEOUT = 30.0
@@ -51,14 +52,7 @@ def terminated(error):
 '''
 
 FATAL_MESSAGE = "probe: the database is unreachable, giving up"
-FATAL = f'''
-from oversipd import Launcher, SystemCallbacks
-
-
-@SystemCallbacks.on_started
-def started():
-    Launcher.fatal({FATAL_MESSAGE!r})
-'''
+FATAL = fatal_on_started(FATAL_MESSAGE)
 
 TEST_DROP_IN = f"""[Service]
 Environment={EVENTS_ENV}={SHARE_PATH}/events
