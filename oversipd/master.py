@@ -47,7 +47,6 @@ IGNORED_LOG_INTERVAL = 1.0  # seconds between two "ignoring SIGPIPE" lines
 class StopRequest:
     error: bool          # what the workers' on_terminated callbacks get
     status: int          # the master's exit status
-    deadline: float      # after this, the remaining workers are killed
 
 
 def _do_nothing(signum: int, frame: object) -> None:
@@ -147,33 +146,33 @@ class Master(Logger):
             key.data()
 
     def next_deadline(self) -> float | None:
-        deadlines = []
-        if self.stop_request is not None:
-            deadlines.append(self.stop_request.deadline)
-        elif self.next_watchdog is not None:  # no petting while stopping (STOPPING=1 was sent)
-            deadlines.append(self.next_watchdog)
-        timeout = self.settings.core.worker_timeout
-        for slot in self.slots.values():
-            if slot.state is SlotState.WAITING and slot.respawn_at is not None:
-                deadlines.append(slot.respawn_at)
-            elif slot.abort_sent_at is not None:
-                deadlines.append(slot.abort_sent_at + ABORT_GRACE)
-            elif slot.stop_deadline is not None and slot.alive:
-                deadlines.append(slot.stop_deadline)
-            elif timeout and slot.alive and slot.state is not SlotState.STOPPING:
-                deadlines.append(self.board.last_beat(slot.slot_id) + timeout)
+        # No petting while stopping: STOPPING=1 was sent.
+        deadlines = [self.next_watchdog] if self.next_watchdog is not None and self.stop_request is None else []
+        deadlines += [self.slot_deadline(slot) for slot in self.slots.values()]
         # inf marks a deadline already acted upon (SIGKILL sent): nothing more is due.
-        return min((d for d in deadlines if d != float("inf")), default=None)
+        return min((d for d in deadlines if d is not None and d != float("inf")), default=None)
+
+    def slot_deadline(self, slot: WorkerSlot) -> float | None:
+        """When the master must next look at `slot` (respawn, graceful_timeout, worker_timeout)."""
+        if slot.state is SlotState.WAITING:
+            return slot.respawn_at
+        if not slot.alive:
+            return None
+        if slot.state is SlotState.STOPPING:
+            return slot.stop_deadline
+        if slot.abort_sent_at is not None:
+            return slot.abort_sent_at + ABORT_GRACE
+        if self.settings.core.worker_timeout:
+            return self.board.last_beat(slot.slot_id) + self.settings.core.worker_timeout
+        return None
 
     def run_due_work(self, now: float) -> None:
+        self.kill_overdue_stopping_workers(now)
         if self.stop_request is not None:
-            if now >= self.stop_request.deadline:
-                self.kill_remaining_workers()
             return
         for slot in list(self.slots.values()):
             if slot.state is SlotState.WAITING and slot.respawn_at is not None and slot.respawn_at <= now:
                 self.spawn_worker(slot)
-        self.kill_overdue_retired_workers(now)
         self.murder_unresponsive_workers(now)
         if self.next_watchdog is not None and now >= self.next_watchdog:
             self.pet_watchdog(now)
@@ -418,12 +417,12 @@ class Master(Logger):
                 self.signal_worker(slot, signal.SIGABRT)
                 slot.abort_sent_at = now
 
-    def kill_overdue_retired_workers(self, now: float) -> None:
-        """graceful_timeout bounds a worker removed by TTOU (or a smaller `workers`) too."""
+    def kill_overdue_stopping_workers(self, now: float) -> None:
+        """graceful_timeout after a worker was asked to stop (daemon stop, TTOU, fewer `workers`): SIGKILL."""
         for slot in self.slots.values():
             if slot.alive and slot.stop_deadline is not None and now >= slot.stop_deadline:
-                self.log_system_warn(f"worker {slot.slot_id} (pid {slot.pid}) still running "
-                                     "graceful_timeout after it was asked to stop; SIGKILL")
+                self.log_system_warn(f"worker {slot.slot_id} (pid {slot.pid}) still running after "
+                                     "graceful_timeout; SIGKILL")
                 self.signal_worker(slot, signal.SIGKILL)
                 slot.stop_deadline = None
 
@@ -445,8 +444,7 @@ class Master(Logger):
     def begin_stop(self, error: bool, status: int, reason: str) -> None:
         if self.stop_request is not None:
             return
-        deadline = time.monotonic() + self.settings.core.graceful_timeout
-        self.stop_request = StopRequest(error, status, deadline)
+        self.stop_request = StopRequest(error, status)
         self.log_system_notice(f"stopping ({reason})")
         self.notifier.stopping(f"stopping: {reason}")
         for slot in list(self.slots.values()):
@@ -454,15 +452,6 @@ class Master(Logger):
                 self.stop_worker(slot, error)
             else:
                 del self.slots[slot.slot_id]
-
-    def kill_remaining_workers(self) -> None:
-        for slot in self.slots.values():
-            if slot.alive:
-                self.log_system_warn(f"worker {slot.slot_id} (pid {slot.pid}) still running after "
-                                     "graceful_timeout; SIGKILL")
-                self.signal_worker(slot, signal.SIGKILL)
-                slot.stop_deadline = None
-        self.stop_request.deadline = float("inf")
 
     # --- reloading -------------------------------------------------------------
 
