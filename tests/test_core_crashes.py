@@ -102,6 +102,8 @@ def test_an_unresponsive_reactor_is_aborted_with_a_traceback_and_respawned(overs
     daemon.wait_log("reactor unresponsive")
     again = daemon.wait_events("started", count=2)[-1]
     assert again["worker"] == 1 and again["pid"] != first
+    # The master logs the death once the replacement is forked: wait for the line.
+    daemon.wait_log(f"(pid {first}) killed by")
     log = daemon.log_text()
     assert "block_the_reactor" in log  # faulthandler's dump of the stuck stack
     assert f"worker 1 (pid {first}) killed by SIGABRT" in log
