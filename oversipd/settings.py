@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -177,10 +177,6 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
     )
     return Settings(path=conf_path, core=core, modules=modules, workers_in_file=workers_in_file,
                     listen=listen)
-
-
-def with_overrides(settings: Settings, **changes: Any) -> Settings:
-    return replace(settings, core=replace(settings.core, **changes))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
