@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 import pytest
+from hypothesis import given, strategies as st
 
 from oversipd.sip.dns import DnsError, Rfc3263Resolver, SipDestination, Target, order_srv_records
 from oversipd.sip.proxy_settings import DnsSettings, ProxySettings, parse_nameserver
@@ -159,6 +160,14 @@ def test_zero_weight_records_keep_a_small_chance_and_all_records_stay_listed():
     assert all(order[0] == 3 and sorted(order) == [1, 2, 3] for order in orders)
     zero_first = sum(order[1] == 1 for order in orders) / len(orders)
     assert 0.05 < zero_first < 0.15   # 1 chance in 10 (randint(0, 9) == 0)
+
+
+@given(st.lists(st.tuples(st.integers(0, 65535), st.integers(0, 65535)), max_size=12), st.integers())
+def test_srv_order_is_a_permutation_by_ascending_priority(priorities_weights, seed):
+    records = [Srv(priority, weight, port) for port, (priority, weight) in enumerate(priorities_weights)]
+    ordered = order_srv_records(records, random.Random(seed))
+    assert sorted(r.port for r in ordered) == list(range(len(records)))
+    assert [r.priority for r in ordered] == sorted(r.priority for r in records)
 
 
 # --- A / AAAA, explicit ports, IP literals --------------------------------------------
@@ -320,3 +329,30 @@ def test_a_missing_domain_is_cached_too(dns_server):
     asked = len(server.queries())
     assert resolve_error(resolver, f"nowhere.{DOMAIN}").status == 404
     assert len(server.queries()) == asked
+
+
+def test_simultaneous_resolutions_share_one_query_per_record_set(dns_server):
+    server = dns_server(full_zone())
+    resolver = resolver_for(server.nameserver, clock=FakeClock())
+    uncached = replace(PROFILE, dns_cache_time=0)
+
+    async def burst():
+        return await asyncio.gather(*(resolver.resolve(SipDestination("sip", DOMAIN), uncached)
+                                      for _ in range(20)))
+    results = asyncio.run(burst())
+    assert all(targets == results[0] for targets in results)
+    queries = server.queries()
+    assert len(queries) == len(set(queries))   # each (type, name) asked once
+    assert ("NAPTR", DOMAIN) in queries
+
+
+# --- what the proxy's failover test needs ---------------------------------------------------
+
+def test_two_srv_priorities_on_one_address_give_two_targets_in_order(dns_server):
+    zone = (DnsZone().srv(f"_sip._udp.{DOMAIN}", f"first.{DOMAIN}", 5081, priority=10)
+            .srv(f"_sip._udp.{DOMAIN}", f"second.{DOMAIN}", 5082, priority=20)
+            .host(f"first.{DOMAIN}", "127.0.0.1").host(f"second.{DOMAIN}", "127.0.0.1"))
+    server = dns_server(zone)
+    udp = replace(PROFILE, transport_preference=("udp",))
+    assert resolve(resolver_for(server.nameserver), DOMAIN, policy=udp) == \
+        [Target("udp", "127.0.0.1", 5081), Target("udp", "127.0.0.1", 5082)]

@@ -114,6 +114,7 @@ class Rfc3263Resolver:
         self._supported = tuple(supported_transports)
         self.ip_versions = tuple(ip_versions)
         self._cache: dict[tuple[str, str], _CacheEntry] = {}
+        self._in_flight: dict[tuple[str, str], asyncio.Future[tuple[Any, ...]]] = {}
         self._dns: dns.asyncresolver.Resolver | None = None
 
     async def resolve(self, destination: Destination, policy: ResolvePolicy) -> list[Target]:
@@ -239,10 +240,25 @@ class Rfc3263Resolver:
         entry = self._cache.get(key)
         if entry is not None and now < entry.fetched_at + min(entry.ttl, cache_time):
             return entry.records
-        records, ttl = await self._query(name, rdtype)
+        # Requests to one domain come in bursts: they share the query in flight.
+        fetch = self._in_flight.get(key)
+        if fetch is None:
+            fetch = asyncio.ensure_future(self._fetch(key, cache_time))
+            self._in_flight[key] = fetch
+            fetch.add_done_callback(lambda done: self._fetched(key, done))
+        # A waiter that is cancelled (its request was) leaves the query to the others.
+        return await asyncio.shield(fetch)
+
+    async def _fetch(self, key: tuple[str, str], cache_time: float) -> tuple[Any, ...]:
+        records, ttl = await self._query(*key)
         if cache_time > 0 and ttl > 0:
             self._store(key, _CacheEntry(self._clock(), ttl, records))
         return records
+
+    def _fetched(self, key: tuple[str, str], fetch: asyncio.Future[tuple[Any, ...]]) -> None:
+        self._in_flight.pop(key, None)
+        if not fetch.cancelled():
+            fetch.exception()   # retrieved, even when every waiter was cancelled
 
     def _store(self, key: tuple[str, str], entry: _CacheEntry) -> None:
         if len(self._cache) >= MAX_CACHE_ENTRIES:
