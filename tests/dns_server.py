@@ -85,6 +85,10 @@ class DnsServer:
     def nameserver(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def dns_table(self, timeout: float = 2.0) -> dict[str, object]:
+        """The `[dns]` table of an oversipd that asks this server (for `extra_tables`)."""
+        return {"nameservers": [self.nameserver], "timeout": timeout}
+
     def start(self) -> "DnsServer":
         """Start on a free port (another, if that one was taken meanwhile); wait until it serves."""
         for _attempt in range(PORT_ATTEMPTS):

@@ -10,6 +10,7 @@ from oversipd.settings import load_settings
 from oversipd.sip.proxy_settings import DnsSettings, ProxySettings
 
 from conftest import PROBE
+from dns_server import DnsZone
 
 
 def settings_from(tmp_path: Path, text: str):
@@ -124,3 +125,10 @@ def test_a_valid_configuration_passes_check(oversipd_daemon):
         "dns": {"nameservers": ["127.0.0.1:5353"], "timeout": 1.5}})
     result = daemon.run_command("check", "-c", str(daemon.conf_path))
     assert result.returncode == 0, result.stderr
+
+
+def test_the_dns_table_of_a_test_server_is_valid(oversipd_daemon, dns_server):
+    server = dns_server(DnsZone().host("pbx.example.test", "127.0.0.1"))
+    daemon = oversipd_daemon(start=False, extra_tables={"dns": server.dns_table()})
+    assert daemon.run_command("check", "-c", str(daemon.conf_path)).returncode == 0
+    assert load_settings(daemon.conf_path).dns.nameservers == (("127.0.0.1", server.port),)
