@@ -32,7 +32,7 @@ check: $(STAMP)
 	chmod go-w modules.d modules.d/*.py
 	$(VENV)/bin/oversipd check -c oversipd.conf
 
-test: $(STAMP) $(MOD_PG_STAMP) postgresql-server service-test-deps
+test: $(STAMP) $(MOD_PG_STAMP) postgresql-server service-test-deps dnsmasq-base
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # oversip-mod-postgresql: a distribution of its own, installed (editable)
@@ -53,6 +53,15 @@ postgresql-server:
 	  fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1 \
 	    apt-get install -y -qq -o Dpkg::Options::=--force-confold postgresql; \
+	fi
+
+# The SIP DNS tests (tests/dns_server.py) serve their zones from a private
+# dnsmasq: Debian's dnsmasq-base is the binary alone, without the system
+# service that the `dnsmasq` package would start.
+.PHONY: dnsmasq-base
+dnsmasq-base:
+	@if [ ! -x /usr/sbin/dnsmasq ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsmasq-base; \
 	fi
 
 clean:

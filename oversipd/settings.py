@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from .addresses import ListenSettings, parse_listen_tables
 from .errors import ConfigError, toml_key
+from .sip.proxy_settings import DnsSettings, ProxySettings, parse_dns_table, parse_proxy_tables
 
 LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
 SYSLOG_FACILITIES = (
@@ -57,6 +58,9 @@ class Settings:
     workers_in_file: int = 1
     # [listen.NAME] sections (SPEC §7); bound once, at start.
     listen: dict[str, ListenSettings] = field(default_factory=dict)
+    # [dns] and [proxy.NAME] (SIP.md §10): read by oversipd.sip's proxy.
+    dns: DnsSettings = DnsSettings()
+    proxies: dict[str, ProxySettings] = field(default_factory=dict)
 
     def module_settings(self, name: str) -> dict[str, Any]:
         return dict(self.modules.get(name, {}))
@@ -139,8 +143,10 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
     core_table = _table(document, "core", source)
     modules_table = _table(document, "modules", source)
     listen = parse_listen_tables(_table(document, "listen", source), source)
+    dns = parse_dns_table(_table(document, "dns", source), source)
+    proxies = parse_proxy_tables(_table(document, "proxy", source), source)
     for name in document:
-        if name not in ("core", "modules", "listen"):
+        if name not in ("core", "modules", "listen", "dns", "proxy"):
             raise ConfigError(source, toml_key(name), "unknown table or key")
 
     raw: dict[str, Any] = {}
@@ -176,7 +182,7 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
                                "graceful_timeout", "worker_timeout", "respawn_limit") if k in raw},
     )
     return Settings(path=conf_path, core=core, modules=modules, workers_in_file=workers_in_file,
-                    listen=listen)
+                    listen=listen, dns=dns, proxies=proxies)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -4,6 +4,8 @@ import textwrap
 
 import pytest
 
+from dns_server import dns_server, silent_nameserver  # noqa: F401  (fixtures for the SIP tests)
+
 # A drop-in module that records every callback it gets, with where it ran.
 PROBE = textwrap.dedent('''
     import asyncio

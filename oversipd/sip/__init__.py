@@ -1,0 +1,1 @@
+"""oversipd's SIP stack (SIP.md)."""
