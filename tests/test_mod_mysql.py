@@ -8,6 +8,7 @@ only, performance_schema on (it holds the connection attributes).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -206,12 +207,13 @@ def test_server_stopped_then_back_without_restarting_oversipd(running_mariadb: M
         daemon.wait_log("next attempt in 0.2 s", since=down)
         assert daemon.running
     finally:
+        back = daemon.mark()  # before the start: a worker may reconnect before start() returns
         if not running_mariadb.is_running():
             running_mariadb.start()
-    back = daemon.mark()
     for worker in (1, 2):
         daemon.wait_events("my_query", ok=True, since=back, worker=worker, timeout=SERVER_BACK_TIMEOUT)
-    daemon.wait_log("pool 'db': connected again", since=back, count=2)
+    # (a worker whose failures were all queries on lost connections never had to wait)
+    daemon.wait_log("pool 'db': connected again", since=back)
     assert daemon.running
     assert daemon.worker_pids() == workers_before, "no worker was restarted"
     assert daemon.stop() == 0
@@ -269,4 +271,18 @@ def test_pool_lookup_errors_are_clear(running_mariadb: MariadbServer, oversipd_d
     in_master = daemon.wait_events("in_master")[0]
     assert in_master["role"] == "master"
     assert in_master["type"] == "PoolNotOpenError" and "opens its pools before its on_started" in in_master["message"]
+    assert daemon.stop() == 0
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "mods" / "oversip-mod-mysql" / "examples" / "lookup_server.py"
+
+
+def test_the_lookup_example_finds_the_account_on_reload(running_mariadb: MariadbServer, oversipd_daemon) -> None:
+    daemon = oversipd_daemon(server_script=EXAMPLE.read_text(), workers=2,
+                             settings={"accounts_db": running_mariadb.connect_options(), "lookup": {"account": 5}})
+    daemon.reload()
+    daemon.wait_log("INFO: <Lookup example> [user] account 5: user5", count=2)
+    daemon.set_settings("lookup", {"account": 100000})
+    daemon.reload()
+    daemon.wait_log("account 100000: not found", count=2)
     assert daemon.stop() == 0
