@@ -142,3 +142,29 @@ def test_declaring_in_a_worker_is_refused(oversipd_daemon) -> None:
     daemon = oversipd_daemon(modules={"late": DECLARED_IN_A_WORKER})
     message = daemon.wait_events("refused")[0]["message"]
     assert "worker_resource('late') called in a worker: declare resources in the master" in message
+
+
+# "first" opens at once; "stuck" never finishes opening.
+STUCK_OPEN = module('''
+    from oversipd import worker_resource
+
+    def open_first():
+        record("open", name="first")
+        return "first"
+
+    async def open_stuck():
+        record("opening", name="stuck")
+        await asyncio.Event().wait()
+
+    worker_resource("first", open=open_first, close=lambda value: record("close", name=value))
+    worker_resource("stuck", open=open_stuck, close=lambda value: record("close", name="stuck"))
+''')
+
+
+def test_a_worker_stopped_while_opening_closes_what_it_opened(oversipd_daemon) -> None:
+    daemon = oversipd_daemon(server_script=STUCK_OPEN, start=False)
+    daemon.start(wait=False)
+    daemon.wait_events("opening", name="stuck")
+    daemon.stop()
+    daemon.wait_events("close", name="first")
+    assert names(daemon.find("close")) == ["first"], "only what was opened is closed"
