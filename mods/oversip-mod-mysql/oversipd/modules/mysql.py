@@ -106,8 +106,9 @@ class PoolSpec:
 class Pool(Logger):
     """A worker's pool: asyncmy's, with `on_connect` per new connection and back-off while the server is away.
 
-    `acquire()` is used as asyncmy's: `async with pool.acquire() as conn`.
-    Other attributes (size, freesize, ...) are the asyncmy pool's.
+    `acquire()` is used as asyncmy's, in `async with pool.acquire() as conn`
+    (not awaited alone).  Other attributes (size, freesize, ...) are the
+    asyncmy pool's.
     """
 
     def __init__(self, spec: PoolSpec, driver_pool: Any) -> None:
@@ -171,9 +172,6 @@ class Pool(Logger):
             self._configured = {known for known in self._configured if known.connected}
         self._configured.add(connection)
 
-    async def close(self) -> None:
-        self.driver_pool.close()
-        await self.driver_pool.wait_closed()
 
 
 def _loop_time() -> float:
@@ -289,5 +287,6 @@ async def _open_pool(spec: PoolSpec) -> Pool:
 
 
 async def _close_pool(open_pool: Pool) -> None:
-    await open_pool.close()
+    open_pool.driver_pool.close()
+    await open_pool.driver_pool.wait_closed()
     log.log_system_info(f"pool {open_pool.name!r} closed")
