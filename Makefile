@@ -6,6 +6,8 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 MOD_PG := mods/oversip-mod-postgresql
 MOD_PG_STAMP := $(VENV)/.installed-mod-postgresql
+MOD_MYSQL := mods/oversip-mod-mysql
+MOD_MYSQL_STAMP := $(VENV)/.installed-mod-mysql
 
 .PHONY: run test check clean
 
@@ -32,7 +34,7 @@ check: $(STAMP)
 	chmod go-w modules.d modules.d/*.py
 	$(VENV)/bin/oversipd check -c oversipd.conf
 
-test: $(STAMP) $(MOD_PG_STAMP) postgresql-server service-test-deps dnsmasq-base
+test: $(STAMP) $(MOD_PG_STAMP) $(MOD_MYSQL_STAMP) postgresql-server mariadb-server dnsmasq-base service-test-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # oversip-mod-postgresql: a distribution of its own, installed (editable)
@@ -40,6 +42,28 @@ test: $(STAMP) $(MOD_PG_STAMP) postgresql-server service-test-deps dnsmasq-base
 $(MOD_PG_STAMP): $(STAMP) $(MOD_PG)/setup.cfg $(MOD_PG)/pyproject.toml
 	$(PIP) install --quiet -e $(MOD_PG)
 	touch $@
+
+# oversip-mod-mysql, likewise; tests/test_mod_mysql.py uses it.
+$(MOD_MYSQL_STAMP): $(STAMP) $(MOD_MYSQL)/setup.cfg $(MOD_MYSQL)/pyproject.toml
+	$(PIP) install --quiet -e $(MOD_MYSQL)
+	touch $@
+
+# The MySQL tests start a private MariaDB (mariadb-install-db into a
+# temporary datadir, mariadbd on a unix socket): install Debian's
+# mariadb-server when missing, without starting Debian's own service (a
+# policy-rc.d that forbids starting services, only for the install).
+.PHONY: mariadb-server
+mariadb-server:
+	@if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then \
+	  policy=/usr/sbin/policy-rc.d; own_policy=""; \
+	  if [ ! -e $$policy ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > $$policy && chmod 755 $$policy && own_policy=1; \
+	  fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server; \
+	  status=$$?; \
+	  if [ -n "$$own_policy" ]; then rm -f $$policy; fi; \
+	  exit $$status; \
+	fi
 
 # The PostgreSQL tests start a private server (initdb into a temporary
 # directory) from Debian's postgresql package: install it when missing,
@@ -108,6 +132,21 @@ bench-quick: $(BENCH_STAMP)
 # Where oversipd's start, respawn and stop time goes: phase stamps, imports, pyinstrument.
 bench-profile: $(BENCH_STAMP)
 	$(BENCH_PY) -m bench.profile
+
+# --- database drivers (issue 13): primary-key SELECTs/s through a pool, 2 workers -----
+# asyncmy, aiomysql (MariaDB) and psycopg (PostgreSQL, for scale) in one run,
+# against private servers; e.g. BENCH_ARGS="--duration 10 --rounds 5".
+BENCH_DB_STAMP := $(BENCH_VENV)/.installed-db
+
+$(BENCH_DB_STAMP): $(BENCH_STAMP) bench/requirements-db.txt $(wildcard $(MOD_PG)/oversipd/modules/*.py $(MOD_MYSQL)/oversipd/modules/*.py)
+	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements-db.txt
+	$(BENCH_VENV)/bin/pip install --quiet --no-deps --force-reinstall ./$(MOD_PG) ./$(MOD_MYSQL)
+	rm -rf build $(MOD_PG)/build $(MOD_MYSQL)/build
+	touch $@
+
+.PHONY: bench-db
+bench-db: $(BENCH_DB_STAMP) mariadb-server postgresql-server
+	$(BENCH_PY) bench/db_queries.py $(BENCH_ARGS)
 
 # --- install / uninstall (issue 3) ------------------------------------------
 # `make install` puts oversipd in its own virtual environment under

@@ -19,10 +19,12 @@ from .callbacks import SystemCallbacks, SystemEvents
 from .launcher import Launcher
 from .listeners import listen_socket
 from .logger import Logger
+from .resources import ResourceError, ResourceNotOpenError, WorkerResource, worker_resource
 
 __version__ = "0.1.0"
 __all__ = ["SystemCallbacks", "SystemEvents", "Launcher", "Logger", "M", "modules",
-           "process", "config", "module_settings", "listen_socket", "__version__"]
+           "process", "config", "module_settings", "listen_socket", "worker_resource", "WorkerResource",
+           "ResourceError", "ResourceNotOpenError", "__version__"]
 
 M = modules
 

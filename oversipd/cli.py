@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     new_module = commands.add_parser("new-module", help="create oversip-mod-NAME/, a module distribution to start from")
     new_module.add_argument("name", metavar="NAME", help="the module's name: oversipd.modules.NAME")
     new_module.add_argument("--dir", default=".", metavar="DIR", help="where to create it (default: .)")
+    new_module.add_argument("--with-resource", action="store_true",
+                            help="a module holding one connection per worker (oversipd.worker_resource)")
     return parser
 
 
@@ -171,7 +173,7 @@ def command_control(args: argparse.Namespace) -> int:
 
 def command_new_module(args: argparse.Namespace) -> int:
     from .scaffold import CREATED, create_module_distribution
-    print(CREATED.format(path=create_module_distribution(args.name, args.dir)))
+    print(CREATED.format(path=create_module_distribution(args.name, args.dir, args.with_resource)))
     return EXIT_OK
 
 

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 import oversipd
 
-from . import control, logger, privileges, process
+from . import control, logger, privileges, process, resources
 from .callbacks import SystemCallbacks, SystemEvents, describe, is_cancellation
 from .control import Channel
 from .errors import WORKER_EXIT_CRASHED
@@ -158,6 +158,8 @@ class Worker(Logger):
     async def start(self) -> None:
         assert self.turn is not None
         async with self.turn:
+            # Before any callback, so every callback finds them open.
+            await resources.open_declared()
             await SystemCallbacks.on_started.run(on_error=self.started_failed)
             try:
                 await SystemEvents.run("on_started")
@@ -190,7 +192,7 @@ class Worker(Logger):
             await self.run_event("on_user_reload")
 
     async def terminate(self, error: bool) -> None:
-        """on_terminated: the server script's handler, then the modules' in reverse order."""
+        """on_terminated: the server script's handler, the modules' in reverse order, then the resources."""
         if self.terminated:
             return
         self.terminated = True
@@ -200,6 +202,7 @@ class Worker(Logger):
         await self.run_event("on_terminated", error)
         await SystemCallbacks.on_terminated.run(error, reverse=True,
                                                 on_error=self.callback_failed("on_terminated"))
+        await resources.close_opened()
 
     # --- failures that are logged, not fatal ---------------------------------
 

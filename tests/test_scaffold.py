@@ -106,3 +106,30 @@ def test_scaffold_installs_into_a_fresh_virtualenv_and_passes_its_tests(tmp_path
     assert editable.split() == [str(dist / "oversipd" / "modules" / "greeter.py"), oversipd.__version__]
     assert "3 passed" in run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(dist / "tests")],
                              cwd=tmp_path)
+
+
+def test_with_resource_creates_a_module_holding_a_connection_per_worker(tmp_path: Path) -> None:
+    result = oversipd_command("new-module", "cache", "--with-resource", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    root = tmp_path / "oversip-mod-cache"
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == [
+        "README.md", "oversipd/modules/cache.py", "pyproject.toml", "setup.cfg", "tests/test_cache.py"]
+    module = (root / "oversipd/modules/cache.py").read_text()
+    for api in ("worker_resource(", "ResourceError(", "Launcher.fatal", "def add_connection(", "def connection("):
+        assert api in module
+    assert "SystemCallbacks.on_started" not in module, "the core opens and closes the resource"
+    compile(module, "cache.py", "exec")
+    compile((root / "tests/test_cache.py").read_text(), "test_cache.py", "exec")
+
+
+@pytest.mark.skipif(not (CHECKOUT / "setup.cfg").is_file(), reason="needs oversipd's source checkout")
+def test_with_resource_installs_into_a_fresh_virtualenv_and_passes_its_tests(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
+    python, pip = str(venv / "bin" / "python"), [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    run([*pip, str(copy_core_checkout(tmp_path / "core"))], cwd=tmp_path)
+    run([str(venv / "bin" / "oversipd"), "new-module", "cache", "--with-resource", "--dir", str(tmp_path)],
+        cwd=tmp_path)
+    dist = tmp_path / "oversip-mod-cache"
+    run([*pip, f"{dist}[test]"], cwd=tmp_path)
+    assert "3 passed" in run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=dist)

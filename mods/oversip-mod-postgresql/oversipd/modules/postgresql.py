@@ -2,7 +2,9 @@
 
 Declare pools in the master, from the server script; every worker then
 opens its own `psycopg_pool.AsyncConnectionPool` once its reactor runs
-(a connection never crosses the fork):
+(a connection never crosses the fork).  Each pool is an
+`oversipd.worker_resource`: the core opens and closes it; this module
+keeps only what is psycopg's:
 
     from oversipd import SystemEvents
     from oversipd.modules import postgresql
@@ -28,7 +30,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 import oversipd
-from oversipd import Launcher, Logger, SystemCallbacks
+from oversipd import Launcher, Logger, ResourceError, WorkerResource, worker_resource
 
 __all__ = ["add_pool", "pool", "UnknownPoolError", "PoolNotOpenError", "DEFAULT_POOL_SIZE"]
 
@@ -74,7 +76,7 @@ class PoolSpec:
 
 
 _specs: dict[str, PoolSpec] = {}
-_pools: dict[str, AsyncConnectionPool[Any]] = {}
+_resources: dict[str, WorkerResource[AsyncConnectionPool[Any]]] = {}
 
 
 # --- declaring pools (master, before the fork) -----------------------------
@@ -90,7 +92,10 @@ def add_pool(pool_name: str, pool_size: int = DEFAULT_POOL_SIZE, on_connect: OnC
     if problem is not None:
         Launcher.fatal(f"postgresql.add_pool({pool_name!r}): {problem}")
     params = {key: str(value) for key, value in conninfo.items()}
-    _specs[pool_name] = PoolSpec(pool_name, pool_size, on_connect, params)
+    spec = PoolSpec(pool_name, pool_size, on_connect, params)
+    _specs[pool_name] = spec
+    _resources[pool_name] = worker_resource(f"postgresql pool {pool_name!r}",
+                                            open=lambda: _open_pool(spec), close=_close_pool)
     log.log_system_debug(f"pool {pool_name!r} declared: {pool_size} connection(s) per worker")
 
 
@@ -127,27 +132,21 @@ def _libpq_keywords() -> set[str]:
 
 def pool(pool_name: str) -> AsyncConnectionPool[Any]:
     """This worker's open pool named `pool_name`."""
-    if pool_name not in _specs:
-        declared = ", ".join(repr(name) for name in sorted(_specs)) or "none"
+    if pool_name not in _resources:
+        declared = ", ".join(repr(name) for name in sorted(_resources)) or "none"
         raise UnknownPoolError(f"no PostgreSQL pool named {pool_name!r} (declared: {declared}); "
                                "declare it with postgresql.add_pool() in SystemEvents.on_initialize")
-    try:
-        return _pools[pool_name]
-    except KeyError:
+    resource = _resources[pool_name]
+    if not resource.is_open:
         raise PoolNotOpenError(f"PostgreSQL pool {pool_name!r} is not open in this process: each worker "
-                               "opens its pools in its on_started callbacks") from None
+                               "opens its pools in its on_started callbacks")
+    return resource.get()
 
 
-# --- lifecycle: open in each worker, close as it ends -----------------------
-
-@SystemCallbacks.on_started
-async def open_pools() -> None:
-    """Open every declared pool in this worker; an unreachable server is fatal."""
-    for spec in _specs.values():
-        _pools[spec.name] = await _open_pool(spec)
-
+# --- opening in each worker, closing as it ends (oversipd.worker_resource) ---
 
 async def _open_pool(spec: PoolSpec) -> AsyncConnectionPool[Any]:
+    """Connect once, then fill the pool; an unreachable server is fatal with its message."""
     conninfo = spec.worker_conninfo()
     # One connection first: when the server can't be reached, its own
     # message is what the operator needs (the pool would only time out).
@@ -163,8 +162,8 @@ async def _open_pool(spec: PoolSpec) -> AsyncConnectionPool[Any]:
         await new_pool.open(wait=True, timeout=OPEN_TIMEOUT)
     except PoolTimeout:
         await new_pool.close()
-        Launcher.fatal(f"postgresql pool {spec.name!r}: {spec.size} connection(s) not open after "
-                       f"{OPEN_TIMEOUT:g} s (the warnings above say why)")
+        raise ResourceError(f"{spec.size} connection(s) not open after {OPEN_TIMEOUT:g} s "
+                            "(the warnings above say why)") from None
     log.log_system_info(f"pool {spec.name!r}: {spec.size} connection(s) open")
     return new_pool
 
@@ -173,13 +172,13 @@ async def _probe(spec: PoolSpec, conninfo: str) -> None:
     try:
         connection = await psycopg.AsyncConnection.connect(conninfo)
     except psycopg.Error as error:
-        Launcher.fatal(f"postgresql pool {spec.name!r}: cannot connect: {error}")
+        raise ResourceError(f"cannot connect: {error}") from None
     try:
         if spec.on_connect is not None:
             await _configure_with(spec.on_connect)(connection)
     except Exception as error:
         log.log_system_crit(error)
-        Launcher.fatal(f"postgresql pool {spec.name!r}: on_connect failed: {error}")
+        raise ResourceError(f"on_connect failed: {error}") from None
     finally:
         await connection.close()
 
@@ -202,10 +201,6 @@ def _reconnect_failed(failed_pool: AsyncConnectionPool[Any]) -> None:
                          "the next query that needs a connection tries again")
 
 
-@SystemCallbacks.on_terminated
-async def close_pools(error: bool) -> None:
-    """Close this worker's pools (those on_started opened, if any)."""
-    while _pools:
-        name, open_pool = _pools.popitem()
-        await open_pool.close(timeout=CLOSE_TIMEOUT)
-        log.log_system_info(f"pool {name!r} closed")
+async def _close_pool(open_pool: AsyncConnectionPool[Any]) -> None:
+    await open_pool.close(timeout=CLOSE_TIMEOUT)
+    log.log_system_info(f"pool {open_pool.name!r} closed")

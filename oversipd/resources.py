@@ -1,0 +1,154 @@
+"""Worker resources: declared once in the master, opened in each worker, closed as it ends.
+
+A connection pool, a client socket, a file a worker writes: anything a
+worker must own for itself, because an open connection must never cross
+the fork.  A module declares the resource in the master (at import time
+or from `SystemEvents.on_initialize`); each worker opens its own before
+any `SystemCallbacks.on_started` callback runs, and closes it after the
+last `on_terminated` callback, in reverse order of opening:
+
+    from oversipd import ResourceError, worker_resource
+
+    async def connect():
+        try:
+            return await Client.connect("/run/cache.sock")
+        except OSError as error:
+            raise ResourceError(f"cannot connect: {error}") from None  # fatal, named
+
+    cache = worker_resource("cache client", open=connect, close=lambda client: client.close())
+
+    # in a worker (a callback, a request handler):
+    await cache.get().lookup("key")
+
+An open that fails is fatal (the daemon exits 1) with a CRIT line naming
+the resource; a respawned worker opens its resources again, as the one it
+replaces did.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any, Awaitable, Callable, Generic, TypeVar
+
+from . import process
+from .launcher import Launcher
+from .logger import Logger
+
+__all__ = ["worker_resource", "WorkerResource", "ResourceError", "ResourceNotOpenError"]
+
+T = TypeVar("T")
+Opener = Callable[[], "T | Awaitable[T]"]
+Closer = Callable[[T], "Any | Awaitable[Any]"]
+
+_log = Logger("Resources")
+
+
+class ResourceError(Exception):
+    """Raised by an opener: the resource cannot be opened, for the reason in the message.
+
+    The message is what the operator reads (the server's own words, the
+    option at fault); no traceback is logged for it.
+    """
+
+
+class ResourceNotOpenError(RuntimeError):
+    """`get()` where the resource is not open: the master, or a worker before it opened it."""
+
+
+class WorkerResource(Generic[T]):
+    """One declared resource: `get()` is this worker's open value."""
+
+    def __init__(self, name: str, open: Opener[T], close: Closer[T] | None) -> None:
+        self.name = name
+        self._open = open
+        self._close = close
+        self._value: T | None = None
+        # The process that opened it: a value is never valid across a fork.
+        self._owner: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<WorkerResource {self.name!r} {'open' if self.is_open else 'not open'}>"
+
+    @property
+    def is_open(self) -> bool:
+        """True in a worker once the resource is open there (and until it is closed)."""
+        return self._owner == os.getpid()
+
+    def get(self) -> T:
+        """This worker's open value; ResourceNotOpenError anywhere else."""
+        if not self.is_open:
+            raise ResourceNotOpenError(
+                f"{self.name} is not open in this process: each worker opens its resources "
+                "before its on_started callbacks (never in the master)")
+        return self._value  # type: ignore[return-value]
+
+    async def open_here(self) -> None:
+        value = await _result(self._open())
+        self._value, self._owner = value, os.getpid()
+
+    async def close_here(self) -> None:
+        value, self._value, self._owner = self._value, None, None
+        if self._close is not None:
+            await _result(self._close(value))  # type: ignore[arg-type]
+
+
+_declared: list[WorkerResource[Any]] = []
+_opened: list[WorkerResource[Any]] = []   # in a worker, in the order they opened
+
+
+def worker_resource(name: str, open: Opener[T], close: Closer[T] | None = None) -> WorkerResource[T]:
+    """Declare a resource each worker opens with `open()` and closes with `close(value)`.
+
+    Call it in the master, at import time or from `SystemEvents.on_initialize`.
+    `open` and `close` may be plain or async functions; `name` says what it
+    is in log lines ("postgresql pool 'db'") and must be unique.
+    """
+    if process.role != "master":
+        raise RuntimeError(f"worker_resource({name!r}) called in a worker: declare resources in the "
+                           "master (at import time or from SystemEvents.on_initialize)")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"worker_resource: the name must be a non-empty string, got {name!r}")
+    if any(resource.name == name for resource in _declared):
+        raise ValueError(f"worker_resource: a resource named {name!r} was already declared")
+    for role, function in (("open", open), ("close", close)):
+        if function is not None and not callable(function):
+            raise TypeError(f"worker_resource({name!r}): {role} must be callable, got {function!r}")
+    resource: WorkerResource[T] = WorkerResource(name, open, close)
+    _declared.append(resource)
+    return resource
+
+
+# --- the worker's side (oversipd.worker calls these) --------------------------------
+
+async def open_declared() -> None:
+    """Open every declared resource, in declaration order; a failure is fatal and named."""
+    for resource in _declared:
+        _log.log_system_debug(f"{resource.name}: opening")
+        try:
+            await resource.open_here()
+        except ResourceError as error:
+            Launcher.fatal(f"{resource.name}: {error}")
+        except Exception as error:
+            _log.log_system_crit(f"{resource.name}: open raised:")
+            _log.log_system_crit(error)
+            Launcher.fatal(f"{resource.name}: cannot open: {error!r}")
+        _opened.append(resource)
+        _log.log_system_info(f"{resource.name}: open")
+
+
+async def close_opened() -> None:
+    """Close what this worker opened, last opened first; a failure is logged, the rest still close."""
+    while _opened:
+        resource = _opened.pop()
+        try:
+            await resource.close_here()
+        except Exception as error:
+            _log.log_system_crit(f"{resource.name}: close raised:")
+            _log.log_system_crit(error)
+            continue
+        _log.log_system_info(f"{resource.name}: closed")
+
+
+async def _result(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
