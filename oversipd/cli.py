@@ -12,6 +12,7 @@ import oversipd
 from . import listeners, logger, pidfile, privileges, process
 from .daemonize import DEFAULT_READY_TIMEOUT
 from .errors import ALREADY_RUNNING, EXIT_FATAL, EXIT_OK, EXIT_USAGE, ConfigError, HaltServer, StartupError
+from .generations import remember_core_modules
 from .launcher import Launcher
 from .loader import ModuleLoadError, load_all
 from .settings import LOG_LEVELS, Overrides, Settings, default_conf_path, load_settings
@@ -119,6 +120,7 @@ def prepare_master(args: argparse.Namespace, settings: Settings | None = None,
         # nothing started) and before the fork, so before any worker drops
         # its privileges.
         listeners.open_listeners(settings.listen, str(settings.path))
+    remember_core_modules()  # what is loaded now is the core: a new generation re-imports the rest
     try:
         load_all(settings.core.modules_dir, settings.core.server_script, args.insecure_modules)
     except ModuleLoadError as failure:
@@ -152,7 +154,8 @@ def serve(args: argparse.Namespace, settings: Settings, report: "StartupReport |
             run_on_initialize()
             master = Master(settings, overrides_from(args),
                             on_ready=report.ready if report is not None else None,
-                            private_fds=[pid_file.fd] if pid_file is not None else [])
+                            private_fds=[pid_file.fd] if pid_file is not None else [],
+                            insecure_modules=args.insecure_modules)
             return master.run()
         finally:
             listeners.close_listeners()

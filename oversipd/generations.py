@@ -1,0 +1,229 @@
+"""New generations of workers on freshly imported module code (SPEC §5, "Code changes on reload").
+
+The master re-imports the module code in its own process (README,
+"Choices": why not re-exec or a zygote): it forgets every module the
+server script and the drop-ins brought in, imports them again and runs
+`on_initialize`, then forks the new generation from that state.  Before
+it does, a throw-away child (`start_check`) does the same import, so code
+that does not import never touches the master.  What the master forgets
+is kept in a `CodeSnapshot`, so a generation that fails to start is
+undone and the master can fork the old code again (respawns of the old
+generation keep working).
+
+Kept across generations: oversipd itself and the standard library, and
+any distribution that loaded a C extension (CPython cannot load a new
+build of an extension into a running process; a restart is needed).
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import os
+import signal
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NoReturn
+
+from . import loader, process
+from . import modules as modules_namespace
+from .callbacks import SystemCallbacks, SystemEvents
+from .errors import ConfigError, HaltServer
+from .loader import SERVER_SCRIPT_MODULE, ModuleLoadError
+
+CORE_PACKAGE = "oversipd"
+CHECK_OK = "ok"
+# A check child that has not answered after this long is killed and the
+# reload refused: a module whose top level blocks must not hold reloads up.
+CHECK_TIMEOUT = 60.0
+CHECK_TITLE = "oversipd: checking new module code"
+EXTENSION_SUFFIXES = (".so", ".pyd")
+
+
+class SwapPhase(enum.Enum):
+    CHECKING = "checking"   # the throw-away child imports the new code
+    STARTING = "starting"   # the new generation runs on_started; the old one serves
+    RETIRING = "retiring"   # the new generation serves; the old one finishes and exits
+
+
+@dataclass
+class Swap:
+    """One code reload in progress, from the check to the old generation's last exit."""
+
+    settings: Any                  # the Settings the new generation runs with
+    reason: str                    # what changed, or "SIGUSR2"
+    phase: SwapPhase = SwapPhase.CHECKING
+    check_pid: int | None = None
+    check_fd: int | None = None
+    check_deadline: float | None = None
+    check_output: bytes = b""
+    snapshot: "CodeSnapshot | None" = None
+    fingerprint: Any = None
+    old_settings: Any = None
+    old_target: int = 0            # target_workers before the swap, restored if it fails
+
+
+# --- which modules belong to the module code ------------------------------------------------
+
+_core_modules: frozenset[str] | None = None
+
+
+def remember_core_modules() -> None:
+    """Called once before the first import of module code: what is loaded now is never re-imported."""
+    global _core_modules
+    if _core_modules is None:
+        _core_modules = frozenset(sys.modules)
+
+
+def module_code_names() -> list[str]:
+    """The sys.modules entries a new generation imports afresh."""
+    core = _core_modules or frozenset()
+    namespace = modules_namespace.__name__ + "."
+    candidates = [name for name in sys.modules
+                  if name.startswith(namespace) or name == SERVER_SCRIPT_MODULE
+                  or (name not in core and _is_third_party(name))]
+    pinned = _tops_with_extensions(candidates)
+    return [name for name in candidates
+            if name.startswith(namespace) or name == SERVER_SCRIPT_MODULE
+            or name.partition(".")[0] not in pinned]
+
+
+def _is_third_party(name: str) -> bool:
+    top = name.partition(".")[0]
+    return top != CORE_PACKAGE and top not in sys.stdlib_module_names and not top.startswith("_")
+
+
+def _tops_with_extensions(names: list[str]) -> set[str]:
+    pinned = set()
+    for name in names:
+        origin = getattr(sys.modules.get(name), "__file__", None) or ""
+        if origin.endswith(EXTENSION_SUFFIXES):
+            pinned.add(name.partition(".")[0])
+    return pinned
+
+
+# --- forgetting and restoring module code ---------------------------------------------------
+
+@dataclass
+class CodeSnapshot:
+    """The master's module code as it was before a new generation's import."""
+
+    modules: dict[str, ModuleType] = field(default_factory=dict)
+    callbacks: dict[str, list[Any]] = field(default_factory=dict)
+    events: dict[str, Any] = field(default_factory=dict)
+    namespace_path: list[str] = field(default_factory=list)
+
+    @classmethod
+    def take(cls) -> "CodeSnapshot":
+        return cls(modules={name: sys.modules[name] for name in module_code_names()},
+                   callbacks={name: list(getattr(SystemCallbacks, name)._callbacks)
+                              for name in ("on_started", "on_reload", "on_terminated")},
+                   events=dict(SystemEvents._handlers),
+                   namespace_path=list(modules_namespace.__path__))
+
+    def restore(self) -> None:
+        """Put the snapshot's modules and callbacks back, dropping whatever was imported since."""
+        forget_module_code()
+        sys.modules.update(self.modules)
+        for name, module in self.modules.items():
+            _set_on_parent(name, module)
+        for name, callbacks in self.callbacks.items():
+            getattr(SystemCallbacks, name)._callbacks[:] = callbacks
+        SystemEvents._handlers.clear()
+        SystemEvents._handlers.update(self.events)
+        modules_namespace.__path__[:] = self.namespace_path
+
+
+def forget_module_code() -> None:
+    """Drop the module code from sys.modules and empty the callback lists, so it can be imported anew."""
+    for name in module_code_names():
+        del sys.modules[name]
+        _set_on_parent(name, None)
+    for name in ("on_started", "on_reload", "on_terminated"):
+        getattr(SystemCallbacks, name)._callbacks.clear()
+    SystemEvents._handlers.clear()
+    importlib.invalidate_caches()
+
+
+def _set_on_parent(name: str, module: ModuleType | None) -> None:
+    """`import a.b` also binds `b` on package `a`: keep that binding in step with sys.modules."""
+    parent_name, _, child = name.rpartition(".")
+    parent = sys.modules.get(parent_name) if parent_name else None
+    if parent is None:
+        return
+    if module is not None:
+        setattr(parent, child, module)
+    elif getattr(parent, child, None) is not None:
+        delattr(parent, child)
+
+
+def import_module_code(modules_dir: Path | None, server_script: Path | None, insecure: bool) -> list[str]:
+    """Forget the module code and import it again from disk; the loader's errors propagate."""
+    forget_module_code()
+    return loader.load_all(modules_dir, server_script, insecure)
+
+
+# --- the throw-away check ---------------------------------------------------------------------
+
+def load_failure_line(error: BaseException) -> str:
+    """One line naming the file (and line) and the error, for the log."""
+    if isinstance(error, ConfigError):
+        return error.one_line()
+    if isinstance(error, HaltServer):
+        return f"Launcher.fatal was called while importing: {error.reason}"
+    what, cause = (error.what, error.error) if isinstance(error, ModuleLoadError) else ("module code", error)
+    return f"{what}: {_where(cause)}{type(cause).__name__}: {_message(cause)}"
+
+
+def _where(error: BaseException) -> str:
+    if isinstance(error, SyntaxError) and error.filename:
+        return f"{error.filename}, line {error.lineno}: "
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<frozen")]
+    return f"{frames[-1].filename}, line {frames[-1].lineno}: " if frames else ""
+
+
+def _message(error: BaseException) -> str:
+    text = error.msg if isinstance(error, SyntaxError) and error.msg else str(error)
+    return " ".join(text.split())  # one line, whatever the module put in its message
+
+
+def start_check(modules_dir: Path | None, server_script: Path | None, insecure: bool,
+                close_fds: list[int]) -> tuple[int, int]:
+    """Fork a child that imports the module code afresh and reports; return (pid, read end)."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        _check_child(modules_dir, server_script, insecure, close_fds, write_end)
+    os.close(write_end)
+    os.set_blocking(read_end, False)
+    return pid, read_end
+
+
+def _check_child(modules_dir: Path | None, server_script: Path | None, insecure: bool,
+                 close_fds: list[int], result_fd: int) -> NoReturn:
+    outcome = "check child failed"
+    try:
+        from .worker import close_inherited, reset_signals_after_fork
+
+        reset_signals_after_fork()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        # The master's ends of the control channels: a worker must see EOF
+        # when the master dies, even while this child still imports.
+        close_inherited(close_fds)
+        process.set_title(CHECK_TITLE)
+        import_module_code(modules_dir, server_script, insecure)
+        outcome = CHECK_OK
+    except BaseException as error:  # the check reports; nothing may unwind into the master's frames
+        outcome = load_failure_line(error)
+    finally:
+        try:
+            os.write(result_fd, outcome.encode(errors="replace")[:4000])
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(0)
