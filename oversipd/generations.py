@@ -46,7 +46,7 @@ EXTENSION_SUFFIXES = (".so", ".pyd")
 class SwapPhase(enum.Enum):
     CHECKING = "checking"   # the throw-away child imports the new code
     STARTING = "starting"   # the new generation runs on_started; the old one serves
-    RETIRING = "retiring"   # the new generation serves; the old one finishes and exits
+    RETIRING = "retiring"   # the generation that does not serve (the old one, or a failed new one) exits
 
 
 @dataclass
@@ -64,6 +64,7 @@ class Swap:
     fingerprint: Any = None
     old_settings: Any = None
     old_target: int = 0            # target_workers before the swap, restored if it fails
+    failure: str | None = None     # why the new generation failed to start (then it is what retires)
 
 
 # --- which modules belong to the module code ------------------------------------------------
@@ -168,13 +169,13 @@ def import_module_code(modules_dir: Path | None, server_script: Path | None, ins
 
 # --- the throw-away check ---------------------------------------------------------------------
 
-def load_failure_line(error: BaseException) -> str:
-    """One line naming the file (and line) and the error, for the log."""
+def load_failure_line(error: BaseException, what: str = "module code") -> str:
+    """One line naming the file (and line) and the error, for the log; `what` ran when it was raised."""
     if isinstance(error, ConfigError):
         return error.one_line()
     if isinstance(error, HaltServer):
         return f"Launcher.fatal was called while importing: {error.reason}"
-    what, cause = (error.what, error.error) if isinstance(error, ModuleLoadError) else ("module code", error)
+    what, cause = (error.what, error.error) if isinstance(error, ModuleLoadError) else (what, error)
     return f"{what}: {_where(cause)}{type(cause).__name__}: {_message(cause)}"
 
 

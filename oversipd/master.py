@@ -621,8 +621,8 @@ class Master(Logger):
 
     def status_line(self) -> str:
         running = sum(1 for s in self.slots.values() if s.state in (SlotState.RUNNING, SlotState.RELOADING))
-        return (f"{running} of {self.target_workers} worker(s) running, generation {self.generation}; "
-                f"{self.reloads} reload(s), {self.respawns} respawn(s)")
+        line = f"{running} of {self.target_workers} worker(s) running; {self.reloads} reload(s), {self.respawns} respawn(s)"
+        return line if self.generation == 1 else f"{line}; generation {self.generation}"
 
     # --- new generations (SPEC §5, "Code changes on reload"; generations.py) -----------
 
@@ -699,13 +699,14 @@ class Master(Logger):
         swap.snapshot, swap.old_settings, swap.old_target = CodeSnapshot.take(), self.settings, self.target_workers
         generation = self.generation + 1
         self.log_code_changes(swap.fingerprint)
-        try:
-            self.apply_settings(swap.settings)
-            generations.import_module_code(*self.code_paths, self.insecure_modules)
-            call_on_initialize()
-        except BaseException as error:  # module code: anything, SystemExit and Launcher.fatal too
-            self.abandon_new_generation(f"generation {generation}: {generations.load_failure_line(error)}")
-            return
+        self.apply_settings(swap.settings)
+        for step, what in ((self.import_new_code, "module code"), (call_on_initialize, "on_initialize")):
+            try:
+                step()
+            except BaseException as error:  # module code: anything, SystemExit and Launcher.fatal too
+                self.abandon_new_generation(f"generation {generation}: "
+                                            f"{generations.load_failure_line(error, what)}")
+                return
         gc.freeze()  # as at start: the collector must not touch (and copy) the new code's pages
         for slot_id in range(1, self.target_workers + 1):
             slot = self.next_slots[slot_id] = WorkerSlot(slot_id, generation)
@@ -714,6 +715,9 @@ class Master(Logger):
                 self.abandon_new_generation(f"generation {generation}: cannot fork its workers")
                 return
         self.log_system_info(f"generation {generation}: {len(self.next_slots)} worker(s) forked")
+
+    def import_new_code(self) -> None:
+        generations.import_module_code(*self.code_paths, self.insecure_modules)
 
     def log_code_changes(self, code: Fingerprint) -> None:
         changes = fingerprint.changes(self.fingerprint, code)
@@ -745,12 +749,17 @@ class Master(Logger):
         self.finish_swap_if_old_generation_gone()
 
     def finish_swap_if_old_generation_gone(self) -> None:
+        """The swap ends (READY=1) once the generation that does not serve has left."""
         swap = self.swap
         if swap is None or swap.phase is not SwapPhase.RETIRING:
             return
-        if any(s.generation < self.generation for s in self.leaving):
+        if any(s.generation != self.generation for s in self.leaving):
             return
         self.swap = None
+        if swap.failure is not None:
+            self.finish_reload(refused=f"reload failed: the new generation did not start; "
+                                       f"generation {self.generation} serves on")
+            return
         self.reloads += 1
         self.log_system_info(f"reload done: generation {self.generation} serves, the old generation is gone")
         self.finish_reload()
@@ -770,7 +779,6 @@ class Master(Logger):
         oversipd.config = self.settings
         logger.set_level(self.settings.core.log_level)
         self.target_workers = swap.old_target
-        self.swap = None
-        self.manage_workers()  # respawns an old worker that died meanwhile (WAITING) at its time
-        self.finish_reload(refused=f"reload failed: the new generation did not start; "
-                                   f"generation {self.generation} serves on")
+        swap.phase, swap.snapshot, swap.failure = SwapPhase.RETIRING, None, why
+        self.manage_workers()  # an old worker that died meanwhile is respawned (at its time) on the old code
+        self.finish_swap_if_old_generation_gone()
