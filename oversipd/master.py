@@ -700,6 +700,9 @@ class Master(Logger):
         generation = self.generation + 1
         self.log_code_changes(swap.fingerprint)
         self.apply_settings(swap.settings)
+        # The generation before the last is garbage now (its module objects
+        # hold reference cycles): let the collector see it, then freeze again.
+        gc.unfreeze()
         for step, what in ((self.import_new_code, "module code"), (call_on_initialize, "on_initialize")):
             try:
                 step()
@@ -707,6 +710,7 @@ class Master(Logger):
                 self.abandon_new_generation(f"generation {generation}: "
                                             f"{generations.load_failure_line(error, what)}")
                 return
+        gc.collect()
         gc.freeze()  # as at start: the collector must not touch (and copy) the new code's pages
         for slot_id in range(1, self.target_workers + 1):
             slot = self.next_slots[slot_id] = WorkerSlot(slot_id, generation)
@@ -775,6 +779,7 @@ class Master(Logger):
                 self.leaving.append(slot)
         self.next_slots = {}
         swap.snapshot.restore()
+        gc.freeze()
         self.settings = swap.old_settings
         oversipd.config = self.settings
         logger.set_level(self.settings.core.log_level)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import textwrap
 import time
 
 import pytest
@@ -246,3 +247,26 @@ def test_status_shows_each_workers_generation_and_sigterm_during_a_swap_stops_bo
     for pid in pids:  # no orphan
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_an_edited_server_script_whose_on_initialize_raises_keeps_the_old_generation(oversipd_daemon):
+    daemon = oversipd_daemon(modules={"probe": PROBE}, server_script="# nothing yet\n")
+    daemon.wait_events("started")
+    workers = daemon.worker_pids()
+    before = daemon.mark()
+    (daemon.directory / "server.py").write_text(textwrap.dedent('''
+        from oversipd import SystemEvents
+
+        @SystemEvents.on_initialize
+        def initialize():
+            raise RuntimeError("no database")
+    '''))
+    daemon.signal(signal.SIGHUP)
+    ready = ready_after(daemon, before)
+    assert "STATUS=reload failed: the new generation did not start; generation 1 serves on" in ready
+    [crit] = daemon.log_lines("CRIT", since=before)
+    assert f"on_initialize: {daemon.directory / 'server.py'}, line 6: RuntimeError: no database" in crit
+    assert crit.endswith("generation 1 stays in service")
+    assert daemon.running and daemon.worker_pids() == workers
+    assert not daemon.find("started", since=before)  # no worker of generation 2 was forked
+    assert daemon.stop() == 0
