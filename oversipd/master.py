@@ -186,7 +186,8 @@ class Master(Logger):
     def slot_deadline(self, slot: WorkerSlot) -> float | None:
         """When the master must next look at `slot` (respawn, graceful_timeout, worker_timeout)."""
         if slot.state is SlotState.WAITING:
-            return slot.respawn_at
+            # Not while a new generation starts: the master holds its code (see worker_exited).
+            return None if self.swapping_code() else slot.respawn_at
         if not slot.alive:
             return None
         if slot.state is SlotState.STOPPING:

@@ -270,3 +270,21 @@ def test_an_edited_server_script_whose_on_initialize_raises_keeps_the_old_genera
     assert daemon.running and daemon.worker_pids() == workers
     assert not daemon.find("started", since=before)  # no worker of generation 2 was forked
     assert daemon.stop() == 0
+
+
+def test_an_old_worker_that_dies_during_a_swap_is_left_to_the_new_generation(oversipd_daemon):
+    daemon, go = slow_swap(oversipd_daemon, workers=2)
+    old = daemon.find("started", worker=1)[0]  # the first: generation 1's
+    os.kill(old["pid"], signal.SIGKILL)
+    daemon.wait_log(f"generation 1 worker 1 (pid {old['pid']}) killed by SIGKILL; a new generation is starting")
+    go.touch()
+    swap_done(daemon, 2)
+    new = daemon.find("slow_started")
+    assert sorted(e["worker"] for e in new) == [1, 2]
+    # No worker of generation 1 was forked again: every probe start is of the first two or of the new ones.
+    assert len(daemon.find("started")) == 4 and {e["pid"] for e in daemon.find("started")[2:]} == {
+        e["pid"] for e in new}
+    status = daemon.run_command("status", "-c", str(daemon.conf_path))
+    assert [line.split()[:3] for line in status.stdout.splitlines()[3:]] == [
+        ["worker", "1", "2"], ["worker", "2", "2"]], status.stdout
+    assert daemon.stop() == 0

@@ -86,8 +86,7 @@ class TcpClient(threading.Thread):
         except ConnectionRefusedError:
             self.tally.refused += 1
             return
-        except (ConnectionResetError, BrokenPipeError) as e:
-            print("LOST", repr(e), time.monotonic())
+        except (ConnectionResetError, BrokenPipeError):
             self.tally.lost += 1
             return
         except TimeoutError:
@@ -96,7 +95,6 @@ class TcpClient(threading.Thread):
         try:
             status, _, body = parse_response(data)
         except ValueError:
-            print("LOST incomplete", repr(data), time.monotonic())
             self.tally.lost += 1
             return
         assert status == 200, data
