@@ -12,7 +12,7 @@ hundred µs for the example modules), so an unchanged HUP stays fast.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,12 @@ from pathlib import Path
 from . import loader
 from . import modules as modules_namespace
 
-CORE_DISTRIBUTION = "oversipd"
+import oversipd
+
+# How the installed oversipd's metadata is found without importlib.metadata,
+# whose import (~10 ms) would weigh on the start and on the first reload.
+CORE_DIST_INFO = ("oversipd-", ".dist-info")
+VERSION_FIELD = "Version: "
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,8 @@ def changes(old: Fingerprint, new: Fingerprint) -> CodeChanges:
     return CodeChanges(added, removed, edited)
 
 
-def take(modules_dir: Path | None, server_script: Path | None) -> Fingerprint:
-    """Read the code the master would import now."""
+def take(modules_dir: Path | None, server_script: Path | None, installed: bool = True) -> Fingerprint:
+    """Read the code the master would import now; `installed=False`: the running core's version instead."""
     files: dict[str, str] = {}
     drop_ins: dict[str, str] = {}
     if server_script is not None:
@@ -79,7 +84,7 @@ def take(modules_dir: Path | None, server_script: Path | None) -> Fingerprint:
                 _add(files, path)
     for path in installed_module_files(modules_dir):
         _add(files, path)
-    return Fingerprint(files, drop_ins, core_version())
+    return Fingerprint(files, drop_ins, installed_core_version() if installed else oversipd.__version__)
 
 
 def installed_module_files(modules_dir: Path | None) -> list[Path]:
@@ -97,12 +102,30 @@ def installed_module_files(modules_dir: Path | None) -> list[Path]:
     return sorted(paths)
 
 
-def core_version() -> str | None:
-    """The version of oversipd installed now (it may differ from the one running)."""
+def installed_core_version() -> str | None:
+    """The version of oversipd installed now (it may differ from the one running): its dist-info's METADATA."""
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(CORE_DIST_INFO[0]) and name.endswith(CORE_DIST_INFO[1]):
+                return _metadata_version(Path(entry or ".", name, "METADATA"))
+    return None
+
+
+def _metadata_version(path: Path) -> str | None:
     try:
-        return importlib.metadata.version(CORE_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+        with open(path, encoding="utf-8") as metadata:
+            for line in metadata:
+                if line.startswith(VERSION_FIELD):
+                    return line[len(VERSION_FIELD):].strip()
+                if not line.strip():
+                    return None  # the headers ended
+    except OSError:
+        pass
+    return None
 
 
 def _add(files: dict[str, str], path: Path) -> None:

@@ -111,7 +111,7 @@ class Master(Logger):
         # and server_script changes take effect at a restart).
         self.code_paths = (settings.core.modules_dir, settings.core.server_script)
         self.insecure_modules = insecure_modules
-        self.fingerprint: Fingerprint = fingerprint.take(*self.code_paths)
+        self.fingerprint: Fingerprint = fingerprint.take(*self.code_paths, installed=False)
         self.selector = selectors.DefaultSelector()
         self.notifier = Notifier()
         # Under a systemd watchdog, workers beat often enough to prove, at
@@ -577,7 +577,7 @@ class Master(Logger):
 
     def warn_if_core_upgraded(self, code: Fingerprint) -> None:
         """oversipd itself is not re-imported (README, "Choices"): say that a restart runs the new one."""
-        if code.core_version != self.fingerprint.core_version:
+        if code.core_version is not None and code.core_version != self.fingerprint.core_version:
             self.log_system_warn(f"oversipd {code.core_version} is installed, this master runs "
                                  f"{self.fingerprint.core_version}: a restart is needed to run it")
             self.fingerprint = Fingerprint(self.fingerprint.files, self.fingerprint.drop_ins, code.core_version)

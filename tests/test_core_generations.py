@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+import oversipd
 from conftest import PROBE, module
 from listen_helpers import SERVING_SCRIPT, STATUS_SOURCE, free_port, listen_table
 from test_listen_respawn import ECHO_SOURCE, TcpClient, UdpClient
@@ -287,4 +288,20 @@ def test_an_old_worker_that_dies_during_a_swap_is_left_to_the_new_generation(ove
     status = daemon.run_command("status", "-c", str(daemon.conf_path))
     assert [line.split()[:3] for line in status.stdout.splitlines()[3:]] == [
         ["worker", "1", "2"], ["worker", "2", "2"]], status.stdout
+    assert daemon.stop() == 0
+
+
+def test_an_upgraded_oversipd_is_logged_as_needing_a_restart(oversipd_daemon, tmp_path):
+    # README "Choices": the core is not re-imported by a reload.
+    site = tmp_path / "site"
+    site.mkdir()
+    daemon = oversipd_daemon(modules={"probe": PROBE}, env={"PYTHONPATH": str(site)})
+    daemon.wait_events("started")
+    metadata = site / "oversipd-99.0.dist-info" / "METADATA"
+    metadata.parent.mkdir()
+    metadata.write_text("Metadata-Version: 2.1\nName: oversipd\nVersion: 99.0\n\n")
+    daemon.reload()
+    daemon.wait_events("reload")  # the module code is unchanged: in place
+    [line] = daemon.log_lines("a restart is needed to run it")
+    assert "WARN" in line and f"oversipd 99.0 is installed, this master runs {oversipd.__version__}" in line
     assert daemon.stop() == 0
