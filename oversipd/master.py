@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import oversipd
 
-from . import control, fingerprint, generations, listeners, logger, privileges
+from . import control, fingerprint, generations, listeners, logger, privileges, process
 from .control import Channel
 from .errors import CRASH_LOOP_MESSAGE, EXIT_FATAL, EXIT_OK, WORKER_EXIT_FATAL, ConfigError, HaltServer
 from .fingerprint import Fingerprint
@@ -698,7 +698,7 @@ class Master(Logger):
         assert swap is not None
         swap.phase = SwapPhase.STARTING
         swap.snapshot, swap.old_settings, swap.old_target = CodeSnapshot.take(), self.settings, self.target_workers
-        generation = self.generation + 1
+        generation = process.generation = self.generation + 1  # what the new code sees in on_initialize
         self.log_code_changes(swap.fingerprint)
         self.apply_settings(swap.settings)
         # The generation before the last is garbage now (its module objects
@@ -780,6 +780,7 @@ class Master(Logger):
                 self.leaving.append(slot)
         self.next_slots = {}
         swap.snapshot.restore()
+        process.generation = self.generation
         gc.freeze()
         self.settings = swap.old_settings
         oversipd.config = self.settings

@@ -14,7 +14,7 @@ WORKER_TITLE_PREFIX = "oversipd: worker "
 
 role: str = "master"
 worker_id: int | None = None
-generation: int = 1   # of the module code this process runs (SPEC §5: +1 per code reload)
+generation: int = 1   # of the module code this process runs (SPEC §5: +1 per code reload; in the master, the newest)
 
 
 def become_worker(slot_id: int, code_generation: int = 1) -> None:

@@ -191,14 +191,22 @@ def test_a_fatal_on_started_in_the_new_generation_keeps_the_old_one(oversipd_dae
     assert daemon.stop() == 0
 
 
+INITIALIZE_SCRIPT = module('''
+    @SystemEvents.on_initialize
+    def initialize():
+        record("initialize", generation=oversipd.process.generation)
+''')
+
+
 def test_sigusr2_starts_a_new_generation_on_unchanged_code(oversipd_daemon):
-    daemon = oversipd_daemon(modules={"probe": PROBE}, core={"workers": 2})
+    daemon = oversipd_daemon(modules={"probe": PROBE}, core={"workers": 2}, server_script=INITIALIZE_SCRIPT)
     old = {e["pid"] for e in daemon.wait_events("started", count=2)}
     daemon.signal(signal.SIGUSR2)
     swap_done(daemon, 2)
     started = daemon.find("started")[2:]
     assert sorted(e["worker"] for e in started) == [1, 2]
     assert {(e["pid"], e["error"]) for e in daemon.find("terminated")} == {(pid, False) for pid in old}
+    assert [(e["role"], e["generation"]) for e in daemon.find("initialize")] == [("master", 1), ("master", 2)]
     assert daemon.log_lines("SIGUSR2: reloading with a new generation of workers")
     assert not daemon.log_lines("ignoring SIGUSR2")
     assert daemon.stop() == 0
