@@ -10,23 +10,27 @@ is kept in a `CodeSnapshot`, so a generation that fails to start is
 undone and the master can fork the old code again (respawns of the old
 generation keep working).
 
-Kept across generations: oversipd itself and the standard library, and
-any distribution that loaded a C extension (CPython cannot load a new
-build of an extension into a running process; a restart is needed).
+Imported anew: `oversipd.modules.*` and the server script; on SIGUSR2
+also the third-party packages they imported (module_code_names).  Kept:
+oversipd itself, the standard library, and third-party packages when one
+of them loaded a C extension (CPython cannot load a new build of an
+extension into a running process; a restart is needed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import importlib
 import os
 import signal
 import sys
+import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any, Iterator, NoReturn
 
 from . import loader, process
 from . import modules as modules_namespace
@@ -55,6 +59,7 @@ class Swap:
 
     settings: Any                  # the Settings the new generation runs with
     reason: str                    # what changed, or "SIGUSR2"
+    dependencies: bool = False     # SIGUSR2: third-party packages are imported anew too
     phase: SwapPhase = SwapPhase.CHECKING
     check_pid: int | None = None
     check_fd: int | None = None
@@ -69,27 +74,52 @@ class Swap:
 
 # --- which modules belong to the module code ------------------------------------------------
 
-_core_modules: frozenset[str] | None = None
+# What the module code imported (its imports and on_initialize), as opposed
+# to what oversipd imports for itself, sometimes lazily (setproctitle).
+_imported_by_module_code: set[str] = set()
 
 
-def remember_core_modules() -> None:
-    """Called once before the first import of module code: what is loaded now is never re-imported."""
-    global _core_modules
-    if _core_modules is None:
-        _core_modules = frozenset(sys.modules)
+@contextlib.contextmanager
+def running_module_code() -> Iterator[None]:
+    """Around the master's imports of module code and on_initialize: note what they import."""
+    before = set(sys.modules)
+    try:
+        yield
+    finally:
+        _imported_by_module_code.update(set(sys.modules) - before)
 
 
-def module_code_names() -> list[str]:
-    """The sys.modules entries a new generation imports afresh."""
-    core = _core_modules or frozenset()
-    namespace = modules_namespace.__name__ + "."
-    candidates = [name for name in sys.modules
-                  if name.startswith(namespace) or name == SERVER_SCRIPT_MODULE
-                  or (name not in core and _is_third_party(name))]
-    pinned = _tops_with_extensions(candidates)
-    return [name for name in candidates
-            if name.startswith(namespace) or name == SERVER_SCRIPT_MODULE
-            or name.partition(".")[0] not in pinned]
+def module_code_names(dependencies: bool) -> list[str]:
+    """The sys.modules entries a new generation imports afresh.
+
+    Always the module code: `oversipd.modules.*` and the server script.
+    With `dependencies` (SIGUSR2) also the third-party packages imported
+    since start-up (not the standard library, not oversipd) -- unless one
+    of them loaded a C extension: such a package cannot be loaded anew and
+    may hold objects of the others, so then none of them is.
+    """
+    names = [name for name in sys.modules if _is_module_code(name)]
+    return names + (reloadable_dependencies() if dependencies else [])
+
+
+def reloadable_dependencies() -> list[str]:
+    deps = _dependencies()
+    return [] if _with_extensions(deps) else deps
+
+
+def kept_dependencies() -> list[str]:
+    """Top-level third-party packages a SIGUSR2 cannot import anew (see module_code_names)."""
+    deps = _dependencies()
+    return sorted({name.partition(".")[0] for name in deps}) if _with_extensions(deps) else []
+
+
+def _is_module_code(name: str) -> bool:
+    return name.startswith(modules_namespace.__name__ + ".") or name == SERVER_SCRIPT_MODULE
+
+
+def _dependencies() -> list[str]:
+    return [name for name in sys.modules if name in _imported_by_module_code and not _is_module_code(name)
+            and _is_third_party(name)]
 
 
 def _is_third_party(name: str) -> bool:
@@ -97,13 +127,9 @@ def _is_third_party(name: str) -> bool:
     return top != CORE_PACKAGE and top not in sys.stdlib_module_names and not top.startswith("_")
 
 
-def _tops_with_extensions(names: list[str]) -> set[str]:
-    pinned = set()
-    for name in names:
-        origin = getattr(sys.modules.get(name), "__file__", None) or ""
-        if origin.endswith(EXTENSION_SUFFIXES):
-            pinned.add(name.partition(".")[0])
-    return pinned
+def _with_extensions(names: list[str]) -> bool:
+    return any((getattr(sys.modules.get(name), "__file__", None) or "").endswith(EXTENSION_SUFFIXES)
+               for name in names)
 
 
 # --- forgetting and restoring module code ---------------------------------------------------
@@ -119,7 +145,7 @@ class CodeSnapshot:
 
     @classmethod
     def take(cls) -> "CodeSnapshot":
-        return cls(modules={name: sys.modules[name] for name in module_code_names()},
+        return cls(modules={name: sys.modules[name] for name in module_code_names(dependencies=True)},
                    callbacks={name: list(getattr(SystemCallbacks, name)._callbacks)
                               for name in ("on_started", "on_reload", "on_terminated")},
                    events=dict(SystemEvents._handlers),
@@ -127,7 +153,7 @@ class CodeSnapshot:
 
     def restore(self) -> None:
         """Put the snapshot's modules and callbacks back, dropping whatever was imported since."""
-        forget_module_code()
+        forget_module_code(dependencies=True)
         sys.modules.update(self.modules)
         for name, module in self.modules.items():
             _set_on_parent(name, module)
@@ -138,9 +164,9 @@ class CodeSnapshot:
         modules_namespace.__path__[:] = self.namespace_path
 
 
-def forget_module_code() -> None:
-    """Drop the module code from sys.modules and empty the callback lists, so it can be imported anew."""
-    for name in module_code_names():
+def forget_module_code(dependencies: bool) -> None:
+    """Drop the module code (and its dependencies) from sys.modules, empty the callback lists."""
+    for name in module_code_names(dependencies):
         del sys.modules[name]
         _set_on_parent(name, None)
     for name in ("on_started", "on_reload", "on_terminated"):
@@ -161,10 +187,30 @@ def _set_on_parent(name: str, module: ModuleType | None) -> None:
         delattr(parent, child)
 
 
-def import_module_code(modules_dir: Path | None, server_script: Path | None, insecure: bool) -> list[str]:
+def import_module_code(modules_dir: Path | None, server_script: Path | None, insecure: bool,
+                       dependencies: bool = False) -> list[str]:
     """Forget the module code and import it again from disk; the loader's errors propagate."""
-    forget_module_code()
-    return loader.load_all(modules_dir, server_script, insecure)
+    forget_module_code(dependencies)
+    with no_bytecode_cache(), running_module_code():
+        return loader.load_all(modules_dir, server_script, insecure)
+
+
+@contextlib.contextmanager
+def no_bytecode_cache() -> Iterator[None]:
+    """Compile what is imported meanwhile from its source, ignoring `__pycache__`.
+
+    A `.pyc` is trusted when the source's mtime (whole seconds) and size
+    match: a file edited within the second of its last import, to the same
+    size, would come back as the old code.
+    """
+    saved = sys.pycache_prefix, sys.dont_write_bytecode
+    empty = tempfile.mkdtemp(prefix="oversipd-nopyc-")
+    sys.pycache_prefix, sys.dont_write_bytecode = empty, True
+    try:
+        yield
+    finally:
+        sys.pycache_prefix, sys.dont_write_bytecode = saved
+        os.rmdir(empty)
 
 
 # --- the throw-away check ---------------------------------------------------------------------
@@ -191,20 +237,20 @@ def _message(error: BaseException) -> str:
     return " ".join(text.split())  # one line, whatever the module put in its message
 
 
-def start_check(modules_dir: Path | None, server_script: Path | None, insecure: bool,
+def start_check(modules_dir: Path | None, server_script: Path | None, insecure: bool, dependencies: bool,
                 close_fds: list[int]) -> tuple[int, int]:
     """Fork a child that imports the module code afresh and reports; return (pid, read end)."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        _check_child(modules_dir, server_script, insecure, close_fds, write_end)
+        _check_child(modules_dir, server_script, insecure, dependencies, close_fds, write_end)
     os.close(write_end)
     os.set_blocking(read_end, False)
     return pid, read_end
 
 
-def _check_child(modules_dir: Path | None, server_script: Path | None, insecure: bool,
+def _check_child(modules_dir: Path | None, server_script: Path | None, insecure: bool, dependencies: bool,
                  close_fds: list[int], result_fd: int) -> NoReturn:
     outcome = "check child failed"
     try:
@@ -217,7 +263,7 @@ def _check_child(modules_dir: Path | None, server_script: Path | None, insecure:
         # when the master dies, even while this child still imports.
         close_inherited(close_fds)
         process.set_title(CHECK_TITLE)
-        import_module_code(modules_dir, server_script, insecure)
+        import_module_code(modules_dir, server_script, insecure, dependencies)
         outcome = CHECK_OK
     except BaseException as error:  # the check reports; nothing may unwind into the master's frames
         outcome = load_failure_line(error)

@@ -559,7 +559,7 @@ class Master(Logger):
         if self.ready and (new_generation or self.fingerprint.code_differs(code)):
             reason = ("SIGUSR2: a new generation asked for" if new_generation else
                       f"module code changed ({fingerprint.changes(self.fingerprint, code).describe()})")
-            self.begin_swap(new, code, reason)
+            self.begin_swap(new, code, reason, dependencies=new_generation)
             return
         self.reload_in_place(new)
 
@@ -631,13 +631,17 @@ class Master(Logger):
         """True while the master holds a new generation's code that does not serve yet."""
         return self.swap is not None and self.swap.phase is SwapPhase.STARTING
 
-    def begin_swap(self, new: Settings, code: Fingerprint, reason: str) -> None:
+    def begin_swap(self, new: Settings, code: Fingerprint, reason: str, dependencies: bool) -> None:
         """Check the new code in a throw-away child; the old generation serves on meanwhile."""
         self.log_system_notice(f"{reason}: checking the new code in a throw-away child")
-        swap = Swap(settings=new, reason=reason, fingerprint=code)
+        kept = generations.kept_dependencies() if dependencies else []
+        if kept:
+            self.log_system_notice(f"not imported anew, a C extension is among them (a restart upgrades them): "
+                                   f"{', '.join(kept)}")
+        swap = Swap(settings=new, reason=reason, dependencies=dependencies, fingerprint=code)
         try:
             swap.check_pid, swap.check_fd = generations.start_check(
-                *self.code_paths, self.insecure_modules, self.masters_fds())
+                *self.code_paths, self.insecure_modules, dependencies, self.masters_fds())
         except OSError as error:
             self.refuse_swap(f"cannot fork the check: {error}")
             return
@@ -704,7 +708,7 @@ class Master(Logger):
         # The generation before the last is garbage now (its module objects
         # hold reference cycles): let the collector see it, then freeze again.
         gc.unfreeze()
-        for step, what in ((self.import_new_code, "module code"), (call_on_initialize, "on_initialize")):
+        for step, what in ((self.import_new_code, "module code"), (self.call_new_on_initialize, "on_initialize")):
             try:
                 step()
             except BaseException as error:  # module code: anything, SystemExit and Launcher.fatal too
@@ -721,8 +725,13 @@ class Master(Logger):
                 return
         self.log_system_info(f"generation {generation}: {len(self.next_slots)} worker(s) forked")
 
+    def call_new_on_initialize(self) -> None:
+        with generations.running_module_code():
+            call_on_initialize()
+
     def import_new_code(self) -> None:
-        generations.import_module_code(*self.code_paths, self.insecure_modules)
+        assert self.swap is not None
+        generations.import_module_code(*self.code_paths, self.insecure_modules, self.swap.dependencies)
 
     def log_code_changes(self, code: Fingerprint) -> None:
         changes = fingerprint.changes(self.fingerprint, code)

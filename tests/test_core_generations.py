@@ -108,7 +108,7 @@ def test_an_edited_module_runs_its_new_code_after_hup(oversipd_daemon):
     events = daemon.wait_events("version", count=2)
     assert (events[1]["v"], events[1]["generation"]) == (2, 2)
     assert events[1]["pid"] != first["pid"]
-    assert daemon.log_lines("versioned.py changed: imported again")
+    daemon.wait_log("versioned.py changed: imported again")
     assert daemon.stop() == 0
 
 
@@ -129,7 +129,7 @@ def test_a_removed_module_is_unloaded_and_its_callbacks_no_longer_run(oversipd_d
     [line] = daemon.wait_log("module gone unloaded")
     assert str(daemon.modules_dir / "gone.py") in line
     swap_done(daemon, 2)
-    assert [e["error"] for e in daemon.find("gone_terminated")] == [False]  # in the old generation
+    assert [e["error"] for e in daemon.wait_events("gone_terminated")] == [False]  # in the old generation
     daemon.reload()  # the code is unchanged now: an in-place reload
     daemon.wait_events("reload")
     assert not daemon.find("gone_reload")
@@ -150,7 +150,7 @@ def test_new_code_that_fails_to_import_is_refused_and_the_old_generation_serves_
     daemon.signal(signal.SIGHUP)
     ready = ready_after(daemon, before)
     assert any(line.startswith(f"STATUS={REFUSED}") for line in ready), ready
-    [line] = daemon.log_lines("ERROR", since=before)
+    [line] = daemon.wait_log("ERROR", since=before)
     assert REFUSED in line and f"{daemon.modules_dir / 'broken.py'}, line 1: {error}" in line
     assert "Traceback" not in daemon.log_text()
     assert daemon.running and daemon.worker_pids() == workers
@@ -161,6 +161,7 @@ def test_new_code_that_fails_to_import_is_refused_and_the_old_generation_serves_
     assert len(daemon.wait_events("reload", count=2)) == 2
     assert daemon.worker_pids() == workers
     assert daemon.stop() == 0
+    assert len(daemon.log_lines("ERROR", since=before)) == 1 and "Traceback" not in daemon.log_text()
 
 
 def test_a_fatal_on_started_in_the_new_generation_keeps_the_old_one(oversipd_daemon):
@@ -177,7 +178,7 @@ def test_a_fatal_on_started_in_the_new_generation_keeps_the_old_one(oversipd_dae
     daemon.signal(signal.SIGHUP)
     ready = ready_after(daemon, before)
     assert "STATUS=reload failed: the new generation did not start; generation 1 serves on" in ready
-    [crit] = daemon.log_lines("generation 1 stays in service", since=before)
+    [crit] = daemon.wait_log("generation 1 stays in service", since=before)
     assert "CRIT" in crit and "Launcher.fatal was called" in crit
     assert daemon.running and daemon.worker_pids() == workers
     # Only the new generation's workers ended (error=True: their generation failed).
@@ -186,7 +187,7 @@ def test_a_fatal_on_started_in_the_new_generation_keeps_the_old_one(oversipd_dae
     killed = daemon.mark()
     daemon.kill_worker(1)
     daemon.wait_events("started", worker=1, since=killed)
-    assert daemon.log_lines("generation 1 worker 1", since=killed)
+    daemon.wait_log("generation 1 worker 1", since=killed)
     assert not daemon.log_lines("Launcher.fatal", since=killed)
     assert daemon.stop() == 0
 
@@ -203,10 +204,12 @@ def test_sigusr2_starts_a_new_generation_on_unchanged_code(oversipd_daemon):
     old = {e["pid"] for e in daemon.wait_events("started", count=2)}
     daemon.signal(signal.SIGUSR2)
     swap_done(daemon, 2)
-    started = daemon.find("started")[2:]
+    started = daemon.wait_events("started", count=4)[2:]
     assert sorted(e["worker"] for e in started) == [1, 2]
-    assert {(e["pid"], e["error"]) for e in daemon.find("terminated")} == {(pid, False) for pid in old}
-    assert [(e["role"], e["generation"]) for e in daemon.find("initialize")] == [("master", 1), ("master", 2)]
+    terminated = daemon.wait_events("terminated", count=2)
+    assert {(e["pid"], e["error"]) for e in terminated} == {(pid, False) for pid in old}
+    initialized = daemon.wait_events("initialize", count=2)
+    assert [(e["role"], e["generation"]) for e in initialized] == [("master", 1), ("master", 2)]
     assert daemon.log_lines("SIGUSR2: reloading with a new generation of workers")
     assert not daemon.log_lines("ignoring SIGUSR2")
     assert daemon.stop() == 0
@@ -250,7 +253,7 @@ def test_status_shows_each_workers_generation_and_sigterm_during_a_swap_stops_bo
 
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
-    terminated = daemon.find("terminated")
+    terminated = daemon.wait_events("terminated", count=len(pids))
     assert sorted(e["pid"] for e in terminated) == sorted(pids)  # each worker exactly once
     assert all(e["error"] is False for e in terminated)
     for pid in pids:  # no orphan
@@ -273,7 +276,7 @@ def test_an_edited_server_script_whose_on_initialize_raises_keeps_the_old_genera
     daemon.signal(signal.SIGHUP)
     ready = ready_after(daemon, before)
     assert "STATUS=reload failed: the new generation did not start; generation 1 serves on" in ready
-    [crit] = daemon.log_lines("CRIT", since=before)
+    [crit] = daemon.wait_log("CRIT", since=before)
     assert f"on_initialize: {daemon.directory / 'server.py'}, line 6: RuntimeError: no database" in crit
     assert crit.endswith("generation 1 stays in service")
     assert daemon.running and daemon.worker_pids() == workers
@@ -310,6 +313,29 @@ def test_an_upgraded_oversipd_is_logged_as_needing_a_restart(oversipd_daemon, tm
     metadata.write_text("Metadata-Version: 2.1\nName: oversipd\nVersion: 99.0\n\n")
     daemon.reload()
     daemon.wait_events("reload")  # the module code is unchanged: in place
-    [line] = daemon.log_lines("a restart is needed to run it")
+    [line] = daemon.wait_log("a restart is needed to run it")
     assert "WARN" in line and f"oversipd 99.0 is installed, this master runs {oversipd.__version__}" in line
+    assert daemon.stop() == 0
+
+
+def test_sigusr2_imports_an_upgraded_pure_python_dependency_anew(oversipd_daemon, tmp_path):
+    site = tmp_path / "site"
+    (site / "ovs_test_dependency").mkdir(parents=True)
+    dependency = site / "ovs_test_dependency" / "__init__.py"
+    dependency.write_text("VALUE = 1\n")
+    user = module('''
+        import ovs_test_dependency
+
+        @SystemCallbacks.on_started
+        def started():
+            record("value", value=ovs_test_dependency.VALUE, generation=oversipd.process.generation)
+    ''')
+    daemon = oversipd_daemon(modules={"user": user}, env={"PYTHONPATH": str(site)})
+    daemon.wait_events("value")
+    dependency.write_text("VALUE = 2\n")  # what `pip install -U` does; the fingerprint does not look there
+    daemon.reload()
+    assert not daemon.log_lines("generation 2")  # an in-place reload
+    daemon.signal(signal.SIGUSR2)
+    swap_done(daemon, 2)
+    assert [(e["value"], e["generation"]) for e in daemon.wait_events("value", count=2)] == [(1, 1), (2, 2)]
     assert daemon.stop() == 0
