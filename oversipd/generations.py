@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import importlib
+import importlib.machinery
 import os
 import signal
 import sys
@@ -30,7 +31,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator, NoReturn
+from typing import TYPE_CHECKING, Any, Iterator, NoReturn
 
 from . import loader, process
 from . import modules as modules_namespace
@@ -38,13 +39,17 @@ from .callbacks import SystemCallbacks, SystemEvents
 from .errors import ConfigError, HaltServer
 from .loader import SERVER_SCRIPT_MODULE, ModuleLoadError
 
+if TYPE_CHECKING:
+    from .fingerprint import Fingerprint
+    from .settings import Settings
+
 CORE_PACKAGE = "oversipd"
 CHECK_OK = "ok"
 # A check child that has not answered after this long is killed and the
 # reload refused: a module whose top level blocks must not hold reloads up.
 CHECK_TIMEOUT = 60.0
 CHECK_TITLE = "oversipd: checking new module code"
-EXTENSION_SUFFIXES = (".so", ".pyd")
+EXTENSION_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
 class SwapPhase(enum.Enum):
@@ -57,7 +62,7 @@ class SwapPhase(enum.Enum):
 class Swap:
     """One code reload in progress, from the check to the old generation's last exit."""
 
-    settings: Any                  # the Settings the new generation runs with
+    settings: "Settings"           # what the new generation runs with
     reason: str                    # what changed, or "SIGUSR2"
     dependencies: bool = False     # SIGUSR2: third-party packages are imported anew too
     phase: SwapPhase = SwapPhase.CHECKING
@@ -66,8 +71,8 @@ class Swap:
     check_deadline: float | None = None
     check_output: bytes = b""
     snapshot: "CodeSnapshot | None" = None
-    fingerprint: Any = None
-    old_settings: Any = None
+    fingerprint: "Fingerprint | None" = None
+    old_settings: "Settings | None" = None
     old_target: int = 0            # target_workers before the swap, restored if it fails
     failure: str | None = None     # why the new generation failed to start (then it is what retires)
 
