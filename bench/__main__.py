@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(options)
         for phase, run in (("start, 1 worker", lambda: bench.start_runs(1)),
                            (f"start, memory and stop, {args.workers} workers", lambda: bench.start_runs(args.workers)),
-                           ("idle, reload, respawn", bench.long_running_runs)):
+                           ("idle, reload, code reload, respawn", bench.long_running_runs),
+                           ("restart (stop + start)", bench.restarts)):
             print(f"bench: {phase} ...", file=sys.stderr, flush=True)
             run()
         if args.keep:

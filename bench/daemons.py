@@ -132,6 +132,11 @@ class Oversipd(Daemon):
     def command(self) -> list[str]:
         return [str(self.bin_dir / "oversipd"), "run", "-c", str(self.workdir / "oversipd.conf")]
 
+    def edit_probe(self, note: str) -> None:
+        """Change the probe module's content, so that the next SIGHUP is a code reload."""
+        with open(self.workdir / "modules.d" / "benchprobe.py", "a", encoding="ascii") as probe:
+            probe.write(f"# {note}\n")
+
 
 class Gunicorn(Daemon):
     name = "gunicorn"

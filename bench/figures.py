@@ -7,6 +7,8 @@ from the rest of the machine falls on both.  The long-running figures
 
 from __future__ import annotations
 
+import os
+import select
 import signal
 import time
 from dataclasses import dataclass, field
@@ -15,11 +17,12 @@ from typing import Iterator
 
 import psutil
 
-from .daemons import DAEMONS, Daemon
+from .daemons import DAEMONS, Daemon, Oversipd
 
 SETTLE = 0.3            # seconds after "every worker started" before memory / TERM
 QUICK_DEATH_MARGIN = 1.2  # oversipd backs off a worker dying within 1 s of its fork
 NS_PER_MS = 1e6
+GONE_TIMEOUT = 60.0     # seconds for the old workers of a code reload to exit
 
 
 @dataclass
@@ -113,6 +116,7 @@ class Bench:
         try:
             self.idle_windows(daemons)
             self.reloads(daemons)
+            self.code_reloads(daemons)
             self.respawns(daemons)
         finally:
             for daemon in daemons:
@@ -158,6 +162,49 @@ class Bench:
                                  (max(e.t_ns for e in done) - t_hup) / NS_PER_MS)
                 time.sleep(SETTLE)
 
+    def code_reloads(self, daemons: list[Daemon]) -> None:
+        """SIGHUP -> every new worker started and every old worker gone.
+
+        oversipd: its probe module is edited before each HUP, so each is a
+        new generation on new code (SPEC §5).  gunicorn: the same SIGHUP,
+        which replaces its workers (new code only without --preload).
+        """
+        workers = self.options.workers
+        for run in range(self.options.runs):
+            for daemon in daemons:
+                if isinstance(daemon, Oversipd):
+                    daemon.edit_probe(f"code reload {run}")
+                old = frozenset(p.pid for p in daemon.worker_processes())
+                pidfds = [os.pidfd_open(pid) for pid in old]
+                try:
+                    t_hup = daemon.send(signal.SIGHUP)
+                    started = daemon.wait_started(workers, t_hup, exclude=old)
+                    gone = wait_gone(pidfds)
+                finally:
+                    for fd in pidfds:
+                        os.close(fd)
+                done = max(max(e.t_ns for e in started), gone)
+                self.samples.add(f"code_reload_{workers}", daemon.name, (done - t_hup) / NS_PER_MS)
+                time.sleep(SETTLE)
+
+    def restarts(self) -> None:
+        """oversipd stopped and started again (what `systemctl restart` does): SIGTERM -> every new worker started."""
+        workers = self.options.workers
+        for _ in range(self.options.runs):
+            first = self.new_daemon(Oversipd, workers, "restart")
+            second = self.new_daemon(Oversipd, workers, "restarted")
+            try:
+                first.wait_started(workers, first.start())
+                time.sleep(SETTLE)
+                t_term = first.send(signal.SIGTERM)
+                first.wait_exit()
+                t_start = second.start()
+                started = second.wait_started(workers, t_start)
+                self.samples.add(f"restart_{workers}", first.name, (max(e.t_ns for e in started) - t_term) / NS_PER_MS)
+            finally:
+                first.stop()
+                second.stop()
+
     def respawns(self, daemons: list[Daemon]) -> None:
         """SIGKILL a worker -> its replacement started; each victim has lived > 1 s."""
         for _ in range(self.options.respawn_runs):
@@ -177,3 +224,17 @@ class Bench:
         known = [(daemon.started_at(p.pid), p.pid) for p in daemon.worker_processes()]
         started, pid = min((t, pid) for t, pid in known if t is not None)
         return pid, started
+
+
+def wait_gone(pidfds: list[int], timeout: float = GONE_TIMEOUT) -> int:
+    """Block until every process behind `pidfds` has exited; return when the last one was seen (ns)."""
+    waiting = set(pidfds)
+    deadline = time.monotonic() + timeout
+    seen = time.monotonic_ns()
+    while waiting:
+        readable, _, _ = select.select(list(waiting), [], [], max(0.0, deadline - time.monotonic()))
+        seen = time.monotonic_ns()
+        if not readable:
+            raise TimeoutError(f"{len(waiting)} old worker(s) still running after {timeout:g} s")
+        waiting -= set(readable)
+    return seen

@@ -28,6 +28,10 @@ def figures(workers: int, idle_seconds: float) -> list[Figure]:
         Figure(f"master_up_{workers}", f"… of which start → the master loaded its probe ⁴", "ms"),
         Figure("respawn", "respawn: SIGKILL of a worker → its replacement started", "ms", "≤ 5 ms"),
         Figure(f"reload_{workers}", f"reload, {workers} workers: SIGHUP → every worker reloaded ¹", "ms", "≤ 3 ms"),
+        Figure(f"code_reload_{workers}", f"code reload, {workers} workers: SIGHUP → every new worker started "
+               "and every old worker gone ⁵", "ms", "≤ 1.0× gunicorn's"),
+        Figure(f"restart_{workers}", f"restart (stop + start), {workers} workers: SIGTERM → every new worker "
+               "started ⁶", "ms"),
         Figure(f"stop_{workers}", f"stop, {workers} workers: SIGTERM → master exited", "ms", "≤ 30 ms"),
         Figure("idle_master_wakeups", f"{idle}: master voluntary context switches", "",
                "heartbeat cadence ²"),
@@ -53,6 +57,12 @@ NOTES = [
     "³ one sample per worker and run.",
     "⁴ the interpreter and the imports, before any fork: oversipd imports its drop-in modules "
     "(the probe) before the fork; gunicorn runs its on_starting hook before binding and forking.",
+    "⁵ oversipd: the probe module is edited before each SIGHUP, so each one checks the new code in a "
+    "throw-away child and swaps in a new generation of workers (the master's PID unchanged, no listening "
+    "socket closed); gunicorn: SIGHUP replaces its workers (which picks up new code only without --preload). "
+    "Both end when the last old worker has exited (a pidfd on each).",
+    "⁶ oversipd alone: what `systemctl restart` does; its listening sockets are closed in between, so "
+    "clients are refused (tests/test_core_generations.py shows 0 refused over a code reload).",
 ]
 
 

@@ -39,6 +39,10 @@ ALLOWED_METHODS = ("GET", "HEAD")
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            431: "Request Header Fields Too Large", 505: "HTTP Version Not Supported"}
 STOP_GRACE = 2.0  # seconds for answers in progress when the worker stops
+# asyncio takes this many loop turns from accept() to the client's task
+# running (accept task -> transport and protocol -> client task): a worker
+# that stops lets them pass, so that no connection it accepted goes unanswered.
+ACCEPT_TURNS = 3
 
 
 class BadRequest(Exception):
@@ -93,7 +97,7 @@ class StatusServer(Logger):
         self.max_request_bytes = max_request_bytes
         self.server: asyncio.base_events.Server | None = None
         self.closing = False
-        self.idle: set[asyncio.Task[Any]] = set()     # waiting for a request: safe to cancel
+        self.idle: set[asyncio.Task[Any]] = set()     # waiting for a next request: safe to cancel
         self.clients: set[asyncio.Task[Any]] = set()
         self.date = HttpDate()
 
@@ -106,10 +110,17 @@ class StatusServer(Logger):
                                                  limit=self.max_request_bytes)
 
     async def stop(self) -> None:
-        """Stop accepting, drop idle clients, give answers in progress STOP_GRACE seconds."""
+        """Stop accepting, drop idle keep-alive clients, give the others STOP_GRACE seconds.
+
+        A connection accepted but not yet answered gets its answer: its client
+        meets no failure when a worker stops (a newer generation takes over,
+        SPEC §5).  One idle between two requests is closed, as HTTP allows.
+        """
         self.closing = True
         if self.server is not None:
             self.server.close()
+        for _ in range(ACCEPT_TURNS):
+            await asyncio.sleep(0)
         for task in list(self.idle):
             task.cancel()
         if self.clients:
@@ -122,9 +133,10 @@ class StatusServer(Logger):
         assert task is not None
         self.clients.add(task)
         try:
-            keep_alive = True
-            while keep_alive and not self.closing:
-                keep_alive = await self.serve_request(reader, writer, task)
+            keep_alive, answered = True, False
+            while keep_alive and (not self.closing or not answered):
+                keep_alive = await self.serve_request(reader, writer, task, answered)
+                answered = True
         except (asyncio.CancelledError, ConnectionError, TimeoutError):
             pass  # stopping, the client went away, or too slow: just close
         finally:
@@ -133,10 +145,11 @@ class StatusServer(Logger):
             writer.close()
 
     async def serve_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                            task: asyncio.Task[Any]) -> bool:
+                            task: asyncio.Task[Any], answered: bool) -> bool:
         """Read one request and answer it; True to keep the connection for another."""
         async with asyncio.timeout(self.timeout):
-            self.idle.add(task)
+            if answered:  # the first request of a connection is always awaited
+                self.idle.add(task)
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
             except asyncio.IncompleteReadError:

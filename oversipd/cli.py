@@ -12,6 +12,7 @@ import oversipd
 from . import listeners, logger, pidfile, privileges, process
 from .daemonize import DEFAULT_READY_TIMEOUT
 from .errors import ALREADY_RUNNING, EXIT_FATAL, EXIT_OK, EXIT_USAGE, ConfigError, HaltServer, StartupError
+from .generations import running_module_code
 from .launcher import Launcher
 from .loader import ModuleLoadError, load_all
 from .settings import LOG_LEVELS, Overrides, Settings, default_conf_path, load_settings
@@ -122,7 +123,8 @@ def prepare_master(args: argparse.Namespace, settings: Settings | None = None,
         # its privileges.
         listeners.open_listeners(settings.listen, str(settings.path))
     try:
-        load_all(settings.core.modules_dir, settings.core.server_script, args.insecure_modules)
+        with running_module_code():  # what it imports, a new generation may import anew (SIGUSR2)
+            load_all(settings.core.modules_dir, settings.core.server_script, args.insecure_modules)
     except ModuleLoadError as failure:
         logger.core_log.log_system_crit(f"{failure.what} failed to import:")
         Launcher.fatal(failure.error)
@@ -151,10 +153,12 @@ def serve(args: argparse.Namespace, settings: Settings, report: "StartupReport |
         try:
             prepare_master(args, settings, report, bind=True)
             process.set_title(process.master_title(settings.path))
-            run_on_initialize()
+            with running_module_code():
+                run_on_initialize()
             master = Master(settings, overrides_from(args),
                             on_ready=report.ready if report is not None else None,
-                            private_fds=[pid_file.fd] if pid_file is not None else [])
+                            private_fds=[pid_file.fd] if pid_file is not None else [],
+                            insecure_modules=args.insecure_modules)
             return master.run()
         finally:
             listeners.close_listeners()

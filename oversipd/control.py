@@ -14,6 +14,7 @@ from typing import Any
 STOP = "stop"                # argument: error flag for on_terminated
 RELOAD = "reload"            # argument: the new Settings
 USER_RELOAD = "user_reload"  # argument: None
+RETIRE = "retire"            # argument: None; a newer generation serves: finish up, then stop
 # worker -> master
 STARTED = "started"
 RELOADED = "reloaded"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .errors import EXIT_FATAL, EXIT_NOT_RUNNING, EXIT_OK, NO_PID_FILE, NOT_RUNNING, ConfigError
 from .pidfile import running_pid
-from .process import worker_processes
+from .process import all_worker_processes
 from .settings import CoreSettings, default_conf_path, load_settings
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def _stop_and_wait(pid: int, pidfd: int, timeout: float) -> int:
 # --- status ----------------------------------------------------------------------
 
 def status(target: Target) -> int:
-    """The master and its workers: pid, slot, state, uptime, RSS, CPU; 3 when not running."""
+    """The master and its workers: slot, generation, pid, state, uptime, RSS, CPU; 3 when not running."""
     import psutil  # only `status` pays for the import
 
     pid = target.pid()
@@ -126,18 +126,19 @@ def status(target: Target) -> int:
         return EXIT_NOT_RUNNING
     try:
         master = psutil.Process(pid)
-        rows = [_row(master, "master", "-")] + [
-            _row(process, "worker", str(slot)) for slot, process in sorted(worker_processes(pid).items())]
+        rows = [_row(master, "master", "-", "-")] + [
+            _row(process, "worker", str(slot), str(generation))
+            for slot, generation, process in all_worker_processes(pid)]
     except psutil.NoSuchProcess:
         _say(NOT_RUNNING.format(path=target.pid_file))
         return EXIT_NOT_RUNNING
     _say(f"running: master pid {pid}, {len(rows) - 1} worker(s), pid file {target.pid_file}")
-    for row in [("ROLE", "SLOT", "PID", "STATE", "UPTIME", "RSS", "CPU"), *rows]:
-        print("{:<7} {:>4} {:>8}  {:<9} {:>12} {:>10} {:>9}".format(*row))
+    for row in [("ROLE", "SLOT", "GEN", "PID", "STATE", "UPTIME", "RSS", "CPU"), *rows]:
+        print("{:<7} {:>4} {:>4} {:>8}  {:<9} {:>12} {:>10} {:>9}".format(*row))
     return EXIT_OK
 
 
-def _row(process: "psutil.Process", role: str, slot: str) -> tuple[str, ...]:
+def _row(process: "psutil.Process", role: str, slot: str, generation: str) -> tuple[str, ...]:
     import psutil
 
     with process.oneshot():
@@ -147,7 +148,7 @@ def _row(process: "psutil.Process", role: str, slot: str) -> tuple[str, ...]:
         cpu = _field(process.cpu_times, lambda c: f"{c.user + c.system:.2f} s")
     if state == psutil.STATUS_ZOMBIE:
         state = "exited"
-    return role, slot, str(process.pid), state, uptime, rss, cpu
+    return role, slot, generation, str(process.pid), state, uptime, rss, cpu
 
 
 def _field(read: Callable[[], object], show: Callable[[object], str]) -> str:

@@ -5,6 +5,10 @@ byte per delivered signal to a pipe the loop reads, so every signal is
 counted (two SIGTTINs are two workers) and handled as an ordinary event.
 The loop sleeps in `select()` until a signal, a worker message or the
 next deadline (respawn, worker_timeout, graceful stop, watchdog).
+
+A reload that finds the module code changed (or SIGUSR2) swaps in a new
+generation of workers instead of reloading in place: see "new
+generations" below and generations.py.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from typing import Callable, Sequence
 
 import oversipd
 
-from . import control, listeners, logger, privileges
+from . import control, fingerprint, generations, listeners, logger, privileges, process
 from .control import Channel
 from .errors import CRASH_LOOP_MESSAGE, EXIT_FATAL, EXIT_OK, WORKER_EXIT_FATAL, ConfigError, HaltServer
+from .fingerprint import Fingerprint
+from .generations import CodeSnapshot, Swap, SwapPhase
 from .heartbeat import MAX_INTERVAL, HeartbeatBoard
 from .logger import Logger
 from .settings import MAX_WORKERS, Overrides, Settings, load_settings
@@ -39,8 +45,11 @@ HEARTBEAT_MISSES = 3
 # worker_timeout or graceful_timeout is legal, so the loop wakes and re-computes.
 MAX_WAIT = 3600.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
-IGNORED_SIGNALS = (signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM, signal.SIGPIPE)
+IGNORED_SIGNALS = (signal.SIGWINCH, signal.SIGALRM, signal.SIGPIPE)
 IGNORED_LOG_INTERVAL = 1.0  # seconds between two "ignoring SIGPIPE" lines
+RELOAD_REFUSED_CONFIG = "reload rejected: invalid configuration; running on the old one"
+RELOAD_REFUSED_CODE = "reload refused: the new module code failed its check"
+NEW_GENERATION_FAILED = "generation {generation} stays in service"
 
 
 @dataclass
@@ -53,20 +62,26 @@ def _do_nothing(signum: int, frame: object) -> None:
     """The byte in the wakeup pipe is the event; the handler has no work."""
 
 
-def run_on_initialize() -> None:
-    """SystemEvents.on_initialize, once, in the master, before the fork; failure is fatal."""
+def call_on_initialize() -> None:
+    """SystemEvents.on_initialize, in the master, before a generation's fork; errors propagate."""
     import asyncio
 
     from .callbacks import SystemEvents
-    from .launcher import Launcher
 
     handler = SystemEvents.handler("on_initialize")
     if handler is None:
         return
+    result = handler()
+    if asyncio.iscoroutine(result):
+        asyncio.run(result)
+
+
+def run_on_initialize() -> None:
+    """on_initialize at start: a failure is fatal (the daemon exits 1)."""
+    from .launcher import Launcher
+
     try:
-        result = handler()
-        if asyncio.iscoroutine(result):
-            asyncio.run(result)
+        call_on_initialize()
     except HaltServer:
         raise
     except BaseException as error:
@@ -78,13 +93,25 @@ class Master(Logger):
     log_id = "Master"
 
     def __init__(self, settings: Settings, overrides: Overrides = Overrides(),
-                 on_ready: Callable[[], None] | None = None, private_fds: Sequence[int] = ()) -> None:
+                 on_ready: Callable[[], None] | None = None, private_fds: Sequence[int] = (),
+                 insecure_modules: bool = False) -> None:
         self.settings = settings
         self.overrides = overrides
         self.on_ready = on_ready              # called once, when every worker ran on_started
         self.private_fds = list(private_fds)  # the master's alone (pid file lock): closed in workers
         self.target_workers = settings.core.workers
-        self.slots: dict[int, WorkerSlot] = {}
+        self.slots: dict[int, WorkerSlot] = {}       # the serving generation, by slot
+        # While a code reload starts a new generation: its workers, by slot.
+        self.next_slots: dict[int, WorkerSlot] = {}
+        # Workers of a generation on its way out (replaced, or failed to start): never respawned.
+        self.leaving: list[WorkerSlot] = []
+        self.generation = 1                          # the serving generation's number
+        self.swap: Swap | None = None
+        # The module code is imported from where it was at start (modules_dir
+        # and server_script changes take effect at a restart).
+        self.code_paths = (settings.core.modules_dir, settings.core.server_script)
+        self.insecure_modules = insecure_modules
+        self.fingerprint: Fingerprint = fingerprint.take(*self.code_paths, installed=False)
         self.selector = selectors.DefaultSelector()
         self.notifier = Notifier()
         # Under a systemd watchdog, workers beat often enough to prove, at
@@ -96,6 +123,7 @@ class Master(Logger):
         self.stop_request: StopRequest | None = None
         self.reload_in_progress = False
         self.reload_pending = False
+        self.new_generation_pending = False  # a SIGUSR2 during a reload: the next one swaps generations
         self.awaiting_reload: set[int] = set()
         self.reloads = 0
         self.respawns = 0
@@ -104,6 +132,7 @@ class Master(Logger):
             **{signum: functools.partial(self.handle_stop_signal, signum) for signum in STOP_SIGNALS},
             signal.SIGHUP: self.handle_hup,
             signal.SIGUSR1: self.handle_usr1,
+            signal.SIGUSR2: self.handle_usr2,
             signal.SIGTTIN: self.handle_ttin,
             signal.SIGTTOU: self.handle_ttou,
             signal.SIGCHLD: self.reap_workers,
@@ -137,7 +166,7 @@ class Master(Logger):
             signal.signal(signum, _do_nothing)
 
     def finished(self) -> bool:
-        return self.stop_request is not None and not any(s.alive for s in self.slots.values())
+        return self.stop_request is not None and not any(s.alive for s in self.all_slots())
 
     def wait_for_events(self) -> None:
         deadline = self.next_deadline()
@@ -148,14 +177,17 @@ class Master(Logger):
     def next_deadline(self) -> float | None:
         # No petting while stopping: STOPPING=1 was sent.
         deadlines = [self.next_watchdog] if self.next_watchdog is not None and self.stop_request is None else []
-        deadlines += [self.slot_deadline(slot) for slot in self.slots.values()]
+        deadlines += [self.slot_deadline(slot) for slot in self.all_slots()]
+        if self.swap is not None and self.swap.check_deadline is not None:
+            deadlines.append(self.swap.check_deadline)
         # inf marks a deadline already acted upon (SIGKILL sent): nothing more is due.
         return min((d for d in deadlines if d is not None and d != float("inf")), default=None)
 
     def slot_deadline(self, slot: WorkerSlot) -> float | None:
         """When the master must next look at `slot` (respawn, graceful_timeout, worker_timeout)."""
         if slot.state is SlotState.WAITING:
-            return slot.respawn_at
+            # Not while a new generation starts: the master holds its code (see worker_exited).
+            return None if self.swapping_code() else slot.respawn_at
         if not slot.alive:
             return None
         if slot.state is SlotState.STOPPING:
@@ -163,17 +195,20 @@ class Master(Logger):
         if slot.abort_sent_at is not None:
             return slot.abort_sent_at + ABORT_GRACE
         if self.settings.core.worker_timeout:
-            return self.board.last_beat(slot.slot_id) + self.settings.core.worker_timeout
+            return self.board.last_beat(slot.cell) + self.settings.core.worker_timeout
         return None
 
     def run_due_work(self, now: float) -> None:
         self.kill_overdue_stopping_workers(now)
         if self.stop_request is not None:
             return
-        for slot in list(self.slots.values()):
-            if slot.state is SlotState.WAITING and slot.respawn_at is not None and slot.respawn_at <= now:
-                self.spawn_worker(slot)
+        if not self.swapping_code():
+            for slot in list(self.slots.values()):
+                if slot.state is SlotState.WAITING and slot.respawn_at is not None and slot.respawn_at <= now:
+                    self.spawn_worker(slot)
         self.murder_unresponsive_workers(now)
+        if self.swap is not None and self.swap.check_deadline is not None and now >= self.swap.check_deadline:
+            self.check_timed_out()
         if self.next_watchdog is not None and now >= self.next_watchdog:
             self.pet_watchdog(now)
 
@@ -186,7 +221,7 @@ class Master(Logger):
             return
         for signum in data:  # one byte per delivered signal: count each one
             handler = self.dispatch.get(signum)
-            if handler is None:  # USR2, WINCH, ALRM, PIPE
+            if handler is None:  # WINCH, ALRM, PIPE
                 self.log_ignored_signal(signum)
             else:
                 handler()
@@ -220,6 +255,17 @@ class Master(Logger):
             return
         self.begin_reload()
 
+    def handle_usr2(self) -> None:
+        """A reload that starts a new generation even when the fingerprint saw no change."""
+        if self.stop_request is not None:
+            return
+        if self.reload_in_progress:
+            self.reload_pending = self.new_generation_pending = True
+            self.log_system_info("SIGUSR2 during a reload: a new generation will follow")
+            return
+        self.log_system_notice("SIGUSR2: reloading with a new generation of workers")
+        self.begin_reload(new_generation=True)
+
     def handle_usr1(self) -> None:
         if self.stop_request is not None:
             return
@@ -246,15 +292,31 @@ class Master(Logger):
     # --- workers: spawn, count, reap ------------------------------------------
 
     def live_slots(self) -> list[WorkerSlot]:
-        return [s for s in self.slots.values() if s.alive and s.state is not SlotState.STOPPING]
+        """Workers at work (both generations during a swap); not those asked to stop."""
+        return [s for s in (*self.slots.values(), *self.next_slots.values())
+                if s.alive and s.state is not SlotState.STOPPING]
+
+    def all_slots(self) -> list[WorkerSlot]:
+        return [*self.slots.values(), *self.next_slots.values(), *self.leaving]
+
+    def forget_slot(self, slot: WorkerSlot) -> None:
+        """Drop a dead worker's record, wherever it is kept."""
+        if self.slots.get(slot.slot_id) is slot:
+            del self.slots[slot.slot_id]
+        elif self.next_slots.get(slot.slot_id) is slot:
+            del self.next_slots[slot.slot_id]
+        elif slot in self.leaving:
+            self.leaving.remove(slot)
 
     def manage_workers(self) -> None:
         """Spawn or retire workers until the count matches target_workers."""
+        if self.swapping_code():
+            return  # the new generation is forked at the count wanted then; the rest follows the swap
         active = sorted((s for s in self.slots.values() if not s.retiring), key=lambda s: s.slot_id)
         for slot in active[self.target_workers:]:
             self.retire_worker(slot)
         for _ in range(self.target_workers - len(active)):
-            slot = WorkerSlot(self.free_slot_id())
+            slot = WorkerSlot(self.free_slot_id(), self.generation)
             self.slots[slot.slot_id] = slot
             self.spawn_worker(slot)
 
@@ -266,7 +328,7 @@ class Master(Logger):
 
     def retire_worker(self, slot: WorkerSlot) -> None:
         if not slot.alive:
-            del self.slots[slot.slot_id]
+            self.forget_slot(slot)
             return
         slot.retiring = True
         self.stop_worker(slot, error=False)
@@ -274,10 +336,8 @@ class Master(Logger):
     def spawn_worker(self, slot: WorkerSlot) -> bool:
         """Fork the worker of `slot`; False (and a respawn scheduled) when fork fails."""
         master_end, worker_end = Channel.pair()
-        self.board.beat(slot.slot_id)
-        inherited = [self.signal_r, self.signal_w, self.selector.fileno(), master_end.fileno(),
-                     *self.private_fds, *self.notifier.filenos(),
-                     *(s.channel.fileno() for s in self.slots.values() if s.channel)]
+        self.board.beat(slot.cell)
+        inherited = [master_end.fileno(), *self.masters_fds()]
         # Block our signals across the fork: a signal landing in the child
         # before it resets its handlers would wake the master's pipe.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.handled_signals)
@@ -287,12 +347,12 @@ class Master(Logger):
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             master_end.close()
             worker_end.close()
-            self.log_system_error(f"cannot fork worker {slot.slot_id}: {error}")
+            self.log_system_error(f"cannot fork generation {slot.generation} worker {slot.slot_id}: {error}")
             slot.quick_deaths += 1  # back off as for a worker that died at once
             self.schedule_respawn(slot, max(slot.respawn_delay(), FIRST_BACKOFF))
             return False
         if pid == 0:
-            worker_main(slot.slot_id, worker_end, self.settings, self.board, inherited)
+            worker_main(slot.slot_id, worker_end, self.settings, self.board, inherited, slot.generation)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         worker_end.close()
         slot.forked(pid, master_end)
@@ -300,11 +360,19 @@ class Master(Logger):
                                lambda: self.read_worker_messages(slot))
         return True
 
-    def stop_worker(self, slot: WorkerSlot, error: bool) -> None:
-        slot.transition(SlotState.STOPPING, "asked to stop")
+    def masters_fds(self) -> list[int]:
+        """The master's own descriptors, which a forked child must close (PITFALLS: master death)."""
+        check = [self.swap.check_fd] if self.swap is not None and self.swap.check_fd is not None else []
+        return [self.signal_r, self.signal_w, self.selector.fileno(), *self.private_fds,
+                *self.notifier.filenos(), *check, *(s.channel.fileno() for s in self.all_slots() if s.channel)]
+
+    def stop_worker(self, slot: WorkerSlot, error: bool, retire: bool = False) -> None:
+        """Ask a worker to stop (`retire`: a newer generation took over); SIGKILL after graceful_timeout."""
+        slot.transition(SlotState.STOPPING, "asked to retire" if retire else "asked to stop")
         slot.stop_deadline = time.monotonic() + self.settings.core.graceful_timeout
         self.awaiting_reload.discard(slot.slot_id)
-        if slot.channel is None or not slot.channel.send(control.STOP, error):
+        message = (control.RETIRE, None) if retire else (control.STOP, error)
+        if slot.channel is None or not slot.channel.send(*message):
             self.signal_worker(slot, signal.SIGTERM)
 
     def signal_worker(self, slot: WorkerSlot, signum: int) -> None:
@@ -335,6 +403,9 @@ class Master(Logger):
         slot.started_at = time.monotonic()
         if slot.state is SlotState.STARTING:
             slot.transition(SlotState.RUNNING, "on_started done")
+        if self.next_slots.get(slot.slot_id) is slot:
+            self.new_generation_progressed()
+            return
         if not self.ready and not any(s.state is SlotState.STARTING for s in self.slots.values()):
             self.ready = True
             self.log_system_notice(f"ready: {len(self.live_slots())} worker(s) running")
@@ -352,34 +423,47 @@ class Master(Logger):
                 return
             if pid == 0:
                 return
-            slot = next((s for s in self.slots.values() if s.pid == pid), None)
+            slot = next((s for s in self.all_slots() if s.pid == pid), None)
             if slot is not None:
                 self.worker_exited(slot, status)
 
     def worker_exited(self, slot: WorkerSlot, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-        what = f"worker {slot.slot_id} (pid {slot.pid}) {how}"
+        what = f"{slot.label} {how}"
         had_started = slot.started_at is not None
+        in_next_generation = self.next_slots.get(slot.slot_id) is slot
         self.unregister_channel(slot)
         quick = slot.died(time.monotonic())
         self.awaiting_reload.discard(slot.slot_id)
-        if self.stop_request is not None or slot.retiring:
+        if self.stop_request is not None or slot.retiring or slot in self.leaving:
             self.log_system_info(what)
-            del self.slots[slot.slot_id]
+            self.forget_slot(slot)
+            self.finish_swap_if_old_generation_gone()
+        elif in_next_generation:
+            # An exception to Launcher.fatal's "whole daemon down": the new
+            # generation alone failed, and the old one still serves.
+            cause = "Launcher.fatal was called" if code == WORKER_EXIT_FATAL else "died"
+            self.forget_slot(slot)
+            self.abandon_new_generation(f"{what}: {cause} before its generation took over")
         elif code == WORKER_EXIT_FATAL:
             self.log_system_crit(f"{what}: Launcher.fatal was called; stopping the daemon")
-            del self.slots[slot.slot_id]
+            self.forget_slot(slot)
             self.begin_stop(error=True, status=EXIT_FATAL, reason="fatal error in a worker")
         elif not self.ready and not had_started:
             self.log_system_crit(f"{what} before its on_started callbacks completed; start-up failed")
-            del self.slots[slot.slot_id]
+            self.forget_slot(slot)
             self.begin_stop(error=True, status=EXIT_FATAL, reason="start-up failed")
         elif quick and self.settings.core.respawn_limit and slot.quick_deaths >= self.settings.core.respawn_limit:
             self.log_system_crit(f"{what}: {CRASH_LOOP_MESSAGE}: worker {slot.slot_id} died "
                                  f"{slot.quick_deaths} times in a row within a second of its start")
-            del self.slots[slot.slot_id]
+            self.forget_slot(slot)
             self.begin_stop(error=True, status=EXIT_FATAL, reason=CRASH_LOOP_MESSAGE)
+        elif self.swapping_code():
+            # The master holds the new generation's code now: the slot is
+            # respawned on the old code if the new generation fails, dropped if it takes over.
+            self.log_system_error(f"{what}; a new generation is starting: not respawned meanwhile")
+            self.schedule_respawn(slot, 0.0)
         else:
             outcome = self.respawn_worker(slot, quick)
             (self.log_system_error if code != 0 else self.log_system_notice)(f"{what}; {outcome}")
@@ -403,25 +487,25 @@ class Master(Logger):
     def murder_unresponsive_workers(self, now: float) -> None:
         """SIGABRT (faulthandler prints the traceback) a stuck reactor, then SIGKILL it."""
         timeout = self.settings.core.worker_timeout
-        for slot in self.slots.values():
+        for slot in self.all_slots():
             if not slot.alive or slot.state is SlotState.STOPPING:
                 continue
             if slot.abort_sent_at is not None:
                 if now >= slot.abort_sent_at + ABORT_GRACE:
-                    self.log_system_crit(f"worker {slot.slot_id} (pid {slot.pid}) survived SIGABRT; SIGKILL")
+                    self.log_system_crit(f"{slot.label} survived SIGABRT; SIGKILL")
                     self.signal_worker(slot, signal.SIGKILL)
                     slot.abort_sent_at = float("inf")
-            elif timeout and now - self.board.last_beat(slot.slot_id) >= timeout:
-                self.log_system_crit(f"worker {slot.slot_id} (pid {slot.pid}): reactor unresponsive "
+            elif timeout and now - self.board.last_beat(slot.cell) >= timeout:
+                self.log_system_crit(f"{slot.label}: reactor unresponsive "
                                      f"for {timeout:g} s (worker_timeout); sending SIGABRT")
                 self.signal_worker(slot, signal.SIGABRT)
                 slot.abort_sent_at = now
 
     def kill_overdue_stopping_workers(self, now: float) -> None:
         """graceful_timeout after a worker was asked to stop (daemon stop, TTOU, fewer `workers`): SIGKILL."""
-        for slot in self.slots.values():
+        for slot in self.all_slots():
             if slot.alive and slot.stop_deadline is not None and now >= slot.stop_deadline:
-                self.log_system_warn(f"worker {slot.slot_id} (pid {slot.pid}) still running after "
+                self.log_system_warn(f"{slot.label} still running after "
                                      "graceful_timeout; SIGKILL")
                 self.signal_worker(slot, signal.SIGKILL)
                 slot.stop_deadline = None
@@ -431,13 +515,13 @@ class Master(Logger):
         interval = self.notifier.watchdog_interval or 1.0
         self.next_watchdog = now + interval
         limit = HEARTBEAT_MISSES * self.board.interval(self.settings.core.worker_timeout)
-        silent = [s for s in self.live_slots() if now - self.board.last_beat(s.slot_id) >= limit]
+        silent = [s for s in self.live_slots() if now - self.board.last_beat(s.cell) >= limit]
         if not silent:
             self.notifier.watchdog()
             return
         for slot in silent:
-            self.log_system_warn(f"worker {slot.slot_id} (pid {slot.pid}) missed its heartbeat for "
-                                 f"{now - self.board.last_beat(slot.slot_id):.1f} s: systemd watchdog not petted")
+            self.log_system_warn(f"{slot.label} missed its heartbeat for "
+                                 f"{now - self.board.last_beat(slot.cell):.1f} s: systemd watchdog not petted")
 
     # --- stopping -----------------------------------------------------------
 
@@ -447,15 +531,17 @@ class Master(Logger):
         self.stop_request = StopRequest(error, status)
         self.log_system_notice(f"stopping ({reason})")
         self.notifier.stopping(f"stopping: {reason}")
-        for slot in list(self.slots.values()):
-            if slot.alive:
+        self.abort_check()
+        for slot in self.all_slots():
+            if slot.alive and slot.state is not SlotState.STOPPING:
                 self.stop_worker(slot, error)
-            else:
-                del self.slots[slot.slot_id]
+            elif not slot.alive:
+                self.forget_slot(slot)
 
     # --- reloading -------------------------------------------------------------
 
-    def begin_reload(self) -> None:
+    def begin_reload(self, new_generation: bool = False) -> None:
+        """HUP (and USR2, with `new_generation`): in place when the code is unchanged, else a swap."""
         self.reload_in_progress = True
         # Before start-up completes, systemd waits for the start's READY=1
         # alone: a reload then must not announce itself, nor report ready.
@@ -466,8 +552,19 @@ class Master(Logger):
             privileges.check_identity(new)
         except ConfigError as error:
             self.log_system_error(f"reload refused, keeping the old configuration: {error.one_line()}")
-            self.finish_reload(rejected=True)
+            self.finish_reload(refused=RELOAD_REFUSED_CONFIG)
             return
+        code = fingerprint.take(*self.code_paths)
+        self.warn_if_core_upgraded(code)
+        if self.ready and (new_generation or self.fingerprint.code_differs(code)):
+            reason = ("SIGUSR2: a new generation asked for" if new_generation else
+                      f"module code changed ({fingerprint.changes(self.fingerprint, code).describe()})")
+            self.begin_swap(new, code, reason, dependencies=new_generation)
+            return
+        self.reload_in_place(new)
+
+    def reload_in_place(self, new: Settings) -> None:
+        """The code is unchanged: every worker runs its on_reload callbacks with the new settings."""
         self.apply_settings(new)
         self.awaiting_reload = set()
         for slot in self.live_slots():
@@ -477,6 +574,13 @@ class Master(Logger):
                     slot.transition(SlotState.RELOADING, "SIGHUP")
         self.reloads += 1
         self.finish_reload_if_acknowledged()
+
+    def warn_if_core_upgraded(self, code: Fingerprint) -> None:
+        """oversipd itself is not re-imported (README, "Choices"): say that a restart runs the new one."""
+        if code.core_version is not None and code.core_version != self.fingerprint.core_version:
+            self.log_system_warn(f"oversipd {code.core_version} is installed, this master runs "
+                                 f"{self.fingerprint.core_version}: a restart is needed to run it")
+            self.fingerprint = Fingerprint(self.fingerprint.files, self.fingerprint.drop_ins, code.core_version)
 
     def apply_settings(self, new: Settings) -> None:
         old, self.settings = self.settings, new
@@ -490,7 +594,7 @@ class Master(Logger):
             # Each worker beats at the new pace once it has the new settings;
             # until then, its last beat counts as fresh.
             for slot in self.live_slots():
-                self.board.beat(slot.slot_id)
+                self.board.beat(slot.cell)
         if new.workers_in_file != old.workers_in_file:
             self.target_workers = new.core.workers
         self.manage_workers()
@@ -502,22 +606,195 @@ class Master(Logger):
         self.finish_reload_if_acknowledged()
 
     def finish_reload_if_acknowledged(self) -> None:
-        if self.reload_in_progress and not self.awaiting_reload:
-            self.finish_reload(rejected=False)
-
-    def finish_reload(self, rejected: bool) -> None:
-        self.reload_in_progress = False
-        if rejected:
-            status = "reload rejected: invalid configuration; running on the old one"
-        else:
+        if self.reload_in_progress and self.swap is None and not self.awaiting_reload:
             self.log_system_info("reload done: every worker ran its on_reload callbacks")
-            status = self.status_line()
+            self.finish_reload()
+
+    def finish_reload(self, refused: str | None = None) -> None:
+        """READY=1 (with a STATUS= saying why when `refused`); then the reload that HUPs asked for meanwhile."""
+        self.reload_in_progress = False
         if self.ready:
-            self.notifier.ready(status)
+            self.notifier.ready(refused or self.status_line())
         if self.reload_pending and self.stop_request is None:
             self.reload_pending = False
-            self.begin_reload()
+            new_generation, self.new_generation_pending = self.new_generation_pending, False
+            self.begin_reload(new_generation)
 
     def status_line(self) -> str:
         running = sum(1 for s in self.slots.values() if s.state in (SlotState.RUNNING, SlotState.RELOADING))
-        return f"{running} of {self.target_workers} worker(s) running; {self.reloads} reload(s), {self.respawns} respawn(s)"
+        line = f"{running} of {self.target_workers} worker(s) running; {self.reloads} reload(s), {self.respawns} respawn(s)"
+        return line if self.generation == 1 else f"{line}; generation {self.generation}"
+
+    # --- new generations (SPEC §5, "Code changes on reload"; generations.py) -----------
+
+    def swapping_code(self) -> bool:
+        """True while the master holds a new generation's code that does not serve yet."""
+        return self.swap is not None and self.swap.phase is SwapPhase.STARTING
+
+    def begin_swap(self, new: Settings, code: Fingerprint, reason: str, dependencies: bool) -> None:
+        """Check the new code in a throw-away child; the old generation serves on meanwhile."""
+        self.log_system_notice(f"{reason}: checking the new code in a throw-away child")
+        kept = generations.kept_dependencies() if dependencies else []
+        if kept:
+            self.log_system_notice(f"not imported anew, a C extension is among them (a restart upgrades them): "
+                                   f"{', '.join(kept)}")
+        swap = Swap(settings=new, reason=reason, dependencies=dependencies, fingerprint=code)
+        try:
+            swap.check_pid, swap.check_fd = generations.start_check(
+                *self.code_paths, self.insecure_modules, dependencies, self.masters_fds())
+        except OSError as error:
+            self.refuse_swap(f"cannot fork the check: {error}")
+            return
+        swap.check_deadline = time.monotonic() + generations.CHECK_TIMEOUT
+        self.swap = swap
+        self.selector.register(swap.check_fd, selectors.EVENT_READ, self.read_check_result)
+
+    def read_check_result(self) -> None:
+        swap = self.swap
+        assert swap is not None and swap.check_fd is not None
+        try:
+            data = os.read(swap.check_fd, 4096)
+        except BlockingIOError:
+            return
+        if data:
+            swap.check_output += data
+            return
+        self.close_check()
+        outcome = swap.check_output.decode(errors="replace")
+        if outcome == generations.CHECK_OK:
+            self.start_new_generation()
+        else:
+            self.refuse_swap(outcome or "the check child died without an answer")
+
+    def close_check(self) -> None:
+        swap = self.swap
+        if swap is None or swap.check_fd is None:
+            return
+        self.selector.unregister(swap.check_fd)
+        os.close(swap.check_fd)
+        swap.check_fd = swap.check_deadline = None
+
+    def check_timed_out(self) -> None:
+        self.abort_check()
+        self.refuse_swap(f"the check did not finish within {generations.CHECK_TIMEOUT:g} s")
+
+    def abort_check(self) -> None:
+        """Kill a check still running (timeout, daemon stop); SIGCHLD reaps it."""
+        if self.swap is None or self.swap.check_fd is None:
+            return
+        self.close_check()
+        try:
+            os.kill(self.swap.check_pid, signal.SIGKILL)  # not reaped yet (its pipe was open): still ours
+        except ProcessLookupError:
+            pass
+        if self.stop_request is not None:
+            self.swap = None
+
+    def refuse_swap(self, why: str) -> None:
+        """The new code failed its check: nothing changes; the old generation serves on the old config."""
+        self.swap = None
+        self.log_system_error(f"{RELOAD_REFUSED_CODE}: {why}")
+        self.finish_reload(refused=f"{RELOAD_REFUSED_CODE}; generation {self.generation} serves on")
+
+    def start_new_generation(self) -> None:
+        """Import the new code in the master, run on_initialize, fork the new generation."""
+        swap = self.swap
+        assert swap is not None
+        swap.phase = SwapPhase.STARTING
+        swap.snapshot, swap.old_settings, swap.old_target = CodeSnapshot.take(), self.settings, self.target_workers
+        generation = process.generation = self.generation + 1  # what the new code sees in on_initialize
+        self.log_code_changes(swap.fingerprint)
+        self.apply_settings(swap.settings)
+        # The generation before the last is garbage now (its module objects
+        # hold reference cycles): let the collector see it, then freeze again.
+        gc.unfreeze()
+        for step, what in ((self.import_new_code, "module code"), (self.call_new_on_initialize, "on_initialize")):
+            try:
+                step()
+            except BaseException as error:  # module code: anything, SystemExit and Launcher.fatal too
+                self.abandon_new_generation(f"generation {generation}: "
+                                            f"{generations.load_failure_line(error, what)}")
+                return
+        gc.collect()
+        gc.freeze()  # as at start: the collector must not touch (and copy) the new code's pages
+        for slot_id in range(1, self.target_workers + 1):
+            slot = self.next_slots[slot_id] = WorkerSlot(slot_id, generation)
+            if not self.spawn_worker(slot):
+                self.forget_slot(slot)
+                self.abandon_new_generation(f"generation {generation}: cannot fork its workers")
+                return
+        self.log_system_info(f"generation {generation}: {len(self.next_slots)} worker(s) forked")
+
+    def call_new_on_initialize(self) -> None:
+        with generations.running_module_code():
+            call_on_initialize()
+
+    def import_new_code(self) -> None:
+        assert self.swap is not None
+        generations.import_module_code(*self.code_paths, self.insecure_modules, self.swap.dependencies)
+
+    def log_code_changes(self, code: Fingerprint) -> None:
+        changes = fingerprint.changes(self.fingerprint, code)
+        for name in changes.removed:
+            self.log_system_notice(f"module {name} unloaded: {self.fingerprint.drop_ins[name]} was removed")
+        for name in changes.added:
+            self.log_system_notice(f"module {name} loaded: {code.drop_ins[name]} was added")
+        for path in changes.edited:
+            self.log_system_notice(f"{path} changed: imported again")
+
+    def new_generation_progressed(self) -> None:
+        """A new worker ran on_started; once all did, the new generation serves and the old one retires."""
+        if any(s.state is not SlotState.RUNNING for s in self.next_slots.values()):
+            return
+        swap = self.swap
+        assert swap is not None
+        old, self.slots, self.next_slots = self.slots, self.next_slots, {}
+        self.generation += 1
+        self.fingerprint = swap.fingerprint
+        swap.phase, swap.snapshot = SwapPhase.RETIRING, None  # the old code is not needed any more
+        self.log_system_notice(f"generation {self.generation} serves with {len(self.slots)} worker(s); "
+                               f"generation {self.generation - 1} retires")
+        for slot in old.values():
+            if slot.alive and slot.state is not SlotState.STOPPING:
+                self.stop_worker(slot, error=False, retire=True)
+            if slot.alive:
+                self.leaving.append(slot)
+        self.manage_workers()  # a TTIN or TTOU during the swap
+        self.finish_swap_if_old_generation_gone()
+
+    def finish_swap_if_old_generation_gone(self) -> None:
+        """The swap ends (READY=1) once the generation that does not serve has left."""
+        swap = self.swap
+        if swap is None or swap.phase is not SwapPhase.RETIRING:
+            return
+        if any(s.generation != self.generation for s in self.leaving):
+            return
+        self.swap = None
+        if swap.failure is not None:
+            self.finish_reload(refused=f"reload failed: the new generation did not start; "
+                                       f"generation {self.generation} serves on")
+            return
+        self.reloads += 1
+        self.log_system_info(f"reload done: generation {self.generation} serves, the old generation is gone")
+        self.finish_reload()
+
+    def abandon_new_generation(self, why: str) -> None:
+        """The new generation failed to start: stop its workers, put the old code back; the daemon stays up."""
+        swap = self.swap
+        assert swap is not None and swap.snapshot is not None
+        self.log_system_crit(f"{why}; {NEW_GENERATION_FAILED.format(generation=self.generation)}")
+        for slot in list(self.next_slots.values()):
+            if slot.alive:
+                self.stop_worker(slot, error=True)
+                self.leaving.append(slot)
+        self.next_slots = {}
+        swap.snapshot.restore()
+        process.generation = self.generation
+        gc.freeze()
+        self.settings = swap.old_settings
+        oversipd.config = self.settings
+        logger.set_level(self.settings.core.log_level)
+        self.target_workers = swap.old_target
+        swap.phase, swap.snapshot, swap.failure = SwapPhase.RETIRING, None, why
+        self.manage_workers()  # an old worker that died meanwhile is respawned (at its time) on the old code
+        self.finish_swap_if_old_generation_gone()

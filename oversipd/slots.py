@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from .control import Channel
+from .heartbeat import cell_of
 from .logger import Logger
 
 QUICK_DEATH_SECONDS = 1.0   # a worker dying sooner than this after its fork died "quickly"
@@ -27,6 +28,7 @@ class SlotState(enum.Enum):
 @dataclass(eq=False)
 class WorkerSlot:
     slot_id: int
+    generation: int = 1           # the module code it runs: 1 at start, +1 per code reload (SPEC §5)
     state: SlotState = SlotState.WAITING
     pid: int | None = None
     channel: Channel | None = None
@@ -38,11 +40,21 @@ class WorkerSlot:
     abort_sent_at: float | None = None
     stop_deadline: float | None = None   # asked to stop: SIGKILL after this (graceful_timeout)
 
+    @property
+    def label(self) -> str:
+        """How log lines name this worker: its generation, slot and pid."""
+        return f"generation {self.generation} worker {self.slot_id} (pid {self.pid})"
+
     def transition(self, state: SlotState, why: str = "") -> None:
         if state is not self.state:
-            _log.log_system_debug(f"worker {self.slot_id} (pid {self.pid}): "
+            _log.log_system_debug(f"{self.label}: "
                                   f"{self.state.value} -> {state.value}{': ' + why if why else ''}")
             self.state = state
+
+    @property
+    def cell(self) -> int:
+        """Its heartbeat cell."""
+        return cell_of(self.slot_id, self.generation)
 
     @property
     def alive(self) -> bool:

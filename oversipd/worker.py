@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Any, NoReturn
+from typing import Any, Awaitable, Callable, NoReturn
 
 import oversipd
 
@@ -14,7 +14,7 @@ from . import control, logger, privileges, process, resources
 from .callbacks import SystemCallbacks, SystemEvents, describe, is_cancellation
 from .control import Channel
 from .errors import WORKER_EXIT_CRASHED
-from .heartbeat import HeartbeatBoard
+from .heartbeat import HeartbeatBoard, cell_of
 from .launcher import Launcher
 from .logger import Logger
 from .settings import Settings
@@ -26,6 +26,15 @@ IGNORED_IN_WORKER = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR
                      signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH,
                      signal.SIGPIPE)
 DEFAULT_IN_WORKER = (signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM)
+
+# What a worker of an old generation does, once the new generation serves,
+# before it stops (control.RETIRE): each hook stops taking new work and
+# returns once the work it holds is done.  The master's graceful_timeout
+# bounds the whole.  Internal: the SIP transports register here so that an
+# old worker stops reading new requests but completes its transactions
+# (issue 12, point 5); with no hook, retiring is stopping.
+RetireHook = Callable[[], Awaitable[None]]
+retire_hooks: list[RetireHook] = []
 
 
 def reset_signals_after_fork() -> None:
@@ -48,18 +57,18 @@ def close_inherited(fds: list[int]) -> None:
 
 
 def worker_main(slot_id: int, channel: Channel, settings: Settings,
-                board: HeartbeatBoard, inherited_fds: list[int]) -> NoReturn:
+                board: HeartbeatBoard, inherited_fds: list[int], generation: int = 1) -> NoReturn:
     """Entry point in the forked child; never returns."""
     status = WORKER_EXIT_CRASHED
     try:
         reset_signals_after_fork()  # faulthandler stays: the master enabled it before the fork
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         close_inherited(inherited_fds)
-        process.become_worker(slot_id)
-        logger.set_process_tag(f"worker {slot_id}")
-        process.set_title(process.worker_title(slot_id))
+        process.become_worker(slot_id, generation)
+        logger.set_process_tag(f"worker {slot_id}" if generation == 1 else f"worker {slot_id}, generation {generation}")
+        process.set_title(process.worker_title(slot_id, generation))
         privileges.drop(settings.core.user, settings.core.group)
-        status = Worker(slot_id, channel, settings, board).run()
+        status = Worker(slot_id, channel, settings, board, generation).run()
     except BaseException as error:  # nothing may unwind into the master's frames
         Logger("Worker").log_system_crit(error)
     finally:
@@ -76,9 +85,10 @@ class Worker(Logger):
     """Runs the callback lists in order inside the reactor and answers the master."""
 
     def __init__(self, slot_id: int, channel: Channel, settings: Settings,
-                 board: HeartbeatBoard) -> None:
+                 board: HeartbeatBoard, generation: int = 1) -> None:
         self.log_id = f"Worker {slot_id}"
         self.slot_id = slot_id
+        self.cell = cell_of(slot_id, generation)
         self.channel = channel
         self.settings = settings
         self.board = board
@@ -131,6 +141,8 @@ class Worker(Logger):
         for kind, argument in messages:
             if kind == control.STOP:
                 self.request_stop(bool(argument))
+            elif kind == control.RETIRE:
+                self.spawn(self.retire())
             elif kind == control.RELOAD:
                 self.spawn(self.reload(argument))
             elif kind == control.USER_RELOAD:
@@ -150,7 +162,7 @@ class Worker(Logger):
         assert self.loop is not None
         if self.next_beat is not None:
             self.next_beat.cancel()
-        self.board.beat(self.slot_id)
+        self.board.beat(self.cell)
         self.next_beat = self.loop.call_later(self.board.interval(self.settings.core.worker_timeout), self.beat)
 
     # --- the lifecycle ------------------------------------------------------
@@ -185,6 +197,18 @@ class Worker(Logger):
             self.beat()  # at the new worker_timeout's pace from now on
             await SystemCallbacks.on_reload.run(on_error=self.callback_failed("on_reload"))
             self.channel.send(control.RELOADED)
+
+    async def retire(self) -> None:
+        """A newer generation serves: finish the work held (retire_hooks), then stop (error=False)."""
+        for hook in list(retire_hooks):
+            try:
+                await hook()
+            except BaseException as error:
+                if is_cancellation(error):
+                    raise
+                self.log_system_crit(f"retire hook {describe(hook)} raised:")
+                self.log_system_crit(error)
+        self.request_stop(False)
 
     async def user_reload(self) -> None:
         assert self.turn is not None

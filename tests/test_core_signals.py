@@ -164,7 +164,7 @@ def test_each_ttin_adds_a_worker_and_each_ttou_removes_one(oversipd_daemon):
     assert daemon.stop() == 0
 
 
-@pytest.mark.parametrize("signum", [signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM, signal.SIGPIPE])
+@pytest.mark.parametrize("signum", [signal.SIGWINCH, signal.SIGALRM, signal.SIGPIPE])
 def test_other_signals_are_logged_and_ignored(oversipd_daemon, signum):
     daemon = oversipd_daemon(modules={"probe": PROBE})
     daemon.signal(signum)
@@ -172,6 +172,18 @@ def test_other_signals_are_logged_and_ignored(oversipd_daemon, signum):
     assert daemon.process.poll() is None
     assert daemon.stop() == 0
     assert len(daemon.find("started")) == 1
+
+
+def test_usr2_starts_a_new_generation_of_workers(oversipd_daemon):
+    # SPEC §5; the swap itself: test_core_generations.py.
+    daemon = oversipd_daemon(modules={"probe": PROBE})
+    [old] = daemon.wait_events("started")
+    daemon.signal(signal.SIGUSR2)
+    daemon.wait_log("reload done: generation 2 serves")
+    [_, new] = daemon.find("started")
+    assert new["pid"] != old["pid"]
+    assert [(e["pid"], e["error"]) for e in daemon.find("terminated")] == [(old["pid"], False)]
+    assert daemon.stop() == 0
 
 
 def test_sigterm_to_one_worker_stops_it_gracefully_and_it_is_respawned(oversipd_daemon):

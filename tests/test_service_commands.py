@@ -39,12 +39,13 @@ def test_status_lists_master_and_workers(oversipd_daemon) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"oversipd: running: master pid {daemon.pid}, {WORKERS} worker(s)")
     header, *rows = (line.split() for line in lines[1:])
-    assert header == ["ROLE", "SLOT", "PID", "STATE", "UPTIME", "RSS", "CPU"]
-    assert rows[0][:3] == ["master", "-", str(daemon.pid)]
-    workers = {int(row[1]): int(row[2]) for row in rows[1:]}
+    assert header == ["ROLE", "SLOT", "GEN", "PID", "STATE", "UPTIME", "RSS", "CPU"]
+    assert rows[0][:4] == ["master", "-", "-", str(daemon.pid)]
+    workers = {int(row[1]): int(row[3]) for row in rows[1:]}
     assert workers == daemon.worker_pids()
+    assert all(row[2] == "1" for row in rows[1:])
     for row in rows:
-        role, slot, pid, state, uptime, rss, rss_unit, cpu, cpu_unit = row
+        role, slot, generation, pid, state, uptime, rss, rss_unit, cpu, cpu_unit = row
         assert state in ("sleeping", "running")
         assert uptime.count(":") == 2
         assert float(rss) > 0 and rss_unit == "MiB"

@@ -176,6 +176,43 @@ def test_reload_runs_on_reload_everywhere_and_returns_to_active(container: Boote
                         StatusText=f"{WORKERS} of {WORKERS} worker(s) running; 1 reload(s), 0 respawn(s)")
 
 
+NEW_MODULE = '''
+import oversipd
+from oversipd import Logger, SystemCallbacks
+from oversipd.testing import record
+
+
+@SystemCallbacks.on_started
+def started():
+    record("new_started", generation=oversipd.process.generation)
+    Logger("new").log_system_notice(f"new module started in generation {oversipd.process.generation}")
+'''
+
+
+def test_reload_with_a_new_drop_in_swaps_generations_with_the_main_pid_unchanged(container: BootedSystemd,
+                                                                              events: Events) -> None:
+    start(container, events)
+    master = main_pid(container)
+    new = container.share / "modules.d" / "new.py"
+    new.write_text(NEW_MODULE)
+    new.chmod(0o644)
+    try:
+        container.systemctl("reload", UNIT)
+        started = events.wait("new_started", WORKERS)
+        assert sorted((e["worker"], e["generation"]) for e in started) == [(w, 2) for w in range(1, WORKERS + 1)]
+        container.wait_unit(UNIT, ActiveState="active", SubState="running",
+                            StatusText=f"{WORKERS} of {WORKERS} worker(s) running; 1 reload(s), 0 respawn(s); "
+                                       "generation 2")
+    finally:
+        new.unlink()
+    assert main_pid(container) == master
+    assert sorted((e["worker"], e["error"]) for e in events.find("on_terminated")) == [
+        (w, False) for w in range(1, WORKERS + 1)]  # the old generation
+    journal = container.journal(UNIT, "-o", "cat")
+    assert "new module started in generation 2" in journal
+    assert "reload done: generation 2 serves" in journal
+
+
 def test_rejected_reload_returns_the_unit_to_active(container: BootedSystemd, events: Events) -> None:
     start(container, events)
     good = container.run("cat", CONF, check=True).stdout
