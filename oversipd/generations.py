@@ -33,7 +33,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Iterator, NoReturn
 
-from . import loader, process
+from . import loader, process, resources
 from . import modules as modules_namespace
 from .callbacks import SystemCallbacks, SystemEvents
 from .errors import ConfigError, HaltServer
@@ -146,6 +146,7 @@ class CodeSnapshot:
     modules: dict[str, ModuleType] = field(default_factory=dict)
     callbacks: dict[str, list[Any]] = field(default_factory=dict)
     events: dict[str, Any] = field(default_factory=dict)
+    resources: list[Any] = field(default_factory=list)
     namespace_path: list[str] = field(default_factory=list)
 
     @classmethod
@@ -154,6 +155,7 @@ class CodeSnapshot:
                    callbacks={name: list(getattr(SystemCallbacks, name)._callbacks)
                               for name in ("on_started", "on_reload", "on_terminated")},
                    events=dict(SystemEvents._handlers),
+                   resources=list(resources._declared),
                    namespace_path=list(modules_namespace.__path__))
 
     def restore(self) -> None:
@@ -166,6 +168,7 @@ class CodeSnapshot:
             getattr(SystemCallbacks, name)._callbacks[:] = callbacks
         SystemEvents._handlers.clear()
         SystemEvents._handlers.update(self.events)
+        resources._declared[:] = self.resources
         modules_namespace.__path__[:] = self.namespace_path
 
 
@@ -177,6 +180,8 @@ def forget_module_code(dependencies: bool) -> None:
     for name in ("on_started", "on_reload", "on_terminated"):
         getattr(SystemCallbacks, name)._callbacks.clear()
     SystemEvents._handlers.clear()
+    # The new code declares its worker resources again (add_pool in on_initialize).
+    resources._declared.clear()
     importlib.invalidate_caches()
 
 

@@ -339,3 +339,32 @@ def test_sigusr2_imports_an_upgraded_pure_python_dependency_anew(oversipd_daemon
     swap_done(daemon, 2)
     assert [(e["value"], e["generation"]) for e in daemon.wait_events("value", count=2)] == [(1, 1), (2, 2)]
     assert daemon.stop() == 0
+
+
+def resource_module(version: int) -> str:
+    """A module that declares a worker resource at import time, as a database module's add_pool does."""
+    return module(f'''
+        from oversipd import worker_resource
+
+        def opened():
+            record("opened", v={version}, generation=oversipd.process.generation)
+            return {version}
+
+        def closed(value):
+            record("closed", v=value, generation=oversipd.process.generation)
+
+        connection = worker_resource("connection", opened, closed)
+    ''')
+
+
+def test_a_new_generation_declares_and_opens_its_worker_resources_anew(oversipd_daemon):
+    daemon = oversipd_daemon(modules={"db": resource_module(1)})
+    daemon.wait_events("opened")
+    drop_in(daemon, "db", resource_module(2))
+    daemon.signal(signal.SIGHUP)
+    swap_done(daemon, 2)
+    opened = daemon.wait_events("opened", count=2)
+    assert (opened[1]["v"], opened[1]["generation"]) == (2, 2)
+    [closed] = daemon.wait_events("closed")
+    assert (closed["v"], closed["generation"]) == (1, 1)
+    assert daemon.stop() == 0
