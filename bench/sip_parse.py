@@ -61,8 +61,16 @@ EXPECTED = ("proxy.atlanta.example.com", "z9hG4bK2d4790.1", "9fxced76sl", "atlan
             "biloxi.example.com", 1, "INVITE", "3848276298220188511@client.atlanta.example.com")
 
 
-def oversipd_parsers() -> tuple[Callable, Callable]:
-    from oversipd.sip import parse_message
+def oversipd_parsers(pure: bool = False) -> tuple[Callable, Callable]:
+    import functools
+
+    from oversipd.sip import message
+    if pure:  # without the optional C scanner
+        parse_message = functools.partial(message._parse, scan=message._scan_python)
+    elif message._scan is message._scan_python:
+        raise ImportError("oversipd.sip._speedups was not built")
+    else:
+        parse_message = message.parse_message
 
     def read(data: bytes) -> tuple:
         m = parse_message(data)
@@ -103,8 +111,9 @@ def sippy_parsers() -> tuple[Callable, Callable]:
     return parse, read
 
 
-PARSERS = {"oversipd.sip": oversipd_parsers, "sipmessage": sipmessage_parsers,
-           "sippy": sippy_parsers}
+PARSERS = {"oversipd.sip": oversipd_parsers,
+           "oversipd.sip (pure Python)": lambda: oversipd_parsers(pure=True),
+           "sipmessage": sipmessage_parsers, "sippy": sippy_parsers}
 
 
 def time_per_call(fn: Callable, data: bytes, number: int) -> float:
@@ -127,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             loaded[name] = make()
         except ImportError as exc:
             print(f"{name}: not installed ({exc}); run `make bench-sip-parse`", file=sys.stderr)
-            if name == "oversipd.sip":
+            if name.startswith("oversipd.sip (pure"):
                 return 1
     for name, (_, read) in loaded.items():
         got = read(INVITE)
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             samples[name]["objects"].append(time_per_call(read, INVITE, args.number))
 
     medians = {n: {k: statistics.median(v) for k, v in s.items()} for n, s in samples.items()}
-    ours = medians["oversipd.sip"]["objects"]
+    ours = medians.get("oversipd.sip", medians["oversipd.sip (pure Python)"])["objects"]
     print(f"{len(INVITE)}-byte INVITE, median of {args.rounds} interleaved rounds of "
           f"{args.number} messages; Python {sys.version.split()[0]}")
     print(f"| parser | parse µs/msg | parse + Via/From/To/CSeq/Call-ID µs/msg | vs oversipd.sip |")
