@@ -580,6 +580,8 @@ class Request(Message):
                 lines.append(line)
         response._keys[:0] = keys
         response._lines[:0] = lines
+        if "content-length" not in response._keys:
+            response.append_header("Content-Length", len(response._body))
         return response
 
     def __eq__(self, other: object) -> bool:
