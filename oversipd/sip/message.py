@@ -29,7 +29,6 @@ _COMPACT = {
     "y": "identity", "a": "accept-contact", "j": "reject-contact", "d": "request-disposition",
     "n": "identity-info",
 }
-_LONG_TO_COMPACT = {long: short for short, long in _COMPACT.items()}
 
 # Headers whose values are comma-separated lists (RFC 3261 §7.3.1 and extensions);
 # headers not listed here (Subject, Date, WWW-Authenticate, unknown ones...) are
@@ -95,9 +94,7 @@ _LOOSE_REQUEST_LINE_RE = re.compile(
     r"([A-Za-z0-9\-.!%*_+`'~]+) +(.*?) +(SIP/[0-9]+\.[0-9]+) *\Z")
 _STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?\Z", re.S)
 _CSEQ_RE = re.compile(r"([0-9]{1,30})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)\Z")
-_DIGITS_RE = re.compile(r"[0-9]{1,10}\Z")
 _CALL_ID_RE = re.compile(r"[!-~\x80-\U0010ffff]+\Z")
-_NAME_RE = re.compile(r"[!-9;-~]+")
 _FOLD_RE = re.compile(r"\r\n[ \t]+")
 _MAX_CSEQ = 2 ** 31 - 1
 
