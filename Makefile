@@ -56,7 +56,7 @@ postgresql-server:
 	fi
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) build dist *.egg-info .pytest_cache oversipd/sip/*.so
+	rm -rf $(VENV) $(BENCH_VENV) build dist *.egg-info .pytest_cache
 
 # --- listening sockets (issue 4): HTTP throughput of the status module -----------
 # `wrk` is Debian's HTTP load tool; installed once, only when missing.
