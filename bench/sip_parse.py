@@ -26,6 +26,7 @@ two columns differ little: its objects are built by then.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import statistics
 import sys
 import time
@@ -123,6 +124,16 @@ PARSERS = {"oversipd.sip": oversipd_parsers,
            "sipmessage": sipmessage_parsers, "sippy": sippy_parsers}
 
 
+def labelled(name: str) -> str:
+    """A PyPI parser's name with its installed version."""
+    if name.startswith("oversipd"):
+        return name
+    try:
+        return f"{name} {importlib.metadata.version(name.split()[0].split('.')[0])}"
+    except importlib.metadata.PackageNotFoundError:
+        return name
+
+
 def time_per_call(fn: Callable, data: bytes, number: int) -> float:
     """CPU µs per call of fn(data), over `number` calls."""
     start = time.process_time_ns()
@@ -164,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     ours = medians.get("oversipd.sip", medians["oversipd.sip (pure Python)"])["objects"]
     print(f"{len(INVITE)}-byte INVITE, median of {args.rounds} interleaved rounds of "
           f"{args.number} messages, CPU µs; Python {sys.version.split()[0]}")
-    print(f"| parser | parse µs/msg | parse + Via/From/To/CSeq/Call-ID µs/msg | vs oversipd.sip |")
-    print(f"|---|---:|---:|---:|")
+    print("| parser | parse µs/msg | parse + Via/From/To/CSeq/Call-ID µs/msg | vs oversipd.sip |")
+    print("|---|---:|---:|---:|")
     for name, m in medians.items():
-        print(f"| {name} | {m['parse']:.1f} | {m['objects']:.1f} | {m['objects'] / ours:.1f}× |")
+        print(f"| {labelled(name)} | {m['parse']:.1f} | {m['objects']:.1f} | {m['objects'] / ours:.1f}× |")
     return 0
 
 
