@@ -184,6 +184,8 @@ def test_a_bad_part_gives_a_parse_error_a_response_can_be_built_from(old, new, r
         parse_message(sip(BASE.replace(old, new)))
     assert (err.value.reason, err.value.status) == (reason, status)
     assert isinstance(err.value.request, Request) and err.value.request.call_id == "x"
+    if reason != "Bad Request-URI":  # the Request-URI is there when it parsed
+        assert err.value.request.ruri is not None
     response = err.value.request.make_response(status, err.value.reason).to_bytes()
     assert response.startswith(f"SIP/2.0 {status} {reason}\r\n".encode())
     assert b"\r\nCall-ID: x\r\n" in response

@@ -546,7 +546,7 @@ class Request(Message):
 
     @property
     def ruri(self) -> SipUri:
-        """The Request-URI (None only in a request refused for a bad one)."""
+        """The Request-URI (None only in a request refused because it did not parse)."""
         return self._ruri  # type: ignore[return-value]
 
     @ruri.setter
@@ -669,19 +669,27 @@ def _start(first: str) -> tuple[Request | Response, str | None, str | None]:
 
 
 def _check_request(request: Request, ruri_text: str, line_error: str | None) -> None:
-    """What makes a request with parseable dialog headers still deserve a 400 (or 505, 416)."""
+    """What makes a request with parseable dialog headers still deserve a 400 (or 505, 416).
+
+    The Request-URI is parsed first, so that `ruri` is set whenever it parses.
+    """
+    try:
+        request._ruri = ruri = parse_uri(ruri_text)
+    except ParseError:
+        ruri = None
     if line_error is not None:
         raise ParseError(line_error)
+    if request._cseq_pair[0] > _MAX_CSEQ:  # type: ignore[index]
+        # A well-formed CSeq out of range: still copied as it is into a 400.
+        raise ParseError("Bad CSeq")  # RFC 3261 §8.1.1.5: less than 2**31
     if request.version != "SIP/2.0":
         if _VERSION_RE.match(request.version):
             raise ParseError("Version Not Supported", status=505)
         raise ParseError("Bad SIP version")
     if request._cseq_pair[1] != request.method:  # type: ignore[index]
         raise ParseError("CSeq method does not match the request's")
-    try:
-        request._ruri = ruri = parse_uri(ruri_text)
-    except ParseError:
-        raise ParseError("Bad Request-URI") from None
+    if ruri is None:
+        raise ParseError("Bad Request-URI")
     if ruri.opaque is not None:
         raise ParseError("Unsupported URI Scheme", status=416)
     if ruri._htext:
@@ -755,12 +763,11 @@ def _parse(data: bytes, scan: Callable) -> Union[Request, Response]:
     msg._max_forwards = msg._content_length = _UNSET
     request = msg if ruri_text is not None else None
     try:
-        if msg._cseq_pair[0] > _MAX_CSEQ:
-            # A well-formed CSeq out of range: still copied as it is into a 400.
-            raise ParseError("Bad CSeq")  # RFC 3261 §8.1.1.5: less than 2**31
         if request is not None:
             _check_request(request, ruri_text, line_error)  # type: ignore[arg-type]
             request._max_forwards = _max_forwards_of(get("max-forwards"))
+        elif msg._cseq_pair[0] > _MAX_CSEQ:
+            raise ParseError("Bad CSeq")
         lengths = get("content-length")
         length = None if lengths is None else _content_length_of(lengths)
         msg._content_length = _UNSET if length is None else length
