@@ -291,3 +291,17 @@ def test_arbitrary_bytes_in_header_values_round_trip():
     assert m.to_bytes() == data
     m.set_header("X-Copy", m.header("subject"))
     assert b"X-Copy: l\xc3\xbcnch \xff\xfe\r\n" in m.to_bytes()
+
+
+def test_an_edit_cannot_inject_header_lines():
+    m = parse_message(INVITE)
+    for name, value in [("Subject", "hi\r\nVia: SIP/2.0/UDP evil"), ("X", "a\nb"), ("X: Y", "z")]:
+        with pytest.raises(ValueError):
+            m.set_header(name, value)
+    assert m.to_bytes() == INVITE
+
+
+def test_messages_take_attributes_of_the_transport():
+    m = parse_message(INVITE)
+    m.source = ("192.0.2.1", 5060)
+    assert m.source == ("192.0.2.1", 5060)

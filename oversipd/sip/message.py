@@ -159,7 +159,7 @@ def _value_of(line: str) -> str:
 def _make_line(name: str, value: object) -> str:
     value = str(value).strip(" \t")
     if "\r" in value or "\n" in value or ":" in name or "\r" in name or "\n" in name:
-        raise ValueError(f"a header name cannot hold ':' nor either CR or LF: {name!r}: {value!r}")
+        raise ValueError(f"no CR or LF in a header, no ':' in its name: {name!r}: {value!r}")
     return f"{name}: {value}"
 
 
@@ -240,7 +240,7 @@ def _call_id_of(values: list[str] | None) -> str:
 
 
 def _cseq_of(values: list[str] | None) -> tuple[int, str]:
-    """(number, method); raises ParseError after caching nothing, see parse_message."""
+    """(number, method) of a well-formed CSeq; the caller checks the number's range."""
     value = _one(values, "CSeq")
     number, _, method = value.partition(" ")
     if not (number.isascii() and number.isdigit() and len(number) < 11
@@ -279,8 +279,7 @@ class Message:
 
     # __dict__: the transport layer may hang its own attributes on a message.
     __slots__ = ("_keys", "_lines", "_body", "_raw", "_via", "_top_via", "_via_texts", "_from",
-                 "_to", "_call_id",
-                 "_cseq_pair", "_max_forwards", "_content_length", "__dict__")
+                 "_to", "_call_id", "_cseq_pair", "_max_forwards", "_content_length", "__dict__")
 
     def _init_headers(self, headers: list[tuple[str, str]] | None, body: bytes) -> None:
         headers = headers or ()
