@@ -27,6 +27,7 @@ from .errors import CRASH_LOOP_MESSAGE, EXIT_FATAL, EXIT_OK, WORKER_EXIT_FATAL, 
 from .heartbeat import MAX_INTERVAL, HeartbeatBoard
 from .logger import Logger
 from .settings import MAX_WORKERS, Overrides, Settings, load_settings
+from .sip import service as sip_service, sockets as sip_sockets
 from .slots import FIRST_BACKOFF, SlotState, WorkerSlot
 from .systemd import Notifier
 from .worker import worker_main
@@ -267,12 +268,14 @@ class Master(Logger):
     def retire_worker(self, slot: WorkerSlot) -> None:
         if not slot.alive:
             del self.slots[slot.slot_id]
+            sip_sockets.release_slot(slot.slot_id)
             return
         slot.retiring = True
         self.stop_worker(slot, error=False)
 
     def spawn_worker(self, slot: WorkerSlot) -> bool:
         """Fork the worker of `slot`; False (and a respawn scheduled) when fork fails."""
+        sip_sockets.ensure_slot(slot.slot_id)  # its UDP SIP sockets, kept across respawns
         master_end, worker_end = Channel.pair()
         self.board.beat(slot.slot_id)
         inherited = [self.signal_r, self.signal_w, self.selector.fileno(), master_end.fileno(),
@@ -367,6 +370,8 @@ class Master(Logger):
         if self.stop_request is not None or slot.retiring:
             self.log_system_info(what)
             del self.slots[slot.slot_id]
+            if slot.retiring:
+                sip_sockets.release_slot(slot.slot_id)
         elif code == WORKER_EXIT_FATAL:
             self.log_system_crit(f"{what}: Launcher.fatal was called; stopping the daemon")
             del self.slots[slot.slot_id]
@@ -486,6 +491,7 @@ class Master(Logger):
             if getattr(old.core, key) != getattr(new.core, key):
                 self.log_system_warn(f"core.{key} changed: takes effect at the next restart")
         listeners.warn_if_changed(old.listen, new.listen, self)
+        sip_service.warn_if_changed(old.sip, new.sip, self)
         if new.core.worker_timeout != old.core.worker_timeout:
             # Each worker beats at the new pace once it has the new settings;
             # until then, its last beat counts as fresh.

@@ -11,7 +11,7 @@ FALLBACK = ("sip:bob@example.com", "fromtag", "call-1", 1, "SIP/2.0/UDP 10.0.0.1
 
 
 def key(method: str, branch: str = "z9hG4bK-1", host: str = "10.0.0.1", port: int | None = 5060):
-    return transaction_key(method, branch, (host, port), FALLBACK)
+    return transaction_key(method, branch, (host, port), lambda: FALLBACK)
 
 
 def new(table: TransactionTable, method: str, reliable: bool = False, **options):

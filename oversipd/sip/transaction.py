@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import heapq
 from collections import deque
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 T1 = 0.5    # RTT estimate
 T2 = 4.0    # the longest interval between retransmissions of a non-INVITE request or an INVITE response
@@ -48,7 +48,7 @@ class ServerTransaction:
     """One server transaction; the table moves it between states."""
 
     __slots__ = ("key", "is_invite", "reliable", "state", "last_response", "request_to_tag",
-                 "response_to_tag", "end_at", "g_at", "g_interval", "owner")
+                 "response_to_tag", "end_at", "g_at", "g_interval", "owner", "destination")
 
     def __init__(self, key: Hashable, is_invite: bool, reliable: bool, request_to_tag: str | None) -> None:
         self.key = key
@@ -61,7 +61,8 @@ class ServerTransaction:
         self.end_at: float | None = None     # when H, I, J or L fires
         self.g_at: float | None = None       # when Timer G next fires
         self.g_interval = T1
-        self.owner: Any = None               # the request object of the core, for CANCEL
+        self.owner: Any = None               # the core's request until its final response (CANCEL)
+        self.destination: Any = None         # where Timer G resends (the core's choice)
 
     @property
     def final_sent(self) -> bool:
@@ -72,16 +73,17 @@ class ServerTransaction:
 
 
 def transaction_key(method: str, branch: str | None, sent_by: tuple[str, int | None],
-                    fallback: tuple[Any, ...]) -> Hashable:
+                    fallback: Callable[[], tuple[Any, ...]]) -> Hashable:
     """RFC 3261 §17.2.3: branch + sent-by + method (an ACK matches its INVITE).
 
-    `fallback` (Request-URI, From tag, Call-ID, CSeq number, top Via) keys
-    a request from an RFC 2543 client, whose branch lacks the magic cookie.
+    `fallback()` (Request-URI, From tag, Call-ID, CSeq number, top Via) keys
+    a request from an RFC 2543 client, whose branch lacks the magic cookie;
+    it is called only then.
     """
     method = "INVITE" if method == "ACK" else method
     if branch and branch.startswith(MAGIC_COOKIE):
         return (branch, sent_by[0].lower(), sent_by[1], method)
-    return ("rfc2543", method, *fallback)
+    return ("rfc2543", method, *fallback())
 
 
 class TransactionTable:
@@ -149,6 +151,7 @@ class TransactionTable:
             tx.state = State.PROCEEDING
             return
         tx.response_to_tag = to_tag
+        tx.owner = None
         if tx.is_invite and status < 300:
             tx.state = State.ACCEPTED
             self._arm_long(tx, now + TIMER_L)
@@ -204,6 +207,6 @@ class TransactionTable:
     def _terminate(self, tx: ServerTransaction) -> None:
         tx.state = State.TERMINATED
         tx.end_at = tx.g_at = None
-        tx.owner = None
+        tx.owner = tx.destination = None
         if self.transactions.get(tx.key) is tx:
             del self.transactions[tx.key]
