@@ -169,7 +169,12 @@ class Worker(Logger):
                 self.log_system_crit(error)
                 Launcher.fatal("SystemEvents.on_started failed")
             if self.settings.sip is not None:
-                await self.start_sip()
+                try:
+                    await self.start_sip()
+                except Exception as error:
+                    self.log_system_crit("cannot serve SIP:")
+                    self.log_system_crit(error)
+                    Launcher.fatal("the SIP listeners failed to start")
             self.channel.send(control.STARTED)
 
     async def start_sip(self) -> None:

@@ -55,6 +55,7 @@ class SipCore(Logger):
         self.timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.warned_no_handler = False
+        self.parser_bug_logged = False
         self._tag_prefix = os.urandom(4).hex()
         self._tag_count = 0
         self.local = local
@@ -90,7 +91,11 @@ class SipCore(Logger):
             return
         except Exception as error:  # a parser bug must cost one message, not the worker
             counts[C.DROPPED] += 1
-            self.log_system_error(f"cannot parse a message from {address}: {error!r}")
+            if not self.parser_bug_logged:   # a peer must not be able to flood the log
+                self.parser_bug_logged = True
+                self.log_system_error(f"the parser failed on a message from {address} (further "
+                                      "failures are only counted as dropped):")
+                self.log_system_error(error)
             return
         match, tx = self.table.match(key, method, to_tag)
         if match is Match.NEW:
@@ -100,6 +105,10 @@ class SipCore(Logger):
             response = self.table.retransmission(tx)
             if response is not None:
                 self.send(source, address, response, None)
+            elif tx.is_invite and tx.owner is not None:
+                # The handler is still at work (async): a 100 stops the client's
+                # retransmissions (RFC 3261 §17.2.1).
+                self.send_reply(tx.owner, 100, None, None, b"")
         else:
             counts[C.RETRANSMITTED] += 1
             self.table.ack(tx, self.loop.time())

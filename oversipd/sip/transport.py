@@ -24,6 +24,7 @@ UDP_BATCH = 64
 TCP_HIGH_WATER = 256 * 1024
 CRLF = b"\r\n"
 KEEPALIVE_FIRST = (b"\r", b"\n")
+MAX_DATAGRAM = 65536
 
 _log = Logger("SIP")
 
@@ -39,8 +40,9 @@ class UdpListener:
         self.sock = sock
         self.core = core
         self.loop = loop
-        # One byte more than the largest message: a larger datagram is seen as such.
-        self.read_size = core.settings.max_message_size + 1
+        # One byte more than the largest message: a larger datagram is seen as
+        # such.  Never more than a datagram can carry: recvfrom allocates it.
+        self.read_size = min(core.settings.max_message_size + 1, MAX_DATAGRAM)
         loop.add_reader(sock.fileno(), self.on_readable)
 
     def on_readable(self) -> None:
