@@ -50,3 +50,36 @@ def test_a_good_sip_table(oversipd_daemon):
 def test_defaults():
     assert SipSettings(listen=("a",)) == SipSettings(listen=("a",), advertised_host="", local_domains=(),
                                                      max_message_size=65535, tcp_idle_timeout=300.0)
+
+
+MYSELF_SCRIPT = """
+from oversipd import SipEvents
+
+@SipEvents.on_request
+def on_request(request):
+    request.reply(200 if request.destination_myself() else 404)
+"""
+
+
+def test_a_reload_applies_sip_keys_and_warns_about_listen(oversipd_daemon):
+    from sip_helpers import UdpClient, request_bytes, sip_daemon
+
+    server = sip_daemon(oversipd_daemon, script=MYSELF_SCRIPT)
+    client = UdpClient(server)
+    client.request("OPTIONS", user="alice")
+    assert client.response().status == 200
+    # A Request-URI naming sip.example.com is not us until local_domains says so.
+    def ask_for_domain() -> int:
+        data = request_bytes("OPTIONS", port=server.port, via_port=client.port)
+        client.send(data.replace(f"sip:127.0.0.1:{server.port} SIP/2.0".encode(), b"sip:sip.example.com SIP/2.0", 1))
+        return client.response().status
+    statuses = [ask_for_domain()]
+    server.daemon.extra_tables["sip"]["local_domains"] = ["sip.example.com"]
+    server.daemon.write_conf()
+    server.daemon.reload()
+    statuses.append(ask_for_domain())
+    assert statuses == [404, 200]
+    server.daemon.extra_tables["sip"]["listen"] = ["sip_udp"]
+    server.daemon.write_conf()
+    server.daemon.reload()
+    server.daemon.wait_log("[sip] listeners changed")
