@@ -130,3 +130,37 @@ def wait_for_settled_fds(daemon, expected: int | None, timeout: float = 15.0) ->
         if expected is None or vitals[2] <= expected or time.monotonic() > deadline:
             return vitals
         time.sleep(0.05)
+
+
+def test_hypothesis_payloads_over_udp_never_cost_the_worker(oversipd_daemon):
+    """Each payload hypothesis makes, then an OPTIONS: every response parses, the worker stays."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    server = sip_daemon(oversipd_daemon)
+    client = UdpClient(server)
+    (pid,) = server.daemon.worker_pids().values()
+    real = request_bytes("INVITE", port=server.port, via_port=client.port, body=b"v=0\r\n")
+    head, _, body = real.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    counter = iter(range(10**9))
+
+    @st.composite
+    def mutated(draw) -> bytes:
+        edited = list(lines)
+        for _ in range(draw(st.integers(1, 3))):
+            index = draw(st.sampled_from([i for i, line in enumerate(edited) if not line.startswith(b"Via:")]))
+            edited[index] = draw(st.one_of(st.binary(max_size=80), st.just(b""),
+                                           st.builds(lambda line, junk: line + junk, st.just(edited[index]),
+                                                     st.binary(max_size=20))))
+        return b"\r\n".join(edited) + b"\r\n\r\n" + body
+
+    @settings(max_examples=300, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(st.one_of(st.binary(min_size=1, max_size=1500), mutated()))
+    def one(payload: bytes) -> None:
+        sentinel = f"sentinel-{next(counter)}"
+        for response in udp_round(client, [payload], sentinel):
+            assert 100 <= response.status <= 699
+
+    one()
+    assert set(server.daemon.worker_pids().values()) == {pid}
