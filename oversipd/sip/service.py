@@ -39,7 +39,13 @@ def prepare_master(settings: "Settings") -> None:
     if settings.sip is None:
         return
     sockets.open_groups(settings.sip, settings.listen, listeners.master_sockets())
-    _counters = Counters(counters_path(settings.core.pid_file))
+    path = counters_path(settings.core.pid_file)
+    try:
+        _counters = Counters(path)
+    except OSError as error:
+        _log.log_system_warn(f"cannot create {path} ({error.strerror or error}): "
+                             "the SIP counters stay in memory, and `oversipd status` cannot show them")
+        _counters = Counters(None)
 
 
 def close_master() -> None:
