@@ -15,8 +15,9 @@ from typing import Any
 
 from ..logger import Logger
 from . import counters as C
-from .errors import FramingError
+from .errors import FramingError, ParseError
 from .framing import KEEPALIVE, StreamFramer
+from .message import Request as Message, parse_message
 
 # Datagrams read per wake-up before the loop looks at its other work.
 UDP_BATCH = 64
@@ -107,10 +108,8 @@ class TcpConnection(asyncio.Protocol):
         self.last_activity = self.server.loop.time()
         try:
             items = self.framer.feed(data)
-        except FramingError:
-            self.core.counts[C.RECEIVED] += 1
-            self.core.counts[C.DROPPED] += 1
-            self.abort()
+        except FramingError as error:
+            self.refuse_stream(error)
             return
         for item in items:
             if self.channel is None or self.channel.is_closing():
@@ -119,6 +118,29 @@ class TcpConnection(asyncio.Protocol):
                 self.channel.write(CRLF)   # RFC 5626 §4.4.1: a CRLF pong
             else:
                 self.core.receive(item, self, self.peer)
+
+    def refuse_stream(self, error: FramingError) -> None:
+        """SIP.md §11: 400 or 513 when the header block names a request we can answer; then close."""
+        self.core.counts[C.RECEIVED] += 1
+        head = self.framer.pending()
+        end = head.find(b"\r\n\r\n")
+        request = None
+        if end >= 0:
+            try:
+                request = parse_message(head[:end + 4])   # the body is missing: ParseError with the request
+            except ParseError as failure:
+                request = failure.request
+            except Exception:
+                request = None
+        if isinstance(request, Message) and request.method != "ACK":
+            try:
+                response = request.make_response(error.status, error.reason, to_tag=self.core.new_tag())
+                self.core.send(self, self.peer, response.to_bytes(), error.status)
+            except Exception:
+                self.core.counts[C.DROPPED] += 1
+        else:
+            self.core.counts[C.DROPPED] += 1
+        self.abort()
 
     def send(self, data: bytes, address: Any) -> bool:
         channel = self.channel
