@@ -90,8 +90,10 @@ def canonical_name(name: str) -> str:
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+\Z")
+_LOOSE_REQUEST_LINE_RE = re.compile(
+    r"([A-Za-z0-9\-.!%*_+`'~]+) +(.*?) +(SIP/[0-9]+\.[0-9]+) *\Z")
 _STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?\Z", re.S)
-_CSEQ_RE = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)\Z")
+_CSEQ_RE = re.compile(r"([0-9]{1,30})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)\Z")
 _DIGITS_RE = re.compile(r"[0-9]{1,10}\Z")
 _CALL_ID_RE = re.compile(r"[!-~\x80-\U0010ffff]+\Z")
 _NAME_RE = re.compile(r"[!-9;-~]+")
@@ -130,7 +132,8 @@ _ABSENT = object()
 class Message:
     """What requests and responses share: the header block and the body."""
 
-    __slots__ = ("_fields", "_body", "_orig_body", "_raw", "_cache")
+    # __dict__: the transport layer may hang its own attributes on a message.
+    __slots__ = ("_fields", "_body", "_orig_body", "_raw", "_cache", "__dict__")
 
     # Each field is a list [key, name, value, raw]: canonical name, the name as
     # written, the unfolded stripped value, the original line text (None once edited).
@@ -297,10 +300,12 @@ class Message:
             return self._cache["cseq"]
         except KeyError:
             m = _CSEQ_RE.match(self._single("cseq", "CSeq"))
-            if m is None or int(m.group(1)) > _MAX_CSEQ:
+            if m is None:
                 raise ParseError("Bad CSeq") from None
             cseq = (int(m.group(1)), m.group(2))
             self._cache["cseq"] = cseq
+            if cseq[0] > _MAX_CSEQ:
+                raise ParseError("Bad CSeq")  # RFC 3261 §8.1.1.5: less than 2**31
             return cseq
 
     @property
@@ -506,6 +511,7 @@ def parse_message(data: bytes) -> Union[Request, Response]:
     fields = _header_fields(lines[1:])
     body_start = end + 4
 
+    line_error = None
     if first.startswith("SIP/"):
         m = _STATUS_RE.match(first)
         if m is None:
@@ -517,10 +523,18 @@ def parse_message(data: bytes) -> Union[Request, Response]:
         request = None
     else:
         parts = first.split(" ")
-        if len(parts) != 3 or _TOKEN_RE.match(parts[0]) is None:
-            raise ParseError("Bad request line")
+        if len(parts) == 3 and _TOKEN_RE.match(parts[0]) is not None:
+            method, ruri_text, version = parts
+        else:
+            # Extra spaces: still a request a 400 can answer, once its headers parsed.
+            m = _LOOSE_REQUEST_LINE_RE.match(first)
+            if m is None:
+                raise ParseError("Bad request line")
+            method, ruri_text, version = m.groups()
+            line_error = "Bad Request-URI" if " " in ruri_text else "Bad Request-Line"
         msg = request = Request.__new__(Request)
-        msg.method, ruri_text, msg.version = parts
+        msg.method = method
+        msg.version = version
         msg._ruri = None
         msg._ruri_text = ruri_text
     msg._fields = fields
@@ -532,21 +546,34 @@ def parse_message(data: bytes) -> Union[Request, Response]:
     msg.from_
     msg.to
     msg.call_id
-    cseq_method = msg._cseq()[1]
     try:
+        cseq_method = msg._cseq()[1]
+        deferred = None
+    except ParseError as exc:
+        if "cseq" not in msg._cache:
+            raise
+        cseq_method = msg._cache["cseq"][1]
+        deferred = exc  # a well-formed CSeq out of range: still copied into a 400
+    try:
+        if deferred is not None:
+            raise deferred
         if request is not None:
-            if cseq_method != request.method:
-                raise ParseError("CSeq method does not match the request's")
+            if line_error is not None:
+                raise ParseError(line_error)
             if request.version != "SIP/2.0":
                 if _VERSION_RE.match(request.version):
                     raise ParseError("Version Not Supported", status=505)
                 raise ParseError("Bad SIP version")
+            if cseq_method != request.method:
+                raise ParseError("CSeq method does not match the request's")
             try:
-                request._ruri = parse_uri(ruri_text)
+                request._ruri = ruri = parse_uri(ruri_text)
             except ParseError:
                 raise ParseError("Bad Request-URI") from None
-            if request._ruri.opaque is not None:
+            if ruri.opaque is not None:
                 raise ParseError("Unsupported URI Scheme", status=416)
+            if ruri._htext:
+                raise ParseError("Bad Request-URI")  # RFC 3261 §19.1.1: no headers here
             msg.max_forwards
         length = msg.content_length if any(f[0] == "content-length" for f in fields) else None
     except ParseError as exc:
