@@ -85,7 +85,7 @@ def test_a_tcp_message_over_max_message_size_closes_the_connection(oversipd_daem
     client.request("MESSAGE", body=b"x" * 3000)           # over UDP: dropped
     client.request("OPTIONS")
     assert client.response().status == 200                # the next one is answered
-    assert [r["method"] for r in server.daemon.find("request")] == ["OPTIONS"]
+    assert [r["method"] for r in server.daemon.wait_events("request")] == ["OPTIONS"]
 
 
 def test_a_silent_tcp_connection_is_closed_after_tcp_idle_timeout(oversipd_daemon):
