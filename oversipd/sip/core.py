@@ -233,13 +233,15 @@ class SipCore(Logger):
             request._to_tag = to_tag
         else:
             to_tag = None
-        if not request._via_stamped:
+        destination = request._destination
+        if destination is None:
             self.stamp_via(request, force_rport=False)
+            destination = request._destination = self.response_address(request)
         data = message.make_response(status, reason, to_tag=to_tag, headers=headers, body=body).to_bytes()
         tx = request.transaction
         if tx is not None:
             if status >= 300 and tx.is_invite and not tx.reliable:
-                tx.destination = (request.source, self.response_address(request))
+                tx.destination = (request.source, destination)
             self.table.respond(tx, status, data, to_tag or message.to.tag, self.loop.time())
             if tx.state is State.COMPLETED and tx.is_invite and not tx.reliable:
                 self.arm_timer()
@@ -247,7 +249,7 @@ class SipCore(Logger):
                 self.arm_timer()
         if status >= 200:
             request._final_sent = True
-        self.send(request.source, self.response_address(request), data, status)
+        self.send(request.source, destination, data, status)
 
     def send(self, source: Source, address: Any, data: bytes, status: int | None) -> None:
         counts = self.counts
@@ -276,7 +278,7 @@ class SipCore(Logger):
         when the client asked for it, or (fix_nat) whenever the source address
         is not the sent-by one.
         """
-        request._via_stamped = True
+        request._destination = None   # fix_nat may change where responses go
         message = request.message
         top = message.via[0]
         ip, port = request.address[0], request.address[1]

@@ -23,7 +23,7 @@ class Request:
     """One received request; `reply()` answers it once with a final response."""
 
     __slots__ = ("message", "source", "address", "transaction", "cvars", "_core", "_to_tag",
-                 "_final_sent", "_cancelled", "_via_stamped", "__weakref__")
+                 "_final_sent", "_cancelled", "_destination")
 
     def __init__(self, message: "Message", source: "Source", address: Any,
                  transaction: "ServerTransaction | None", core: "SipCore") -> None:
@@ -36,7 +36,7 @@ class Request:
         self._to_tag: str | None = None
         self._final_sent = False
         self._cancelled = False       # a CANCEL was answered 487 for us
-        self._via_stamped = False
+        self._destination: Any = None  # where responses go; set (and the Via stamped) at the first reply
 
     # --- what came in -----------------------------------------------------------
 
