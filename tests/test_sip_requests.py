@@ -53,6 +53,9 @@ def on_request(request):
             await asyncio.sleep(0)
             raise KeyError("async bug")
         return later()
+    elif action == "fix-nat":
+        request.fix_nat()
+        request.reply(200)
     elif action == "max-forwards":
         if request.check_max_forwards(5):
             request.reply(200, headers=[("X-MF", request.header("Max-Forwards"))])
@@ -205,3 +208,13 @@ def test_tcp_requests_reach_the_handler(server):
         response = parse_message(read_stream_message(conn))
     assert response.status == 200
     assert server.daemon.wait_events("request")[0]["transport"] == "tcp"
+
+
+def test_fix_nat_sends_the_response_where_the_request_came_from(server):
+    client = UdpClient(server)
+    # The Via names an address behind a NAT: without fix_nat the answer would go to its port 5080.
+    data = request_bytes("OPTIONS", port=server.port, via_port=5080, extra="X-Action: fix-nat")
+    client.send(data.replace(b"Via: SIP/2.0/UDP 127.0.0.1:5080;", b"Via: SIP/2.0/UDP 10.0.0.9:5080;")
+                .replace(b";rport", b""))
+    via = client.response().via[0]
+    assert (via.host, via.port, via.received, via.rport) == ("10.0.0.9", 5080, "127.0.0.1", str(client.port))
