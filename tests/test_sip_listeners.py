@@ -31,7 +31,7 @@ def test_sipp_invite_gets_486_and_its_ack_is_absorbed(oversipd_daemon, tmp_path)
 
 
 def test_ipv6_udp_and_tcp(oversipd_daemon):
-    server = sip_daemon(oversipd_daemon, host="::1")
+    server = sip_daemon(oversipd_daemon, host="::1", workers=2)
     client = UdpClient(server)
     client.request("OPTIONS")
     assert client.response().status == 200
