@@ -119,20 +119,35 @@ class UdpClient:
         self.sock.close()
 
 
+class StreamReader:
+    """SIP messages off a stream, framed by Content-Length; CRLF pongs between them are counted."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.pongs = 0
+
+    def message(self) -> bytes:
+        while True:
+            while self.buffer.startswith(b"\r\n"):
+                self.buffer = self.buffer[2:]
+                self.pongs += 1
+            head, separator, rest = self.buffer.partition(b"\r\n\r\n")
+            if separator:
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith((b"content-length:", b"l:"))), 0)
+                if len(rest) >= length:
+                    self.buffer = rest[length:]
+                    return head + separator + rest[:length]
+            chunk = self.sock.recv(65535)
+            if not chunk:
+                raise EOFError(f"connection closed after {self.buffer!r}")
+            self.buffer += chunk
+
+
 def read_stream_message(sock: socket.socket) -> bytes:
-    """One SIP message off a stream (framed by its Content-Length)."""
-    buffer = b""
-    while b"\r\n\r\n" not in buffer:
-        chunk = sock.recv(65535)
-        if not chunk:
-            raise EOFError(f"connection closed after {buffer!r}")
-        buffer += chunk
-    head, _, rest = buffer.partition(b"\r\n\r\n")
-    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                   if line.lower().startswith((b"content-length:", b"l:"))), 0)
-    while len(rest) < length:
-        rest += sock.recv(65535)
-    return head + b"\r\n\r\n" + rest[:length]
+    """The one SIP message expected on a stream."""
+    return StreamReader(sock).message()
 
 
 def run_sipp(server: SipServer, scenario: str, *args: str, calls: int = 10, rate: int = 10,

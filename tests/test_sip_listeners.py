@@ -8,7 +8,7 @@ import pytest
 
 from oversipd.sip.message import Response, parse_message
 
-from sip_helpers import UdpClient, read_stream_message, request_bytes, run_sipp, sip_daemon, sipp_counts
+from sip_helpers import StreamReader, UdpClient, read_stream_message, request_bytes, run_sipp, sip_daemon, sipp_counts
 
 
 @pytest.mark.parametrize("transport", ["u1", "t1"])
@@ -64,11 +64,13 @@ def test_tcp_frames_by_content_length_and_answers_keepalives(oversipd_daemon):
         stream = first + b"\r\n\r\n" + second   # a double-CRLF ping between two messages
         conn.sendall(stream[:37])
         conn.sendall(stream[37:])
-        answers = [read_stream_message(conn) for _ in range(2)]
-        # The pong is a single CRLF, in stream order between the two responses.
-    statuses = sorted(parse_message(a.lstrip(b"\r\n")).status for a in answers)
-    assert statuses == [200, 404]
-    assert answers[1].startswith(b"\r\n")
+        reader = StreamReader(conn)
+        first_answer = parse_message(reader.message())
+        pongs_before_second = reader.pongs
+        second_answer = parse_message(reader.message())
+    # Answered in stream order, with the single-CRLF pong between the two responses.
+    assert (first_answer.status, second_answer.status) == (200, 404)
+    assert (pongs_before_second, reader.pongs) == (0, 1)
 
 
 def test_a_tcp_message_over_max_message_size_closes_the_connection(oversipd_daemon):
