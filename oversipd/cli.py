@@ -15,7 +15,6 @@ from .errors import ALREADY_RUNNING, EXIT_FATAL, EXIT_OK, EXIT_USAGE, ConfigErro
 from .launcher import Launcher
 from .loader import ModuleLoadError, load_all
 from .settings import LOG_LEVELS, Overrides, Settings, default_conf_path, load_settings
-from .sip import service as sip_service
 
 if TYPE_CHECKING:
     from .daemonize import StartupReport
@@ -119,8 +118,12 @@ def prepare_master(args: argparse.Namespace, settings: Settings | None = None,
         # Before any module code runs (a bind failure is exit status 2 with
         # nothing started) and before the fork, so before any worker drops
         # its privileges.
-        listeners.open_listeners(settings.listen, str(settings.path), sip_service.reuseport_names(settings))
-        sip_service.prepare_master(settings)
+        if settings.sip is None:
+            listeners.open_listeners(settings.listen, str(settings.path))
+        else:
+            from .sip import service as sip_service
+            listeners.open_listeners(settings.listen, str(settings.path), sip_service.reuseport_names(settings))
+            sip_service.prepare_master(settings)
     try:
         load_all(settings.core.modules_dir, settings.core.server_script, args.insecure_modules)
     except ModuleLoadError as failure:
@@ -157,7 +160,9 @@ def serve(args: argparse.Namespace, settings: Settings, report: "StartupReport |
                             private_fds=[pid_file.fd] if pid_file is not None else [])
             return master.run()
         finally:
-            sip_service.close_master()
+            if settings.sip is not None:
+                from .sip import service as sip_service
+                sip_service.close_master()
             listeners.close_listeners()
 
 

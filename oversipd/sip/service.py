@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 from .. import listeners
 from ..logger import Logger
 from . import sockets
+from .core import SipCore   # imported in the master: a worker's start pays no import
 from .counters import Counters, counters_path
+from .transport import TcpListener, UdpListener
 
 if TYPE_CHECKING:
     from ..settings import Settings
-    from .core import SipCore
     from .settings import SipSettings
 
 _log = Logger("SIP")
@@ -76,9 +77,6 @@ class WorkerSip:
         self.listeners: list = []
 
     async def start(self) -> None:
-        from .core import SipCore
-        from .transport import TcpListener, UdpListener
-
         sip = self.settings.sip
         assert sip is not None and _counters is not None
         sockets.close_other_slots(self.slot_id)
