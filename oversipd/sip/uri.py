@@ -3,6 +3,8 @@
 Every parse function is total: it returns a value or raises ParseError.
 A value parsed from text keeps that text and gives it back from str() as
 long as it was not edited, so that forwarding a message does not rewrite it.
+Parameters are checked when the value is parsed but split into their dict
+only when first read: most messages are forwarded without anyone reading them.
 
 `SipUri.user` keeps %-escapes as written (``sip:a%40b@host`` has user
 ``a%40b``): unescaping would make the text ambiguous to write back and
@@ -21,33 +23,32 @@ __all__ = ["SipUri", "NameAddr", "Via", "parse_uri", "parse_name_addr", "parse_v
            "parse_params", "quote_display_name", "unescape"]
 
 # RFC 3261 §25.1 token characters.
-_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
+_TOKEN = rf"[{_TOKEN_CHARS}]+"
 _QUOTED = r'"(?:[^"\\]|\\[\x00-\x7f])*"'
 # A header parameter: ;name[=token|host|quoted-string], LWS allowed around ; and =.
-_HPARAM = rf"[ \t]*;[ \t]*({_TOKEN})(?:[ \t]*(=)[ \t]*({_QUOTED}|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*|{_TOKEN}))?"
+_HPARAM = (rf"[ \t]*;[ \t]*({_TOKEN})(?:[ \t]*(=)[ \t]*({_QUOTED}|\[[0-9A-Fa-f:.]+\]"
+           rf"|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*|{_TOKEN}))?")
 _HPARAM_RE = re.compile(_HPARAM)
 _HPARAMS_RE = re.compile(rf"(?:{_HPARAM})*[ \t]*")
+# The same without LWS or quoted strings: what nearly every message has.
+_HPARAMS_PLAIN = rf"(?:;{_TOKEN}(?:=[{_TOKEN_CHARS}:\[\]]+)?)*"
 
 # URI parameter and header characters (RFC 3261 §25.1 paramchar, hnv-unreserved).
 _PCHAR = r"[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]"
-_UPARAM_RE = re.compile(rf";({_PCHAR}+)(?:(=)({_PCHAR}*))?")
-_UPARAMS_RE = re.compile(rf"(?:;{_PCHAR}+(?:={_PCHAR}*)?)*")
-_UHEADERS_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()%\[\]/?:+$]+=[A-Za-z0-9\-_.!~*'()%\[\]/?:+$]*"
-                          r"(?:&[A-Za-z0-9\-_.!~*'()%\[\]/?:+$]+=[A-Za-z0-9\-_.!~*'()%\[\]/?:+$]*)*")
-
+_HCHAR = r"[A-Za-z0-9\-_.!~*'()%\[\]/?:+$]"
+# sip:/sips: URIs; groups: scheme, user, password, host, port, parameters, headers.
+_SIP_URI = rf"""
+    ([sS][iI][pP][sS]?):
+    (?:([A-Za-z0-9\-_.!~*'()&=+$,;?/%]+)(?::([A-Za-z0-9\-_.!~*'()&=+$,%]*))?@)?
+    (\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-_.]+)
+    (?::([0-9]{{1,5}}))?
+    ((?:;{_PCHAR}+(?:={_PCHAR}*)?)*)
+    (?:\?({_HCHAR}+={_HCHAR}*(?:&{_HCHAR}+={_HCHAR}*)*))?"""
+_SIP_URI_RE = re.compile(_SIP_URI + r"\Z", re.X)
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
-_SIP_RE = re.compile(r"""
-    (?:(?P<user>[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+)
-       (?::(?P<password>[A-Za-z0-9\-_.!~*'()&=+$,%]*))?@)?
-    (?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-_.]+)
-    (?::(?P<port>[0-9]{1,5}))?
-    (?P<params>(?:;[^;?]*)*)
-    (?:\?(?P<headers>.*))?
-    \Z""", re.X | re.S)
-_TEL_RE = re.compile(r"(?P<user>[0-9A-Fa-f*#+\-.()pPwW]+)(?P<params>(?:;[^;]*)*)\Z")
+_TEL_RE = re.compile(rf"([0-9A-Fa-f*#+\-.()pPwW]+)((?:;{_PCHAR}+(?:={_PCHAR}*)?)*)\Z")
 _OPAQUE_RE = re.compile(r"[^\s<>\"]+\Z")
-
-_HOST_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-_.]+")
 
 
 def unescape(text: str) -> str:
@@ -59,21 +60,42 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _split_params(text: str) -> dict[str, str | None]:
+    """`;a=b;flag` (already checked) as a dict, names lower-case."""
+    params: dict[str, str | None] = {}
+    if not text:
+        return params
+    if '"' in text or " " in text or "\t" in text:
+        for name, eq, value in _HPARAM_RE.findall(text):
+            params[name.lower()] = value if eq else None
+        return params
+    for item in text[1:].split(";"):
+        name, eq, value = item.partition("=")
+        params[name.lower()] = value if eq else None
+    return params
+
+
+def _last_param(text: str, name: str) -> str | None:
+    """The value of `;name=value` in plain parameter text (no quotes, no LWS), or None
+    when it is absent or a flag: what _split_params(text).get(name) gives, quicker."""
+    lowered = text.lower()
+    at = lowered.rfind(f";{name}=")
+    if at < 0:
+        return _split_params(text).get(name) if f";{name}" in lowered else None
+    start = at + len(name) + 2
+    end = text.find(";", start)
+    return text[start:] if end < 0 else text[start:end]
+
+
 def parse_params(text: str, what: str = "parameters") -> dict[str, str | None]:
     """Header parameters (`;a=b;flag`) from text that starts at the first `;`."""
-    if not text:
-        return {}
-    if _HPARAMS_RE.fullmatch(text) is None:
+    if text and _HPARAMS_RE.fullmatch(text) is None:
         raise ParseError(f"Bad {what}")
-    return {name.lower(): (value if eq else None) for name, eq, value in _HPARAM_RE.findall(text)}
+    return _split_params(text.rstrip(" \t"))
 
 
-def _parse_uri_params(text: str) -> dict[str, str | None]:
-    return {name.lower(): (value if eq else None) for name, eq, value in _UPARAM_RE.findall(text)}
-
-
-def _parse_uri_headers(text: str) -> dict[str, str]:
-    return dict(pair.partition("=")[::2] for pair in text.split("&"))
+def _split_uri_headers(text: str) -> dict[str, str]:
+    return dict(pair.partition("=")[::2] for pair in text.split("&")) if text else {}
 
 
 def _format_params(params: dict[str, str | None]) -> str:
@@ -83,8 +105,8 @@ def _format_params(params: dict[str, str | None]) -> str:
 class SipUri:
     """A sip:, sips:, tel: or other-scheme URI; host without IPv6 brackets."""
 
-    __slots__ = ("scheme", "user", "password", "host", "port", "_ptext", "_params",
-                 "_htext", "_headers", "opaque", "_text", "_orig")
+    __slots__ = ("scheme", "user", "password", "host", "port", "opaque", "_ptext", "_params",
+                 "_htext", "_headers", "_text")
 
     def __init__(self, scheme: str = "sip", user: str | None = None, host: str | None = None,
                  port: int | None = None, params: dict[str, str | None] | None = None,
@@ -95,18 +117,18 @@ class SipUri:
         self.password = password
         self.host = host
         self.port = port
+        self.opaque = opaque
         self._ptext = ""
         self._params = params if params is not None else {}
         self._htext = ""
         self._headers = headers if headers is not None else {}
-        self.opaque = opaque
         self._text: str | None = None
-        self._orig: tuple | None = None
 
     @property
     def params(self) -> dict[str, str | None]:
+        """URI parameters, names lower-case, None for a flag (`lr`)."""
         if self._params is None:
-            self._params = _parse_uri_params(self._ptext)
+            self._params = _split_params(self._ptext)
         return self._params
 
     @params.setter
@@ -115,8 +137,9 @@ class SipUri:
 
     @property
     def headers(self) -> dict[str, str]:
+        """URI headers (`?subject=x&priority=y`)."""
         if self._headers is None:
-            self._headers = _parse_uri_headers(self._htext) if self._htext else {}
+            self._headers = _split_uri_headers(self._htext)
         return self._headers
 
     @headers.setter
@@ -129,16 +152,12 @@ class SipUri:
         value = self.params.get("transport")
         return value.lower() if value else None
 
+    def _exact(self) -> tuple:
+        return (self.scheme, self.user, self.password, self.host, self.port, self.opaque,
+                self.params, self.headers)
+
     def _unedited(self) -> bool:
-        if self._text is None or self._orig != (self.scheme, self.user, self.password,
-                                                self.host, self.port, self.opaque):
-            return False
-        if self._params is not None and self._params != _parse_uri_params(self._ptext):
-            return False
-        if self._headers is not None and self._headers != (
-                _parse_uri_headers(self._htext) if self._htext else {}):
-            return False
-        return True
+        return self._text is not None and self._exact() == parse_uri(self._text)._exact()
 
     def __str__(self) -> str:
         if self._unedited():
@@ -164,15 +183,15 @@ class SipUri:
     def __repr__(self) -> str:
         return f"SipUri({str(self)!r})"
 
-    def _key(self) -> tuple:
-        return (self.scheme, self.user, self.password, self.host.lower() if self.host else None,
-                self.port, self.params, self.headers, self.opaque)
-
     def __eq__(self, other: object) -> bool:
         """Component equality (case-insensitive scheme and host), not RFC 3261 §19.1.4's."""
         if not isinstance(other, SipUri):
             return NotImplemented
         return self._key() == other._key()
+
+    def _key(self) -> tuple:
+        return (self.scheme, self.user, self.password, self.host.lower() if self.host else None,
+                self.port, self.opaque, self.params, self.headers)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -181,71 +200,83 @@ class SipUri:
         return parse_uri(str(self))
 
 
+def _sip_uri(text: str, scheme: str, user: str | None, password: str | None, host: str,
+             port: str | None, ptext: str, htext: str | None) -> SipUri:
+    """A SipUri from the groups of _SIP_URI."""
+    uri = SipUri.__new__(SipUri)
+    uri._text = text
+    uri.scheme = scheme.lower()
+    uri.user = user
+    uri.password = password
+    uri.host = host[1:-1] if host[0] == "[" else host
+    if port is None:
+        uri.port = None
+    else:
+        uri.port = int(port)
+        if uri.port > 65535:
+            raise ParseError("Bad URI port")
+    uri.opaque = None
+    uri._ptext = ptext
+    uri._params = None if ptext else {}
+    if htext is None:
+        uri._htext = ""
+        uri._headers = {}
+    else:
+        uri._htext = htext
+        uri._headers = None
+    return uri
+
+
 def parse_uri(text: str) -> SipUri:
     """Parse a URI; sip/sips/tel are decomposed, other schemes kept opaque."""
+    m = _SIP_URI_RE.match(text)
+    if m is not None:
+        return _sip_uri(text, *m.groups())
+    uri = SipUri.__new__(SipUri)
+    uri._text = text
     m = _SCHEME_RE.match(text)
     if m is None:
         raise ParseError("Bad URI")
-    scheme = m.group(1).lower()
+    uri.scheme = scheme = m.group(1).lower()
     rest = text[m.end():]
-    uri = SipUri.__new__(SipUri)
-    uri.scheme = scheme
-    uri.password = None
-    uri.port = None
-    uri.opaque = None
-    uri._headers = {}
-    uri._htext = ""
-    uri._params = None
     if scheme == "sip" or scheme == "sips":
-        m = _SIP_RE.match(rest)
+        raise ParseError("Bad URI")
+    uri.password = None
+    uri.host = None
+    uri.port = None
+    uri._htext = ""
+    uri._headers = {}
+    if scheme == "tel":
+        m = _TEL_RE.match(rest)
         if m is None:
             raise ParseError("Bad URI")
-        user, password, host, port, ptext, htext = m.groups()
-        if ptext and _UPARAMS_RE.fullmatch(ptext) is None:
-            raise ParseError("Bad URI parameters")
-        if htext is not None:
-            if _UHEADERS_RE.fullmatch(htext) is None:
-                raise ParseError("Bad URI headers")
-            uri._htext = htext
-            uri._headers = None
-        if port is not None:
-            port = int(port)
-            if port > 65535:
-                raise ParseError("Bad URI port")
-        if host[0] == "[":
-            host = host[1:-1]
-        uri.user = user
-        uri.password = password
-        uri.host = host
-        uri.port = port
-        uri._ptext = ptext
-    elif scheme == "tel":
-        m = _TEL_RE.match(rest)
-        if m is None or (m.group("params") and _UPARAMS_RE.fullmatch(m.group("params")) is None):
-            raise ParseError("Bad URI")
-        uri.user = m.group("user")
-        uri.host = None
-        uri._ptext = m.group("params")
+        uri.user, uri._ptext = m.groups()
+        uri._params = None
+        uri.opaque = None
     else:
         if _OPAQUE_RE.match(rest) is None:
             raise ParseError("Bad URI")
         uri.user = None
-        uri.host = None
         uri._ptext = ""
         uri._params = {}
         uri.opaque = rest
-    uri._text = text
-    uri._orig = (uri.scheme, uri.user, uri.password, uri.host, uri.port, uri.opaque)
     return uri
 
 
 # --- name-addr / addr-spec (From, To, Contact, Route, Record-Route ...) -------------
+# What nearly every From/To looks like: `"Name" <uri>;tag=x`, `Name <uri>`, `uri;tag=x`.
+_NAME_ADDR_PLAIN_RE = re.compile(rf"""
+    (?:"([^"\\]*)"\ ?|({_TOKEN}(?:\ {_TOKEN})*)\ ?)?<({_SIP_URI})>({_HPARAMS_PLAIN})\Z""", re.X)
+_ADDR_SPEC_PLAIN_RE = re.compile(rf"""
+    (([sS][iI][pP][sS]?):
+    (?:([A-Za-z0-9\-_.!~*'()&=+$%]+)(?::([A-Za-z0-9\-_.!~*'()&=+$%]*))?@)?
+    (\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-_.]+)(?::([0-9]{{1,5}}))?)({_HPARAMS_PLAIN})\Z""", re.X)
 _NAME_ADDR_RE = re.compile(rf"""
-    (?:(?P<quoted>{_QUOTED})[ \t]*
-      |(?P<tokens>{_TOKEN}(?:[ \t]+{_TOKEN})*)[ \t]*)?
-    <(?P<uri>[^<>\s]+)>
-    (?P<params>.*)\Z""", re.X | re.S)
-_ADDR_SPEC_RE = re.compile(r"(?P<uri>[^;\s<>\",?]+)(?P<params>.*)\Z", re.S)
+    (?:"((?:[^"\\]|\\[\x00-\x7f])*)"[ \t]*
+      |({_TOKEN}(?:[ \t]+{_TOKEN})*)[ \t]*)?
+    <([^<>\s]+)>
+    ((?:{_HPARAM})*)[ \t]*\Z""", re.X)
+_ADDR_SPEC_RE = re.compile(rf"([^;\s<>\",?]+)((?:{_HPARAM})*)[ \t]*\Z")
 _UNQUOTE_RE = re.compile(r"\\(.)", re.S)
 
 
@@ -257,18 +288,32 @@ def quote_display_name(name: str) -> str:
 class NameAddr:
     """`"Display" <uri>;params` as in From, To, Contact, Route."""
 
-    __slots__ = ("display_name", "uri", "params", "_text", "_orig")
+    __slots__ = ("display_name", "uri", "_ptext", "_params", "_text")
 
     def __init__(self, uri: SipUri, display_name: str | None = None,
                  params: dict[str, str | None] | None = None) -> None:
         self.uri = uri
         self.display_name = display_name
-        self.params = params if params is not None else {}
+        self._ptext = ""
+        self._params = params if params is not None else {}
         self._text: str | None = None
-        self._orig: tuple | None = None
+
+    @property
+    def params(self) -> dict[str, str | None]:
+        """Header parameters (tag, q, expires ...), names lower-case."""
+        if self._params is None:
+            self._params = _split_params(self._ptext)
+        return self._params
+
+    @params.setter
+    def params(self, value: dict[str, str | None]) -> None:
+        self._params = value
 
     @property
     def tag(self) -> str | None:
+        ptext = self._ptext
+        if self._params is None and '"' not in ptext and " " not in ptext and "\t" not in ptext:
+            return _last_param(ptext, "tag")
         return self.params.get("tag")
 
     @tag.setter
@@ -278,9 +323,11 @@ class NameAddr:
         else:
             self.params["tag"] = value
 
+    def _exact(self) -> tuple:
+        return (self.display_name, self.uri._exact(), self.params)
+
     def __str__(self) -> str:
-        if self._text is not None and self._orig == (self.display_name, self.uri, self.params) \
-                and self.uri._unedited():
+        if self._text is not None and self._exact() == parse_name_addr(self._text)._exact():
             return self._text
         name = "" if self.display_name is None else quote_display_name(self.display_name) + " "
         return f"{name}<{self.uri}>{_format_params(self.params)}"
@@ -299,31 +346,50 @@ class NameAddr:
 
 def parse_name_addr(text: str) -> NameAddr:
     """Parse a name-addr or addr-spec with header parameters."""
+    na = NameAddr.__new__(NameAddr)
+    m = _NAME_ADDR_PLAIN_RE.match(text)
+    if m is not None:  # "Name" <sip:...>;params, the usual From and To
+        display, tokens, uri_text, scheme, user, password, host, port, uptext, htext, ptext = \
+            m.groups()
+        na.uri = _sip_uri(uri_text, scheme, user, password, host, port, uptext, htext)
+        na.display_name = tokens if display is None else display
+        na._ptext = ptext
+        na._params = None if ptext else {}
+        na._text = text
+        return na
+    m = _ADDR_SPEC_PLAIN_RE.match(text)
+    if m is not None:  # sip:user@host;tag=x
+        uri_text, scheme, user, password, host, port, ptext = m.groups()
+        na.uri = _sip_uri(uri_text, scheme, user, password, host, port, "", None)
+        na.display_name = None
+        na._ptext = ptext
+        na._params = None if ptext else {}
+        na._text = text
+        return na
     text = text.strip()
     m = _NAME_ADDR_RE.match(text)
     if m is not None:
-        quoted, tokens, uri_text, ptext = m.groups()
+        quoted, display, uri_text, ptext = m.groups()[:4]
         if quoted is not None:
-            display = _UNQUOTE_RE.sub(r"\1", quoted[1:-1]) if "\\" in quoted else quoted[1:-1]
-        else:
-            display = tokens
+            display = _UNQUOTE_RE.sub(r"\1", quoted) if "\\" in quoted else quoted
     else:
         m = _ADDR_SPEC_RE.match(text)
         if m is None:
             raise ParseError("Bad address")
+        uri_text, ptext = m.groups()[:2]
         display = None
-        uri_text, ptext = m.groups()
-    uri = parse_uri(uri_text)
-    na = NameAddr.__new__(NameAddr)
-    na.uri = uri
+    na.uri = parse_uri(uri_text)
     na.display_name = display
-    na.params = parse_params(ptext, "address parameters")
+    na._ptext = ptext = ptext.rstrip(" \t")
+    na._params = None if ptext else {}
     na._text = text
-    na._orig = (display, uri, dict(na.params))
     return na
 
 
 # --- Via -------------------------------------------------------------------------------
+_VIA_PLAIN_RE = re.compile(rf"""
+    SIP/2\.0/({_TOKEN})\ (\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-_.]+)(?::([0-9]{{1,5}}))?
+    ({_HPARAMS_PLAIN})\Z""", re.X)
 _VIA_RE = re.compile(rf"""
     ({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]+
     (\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-_.]+)
@@ -334,7 +400,7 @@ _VIA_RE = re.compile(rf"""
 class Via:
     """One Via value: `SIP/2.0/UDP host:port;branch=...`."""
 
-    __slots__ = ("protocol", "transport", "host", "port", "params", "_text", "_orig")
+    __slots__ = ("protocol", "transport", "host", "port", "_ptext", "_params", "_text")
 
     def __init__(self, host: str, port: int | None = None, transport: str = "UDP",
                  params: dict[str, str | None] | None = None, protocol: str = "SIP/2.0") -> None:
@@ -342,12 +408,26 @@ class Via:
         self.transport = transport.upper()
         self.host = host
         self.port = port
-        self.params = params if params is not None else {}
+        self._ptext = ""
+        self._params = params if params is not None else {}
         self._text: str | None = None
-        self._orig: tuple | None = None
+
+    @property
+    def params(self) -> dict[str, str | None]:
+        """Via parameters, names lower-case, None for a flag (`rport`)."""
+        if self._params is None:
+            self._params = _split_params(self._ptext)
+        return self._params
+
+    @params.setter
+    def params(self, value: dict[str, str | None]) -> None:
+        self._params = value
 
     @property
     def branch(self) -> str | None:
+        ptext = self._ptext
+        if self._params is None and '"' not in ptext and " " not in ptext and "\t" not in ptext:
+            return _last_param(ptext, "branch")
         return self.params.get("branch")
 
     @property
@@ -363,11 +443,11 @@ class Via:
         value = params["rport"]
         return "" if value is None else value
 
-    def _key(self) -> tuple:
+    def _exact(self) -> tuple:
         return (self.protocol, self.transport, self.host, self.port, self.params)
 
     def __str__(self) -> str:
-        if self._text is not None and self._orig == self._key():
+        if self._text is not None and self._exact() == parse_via(self._text)._exact():
             return self._text
         port = "" if self.port is None else f":{self.port}"
         return f"{self.protocol}/{self.transport} {_bracket(self.host)}{port}{_format_params(self.params)}"
@@ -378,20 +458,39 @@ class Via:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Via):
             return NotImplemented
-        return self._key() == other._key()
+        return self._exact() == other._exact()
 
     __hash__ = None  # type: ignore[assignment]
 
 
+def check_via(text: str) -> None:
+    """Raise ParseError unless `text` is one Via value (parse_via's check, without a Via)."""
+    m = _VIA_PLAIN_RE.match(text)
+    if m is not None:
+        port = m.group(3)
+    else:
+        m = _VIA_RE.match(text.strip())
+        if m is None:
+            raise ParseError("Bad Via")
+        port = m.group(5)
+    if port is not None and int(port) > 65535:
+        raise ParseError("Bad Via")
+
+
 def parse_via(text: str) -> Via:
     """Parse one Via value (not a comma-separated list)."""
-    text = text.strip()
-    m = _VIA_RE.match(text)
-    if m is None:
-        raise ParseError("Bad Via")
-    name, version, transport, host, port, ptext = m.group(1, 2, 3, 4, 5, 6)
     via = Via.__new__(Via)
-    via.protocol = f"{name}/{version}"
+    m = _VIA_PLAIN_RE.match(text)
+    if m is not None:
+        via.protocol = "SIP/2.0"
+        transport, host, port, via._ptext = m.groups()
+    else:
+        text = text.strip()
+        m = _VIA_RE.match(text)
+        if m is None:
+            raise ParseError("Bad Via")
+        name, version, transport, host, port, via._ptext = m.group(1, 2, 3, 4, 5, 6)
+        via.protocol = f"{name}/{version}"
     via.transport = transport.upper()
     via.host = host[1:-1] if host[0] == "[" else host
     if port is not None:
@@ -399,8 +498,6 @@ def parse_via(text: str) -> Via:
         if port > 65535:
             raise ParseError("Bad Via")
     via.port = port
-    via.params = {n.lower(): (v if eq else None) for n, eq, v in _HPARAM_RE.findall(ptext)} \
-        if ptext else {}
+    via._params = None
     via._text = text
-    via._orig = (via.protocol, via.transport, via.host, via.port, dict(via.params))
     return via
