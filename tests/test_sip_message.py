@@ -133,6 +133,7 @@ def test_make_response_copies_the_dialog_headers():
     assert (parsed.call_id, parsed.cseq, parsed.cseq_method) == (request.call_id, 314159, "INVITE")
     assert parsed.headers("record-route") == ["<sip:p1.example.com;lr>"]
     assert parsed.content_length == 0 and parsed.header("contact") is None
+    assert response.header("content-length") == "0"
     trying = request.make_response(100)
     assert trying.header("record-route") is None and trying.to.tag is None
     busy = request.make_response(486, "Busy Now", to_tag="x", headers=[("Retry-After", "60")],
