@@ -100,7 +100,7 @@ class SipCore(Logger):
             return
         match, tx = self.table.match(key, method, to_tag)
         if match is Match.NEW:
-            self.new_request(data, message, method, key, source, address)
+            self.new_request(data, message, method, key, to_tag, source, address)
         elif match is Match.RETRANSMISSION:
             counts[C.RETRANSMITTED] += 1
             response = self.table.retransmission(tx)
@@ -114,8 +114,8 @@ class SipCore(Logger):
             counts[C.RETRANSMITTED] += 1
             self.table.ack(tx, self.loop.time())
 
-    def new_request(self, data: bytes, message: Message, method: str, key: Any, source: Source,
-                    address: Any) -> None:
+    def new_request(self, data: bytes, message: Message, method: str, key: Any, to_tag: str | None,
+                    source: Source, address: Any) -> None:
         if method == "ACK":
             # The ACK of a 2xx (or a stray one): a request of its own, never answered.
             self.run_handler(Request(message, source, address, None, self))
@@ -123,7 +123,7 @@ class SipCore(Logger):
         if method == "CANCEL":
             self.cancel(message, key, source, address)
             return
-        tx = self.table.create(key, method, source.reliable, message.to.tag)
+        tx = self.table.create(key, method, source.reliable, to_tag)
         request = Request(message, source, address, tx, self)
         tx.owner = request
         refusal = self.refusal(message, method, data)
@@ -229,7 +229,8 @@ class SipCore(Logger):
     def send_reply(self, request: Request, status: int, reason: str | None,
                    headers: list | None, body: bytes) -> None:
         message = request.message
-        if status != 100 and message.to.tag is None:
+        request_tag = message.to.tag
+        if status != 100 and request_tag is None:
             to_tag = request._to_tag or self.new_tag()
             request._to_tag = to_tag
         else:
@@ -243,7 +244,7 @@ class SipCore(Logger):
         if tx is not None:
             if status >= 300 and tx.is_invite and not tx.reliable:
                 tx.destination = (request.source, destination)
-            self.table.respond(tx, status, data, to_tag or message.to.tag, self.loop.time())
+            self.table.respond(tx, status, data, to_tag or request_tag, self.loop.time())
             if tx.state is State.COMPLETED and tx.is_invite and not tx.reliable:
                 self.arm_timer()
             elif self.timer is None and len(self.table):
