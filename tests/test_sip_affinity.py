@@ -5,9 +5,8 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import time
-
 import subprocess
+import time
 
 import psutil
 

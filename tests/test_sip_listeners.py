@@ -26,7 +26,7 @@ def test_sipp_invite_gets_486_and_its_ack_is_absorbed(oversipd_daemon, tmp_path)
     result = run_sipp(server, "invite_486.xml", calls=20, rate=20, directory=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert sipp_counts(result) == (20, 0)
-    invites = server.daemon.wait_events("request", count=20)
+    server.daemon.wait_events("request", count=20)
     assert [r["method"] for r in server.daemon.find("request")] == ["INVITE"] * 20  # no ACK reached the script
 
 
