@@ -41,6 +41,8 @@ def on_request(request):
             record("second", error=str(error))
     elif action == "raise":
         raise ValueError("handler bug")
+    elif action == "exit":
+        sys.exit(3)
     elif action == "silent":
         pass
     elif action == "async":
@@ -111,6 +113,12 @@ def test_a_handler_that_raises_gets_500_and_a_traceback(server):
     client.request("OPTIONS", extra="X-Action: async-raise")
     assert client.response().status == 500
     server.daemon.wait_log("KeyError")
+    workers = server.daemon.worker_pids()
+    client.request("OPTIONS", extra="X-Action: exit")     # sys.exit in a handler ends nothing
+    assert client.response().status == 500
+    client.request("OPTIONS")
+    assert client.response().status == 200
+    assert server.daemon.worker_pids() == workers
 
 
 def test_a_handler_that_does_not_reply_gets_500_and_a_warning(server):

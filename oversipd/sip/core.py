@@ -190,7 +190,7 @@ class SipCore(Logger):
             return
         try:
             result = handler(request)
-        except Exception as error:
+        except BaseException as error:   # SystemExit too: a handler must not end the worker
             self.handler_failed(request, error)
             return
         if result is not None and inspect.isawaitable(result):
