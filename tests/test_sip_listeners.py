@@ -127,3 +127,18 @@ def test_without_a_sip_table_there_is_no_sip(oversipd_daemon, tmp_path):
     status = daemon.run_command("status", "--pid-file", str(tmp_path / "o.pid"))
     assert status.returncode == 0 and "sip:" not in status.stdout
     assert not (tmp_path / "o.pid.sip").exists()
+
+
+def test_a_wildcard_listener_takes_every_address_of_the_machine_as_ours(oversipd_daemon):
+    from listen_helpers import free_port, listen_table
+    from sip_helpers import RECORDING_SCRIPT, SipServer
+
+    port = free_port("udp")
+    daemon = oversipd_daemon(server_script=RECORDING_SCRIPT, extra_tables={
+        "listen.sip_udp": listen_table(f"udp://0.0.0.0:{port}"), "sip": {"listen": ["sip_udp"]}})
+    client = UdpClient(SipServer(daemon, port))
+    client.request("OPTIONS")                    # sip:127.0.0.1:PORT: one of the machine's addresses
+    assert client.response().status == 200
+    client.send(request_bytes("OPTIONS", port=port, via_port=client.port).replace(
+        f"sip:127.0.0.1:{port} SIP/2.0".encode(), f"sip:192.0.2.1:{port} SIP/2.0".encode(), 1))
+    assert client.response().status == 404       # TEST-NET-1 is nobody's
