@@ -118,6 +118,9 @@ def test_status_shows_the_sip_counters(oversipd_daemon, tmp_path):
     assert status.returncode == 0, status.stderr
     line = next(line for line in status.stdout.splitlines() if line.startswith("sip:"))
     assert "received 4, sent 3, dropped 1" in line and "2xx 2" in line and "4xx 1" in line
+    assert (tmp_path / "o.pid.sip").exists()
+    assert server.daemon.stop() == 0
+    assert not (tmp_path / "o.pid.sip").exists()   # the master removes the counters file it made
 
 
 def test_without_a_sip_table_there_is_no_sip(oversipd_daemon, tmp_path):
