@@ -21,9 +21,10 @@ def test_sipp_options_are_answered_200(oversipd_daemon, tmp_path, transport):
     assert {r["transport"] for r in requests} == {"udp" if transport == "u1" else "tcp"}
 
 
-def test_sipp_invite_gets_486_and_its_ack_is_absorbed(oversipd_daemon, tmp_path):
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+def test_sipp_invite_gets_486_and_its_ack_is_absorbed(oversipd_daemon, tmp_path, transport):
     server = sip_daemon(oversipd_daemon, workers=2)
-    result = run_sipp(server, "invite_486.xml", calls=20, rate=20, directory=tmp_path)
+    result = run_sipp(server, "invite_486.xml", calls=20, rate=20, transport=transport, directory=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert sipp_counts(result) == (20, 0)
     server.daemon.wait_events("request", count=20)
