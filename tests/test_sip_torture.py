@@ -216,6 +216,8 @@ def test_an_invalid_torture_message_is_refused(name):
         parse_message(rfc4475.load(name))
     assert (err.value.reason, err.value.status) == (reason, status)
     if answerable:
+        if reason != "Bad Request-URI":
+            assert err.value.request.ruri is not None
         response = err.value.request.make_response(status, reason).to_bytes()
         assert response.startswith(f"SIP/2.0 {status} {reason}\r\n".encode())
     else:

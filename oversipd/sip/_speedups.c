@@ -20,6 +20,84 @@ decode(const char *s, Py_ssize_t n)
     return PyUnicode_DecodeUTF8(s, n, "surrogateescape");
 }
 
+/* The `known` names (header spellings → keys) as a small open-addressing table
+ * of their ASCII bytes, so that naming a usual header line allocates nothing.
+ * Built from the dict passed in, again if another dict is passed. */
+#define TABLE_SIZE 512
+typedef struct {
+    char *name;
+    Py_ssize_t length;
+    PyObject *key;
+} entry;
+static entry table[TABLE_SIZE];
+static PyObject *table_source = NULL;
+
+static size_t
+hash_bytes(const char *s, Py_ssize_t n)
+{
+    size_t h = 2166136261u;
+    for (Py_ssize_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 16777619u;
+    return h;
+}
+
+static void
+clear_table(void)
+{
+    for (int i = 0; i < TABLE_SIZE; i++) {
+        PyMem_Free(table[i].name);
+        Py_CLEAR(table[i].key);
+        table[i].name = NULL;
+        table[i].length = 0;
+    }
+    Py_CLEAR(table_source);
+}
+
+/* 0, or -1 with an exception set. Names that are not ASCII, and any beyond half
+ * the table, are left to the dict lookup. */
+static int
+build_table(PyObject *known)
+{
+    PyObject *name, *key;
+    Py_ssize_t pos = 0, used = 0;
+    clear_table();
+    while (PyDict_Next(known, &pos, &name, &key)) {
+        if (!PyUnicode_Check(name) || !PyUnicode_IS_ASCII(name) || used >= TABLE_SIZE / 2)
+            continue;
+        Py_ssize_t length = PyUnicode_GET_LENGTH(name);
+        const char *bytes = (const char *)PyUnicode_1BYTE_DATA(name);
+        size_t slot = hash_bytes(bytes, length) & (TABLE_SIZE - 1);
+        while (table[slot].name != NULL)
+            slot = (slot + 1) & (TABLE_SIZE - 1);
+        table[slot].name = PyMem_Malloc(length ? (size_t)length : 1);
+        if (table[slot].name == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(table[slot].name, bytes, (size_t)length);
+        table[slot].length = length;
+        Py_INCREF(key);
+        table[slot].key = key;
+        used++;
+    }
+    Py_INCREF(known);
+    table_source = known;
+    return 0;
+}
+
+/* The key of a known spelling (borrowed), or NULL. */
+static PyObject *
+table_key(const char *s, Py_ssize_t n)
+{
+    size_t slot = hash_bytes(s, n) & (TABLE_SIZE - 1);
+    while (table[slot].name != NULL) {
+        if (table[slot].length == n && memcmp(table[slot].name, s, (size_t)n) == 0)
+            return table[slot].key;
+        slot = (slot + 1) & (TABLE_SIZE - 1);
+    }
+    return NULL;
+}
+
 /* Index of the next CRLF at or after pos, before limit; limit when there is none. */
 static Py_ssize_t
 next_crlf(const char *d, Py_ssize_t pos, Py_ssize_t limit)
@@ -75,6 +153,10 @@ scan(PyObject *self, PyObject *args)
         return NULL;
     const char *d = buf.buf;
     Py_ssize_t n = buf.len;
+    if (known != table_source && build_table(known) < 0) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
 
     Py_ssize_t start = 0;
     while (start + 1 < n && d[start] == '\r' && d[start + 1] == '\n')
@@ -122,34 +204,39 @@ scan(PyObject *self, PyObject *args)
         } else {
             const char *colon = memchr(d + line_start, ':', (size_t)length);
             Py_ssize_t name_length = colon ? colon - (d + line_start) : length;
-            PyObject *name = decode(d + line_start, name_length);
-            if (name == NULL) {
-                Py_DECREF(line);
-                goto error;
-            }
-            PyObject *key = colon ? PyDict_GetItemWithError(known, name) : NULL;
+            PyObject *key = colon ? table_key(d + line_start, name_length) : NULL;
             if (key != NULL) {
                 Py_INCREF(key);
-            } else if (PyErr_Occurred()) {
-                Py_DECREF(name);
-                Py_DECREF(line);
-                goto error;
             } else {
-                key = slow_key(name, compact);
-                if (key == NULL) {
-                    Py_DECREF(name);
+                PyObject *name = decode(d + line_start, name_length);
+                if (name == NULL) {
                     Py_DECREF(line);
                     goto error;
                 }
-                if (colon == NULL || PyUnicode_GET_LENGTH(key) == 0) {
-                    Py_DECREF(key);
+                key = colon ? PyDict_GetItemWithError(known, name) : NULL;
+                if (key != NULL) {
+                    Py_INCREF(key);
+                } else if (PyErr_Occurred()) {
                     Py_DECREF(name);
                     Py_DECREF(line);
-                    result = PyUnicode_FromString("Bad header line");
-                    goto done;
+                    goto error;
+                } else {
+                    key = slow_key(name, compact);
+                    if (key == NULL) {
+                        Py_DECREF(name);
+                        Py_DECREF(line);
+                        goto error;
+                    }
+                    if (colon == NULL || PyUnicode_GET_LENGTH(key) == 0) {
+                        Py_DECREF(key);
+                        Py_DECREF(name);
+                        Py_DECREF(line);
+                        result = PyUnicode_FromString("Bad header line");
+                        goto done;
+                    }
                 }
+                Py_DECREF(name);
             }
-            Py_DECREF(name);
             int status = PyList_Append(keys, key);
             if (status == 0)
                 status = PyList_Append(lines, line);

@@ -159,7 +159,7 @@ def _value_of(line: str) -> str:
 def _make_line(name: str, value: object) -> str:
     value = str(value).strip(" \t")
     if "\r" in value or "\n" in value or ":" in name or "\r" in name or "\n" in name:
-        raise ValueError(f"a header name cannot hold ':' nor either CR or LF: {name!r}: {value!r}")
+        raise ValueError(f"no CR or LF in a header, no ':' in its name: {name!r}: {value!r}")
     return f"{name}: {value}"
 
 
@@ -240,7 +240,7 @@ def _call_id_of(values: list[str] | None) -> str:
 
 
 def _cseq_of(values: list[str] | None) -> tuple[int, str]:
-    """(number, method); raises ParseError after caching nothing, see parse_message."""
+    """(number, method) of a well-formed CSeq; the caller checks the number's range."""
     value = _one(values, "CSeq")
     number, _, method = value.partition(" ")
     if not (number.isascii() and number.isdigit() and len(number) < 11
@@ -279,8 +279,7 @@ class Message:
 
     # __dict__: the transport layer may hang its own attributes on a message.
     __slots__ = ("_keys", "_lines", "_body", "_raw", "_via", "_top_via", "_via_texts", "_from",
-                 "_to", "_call_id",
-                 "_cseq_pair", "_max_forwards", "_content_length", "__dict__")
+                 "_to", "_call_id", "_cseq_pair", "_max_forwards", "_content_length", "__dict__")
 
     def _init_headers(self, headers: list[tuple[str, str]] | None, body: bytes) -> None:
         headers = headers or ()
@@ -546,7 +545,7 @@ class Request(Message):
 
     @property
     def ruri(self) -> SipUri:
-        """The Request-URI (None only in a request refused for a bad one)."""
+        """The Request-URI (None only in a request refused because it did not parse)."""
         return self._ruri  # type: ignore[return-value]
 
     @ruri.setter
@@ -669,19 +668,27 @@ def _start(first: str) -> tuple[Request | Response, str | None, str | None]:
 
 
 def _check_request(request: Request, ruri_text: str, line_error: str | None) -> None:
-    """What makes a request with parseable dialog headers still deserve a 400 (or 505, 416)."""
+    """What makes a request with parseable dialog headers still deserve a 400 (or 505, 416).
+
+    The Request-URI is parsed first, so that `ruri` is set whenever it parses.
+    """
+    try:
+        request._ruri = ruri = parse_uri(ruri_text)
+    except ParseError:
+        ruri = None
     if line_error is not None:
         raise ParseError(line_error)
+    if request._cseq_pair[0] > _MAX_CSEQ:  # type: ignore[index]
+        # A well-formed CSeq out of range: still copied as it is into a 400.
+        raise ParseError("Bad CSeq")  # RFC 3261 §8.1.1.5: less than 2**31
     if request.version != "SIP/2.0":
         if _VERSION_RE.match(request.version):
             raise ParseError("Version Not Supported", status=505)
         raise ParseError("Bad SIP version")
     if request._cseq_pair[1] != request.method:  # type: ignore[index]
         raise ParseError("CSeq method does not match the request's")
-    try:
-        request._ruri = ruri = parse_uri(ruri_text)
-    except ParseError:
-        raise ParseError("Bad Request-URI") from None
+    if ruri is None:
+        raise ParseError("Bad Request-URI")
     if ruri.opaque is not None:
         raise ParseError("Unsupported URI Scheme", status=416)
     if ruri._htext:
@@ -755,12 +762,11 @@ def _parse(data: bytes, scan: Callable) -> Union[Request, Response]:
     msg._max_forwards = msg._content_length = _UNSET
     request = msg if ruri_text is not None else None
     try:
-        if msg._cseq_pair[0] > _MAX_CSEQ:
-            # A well-formed CSeq out of range: still copied as it is into a 400.
-            raise ParseError("Bad CSeq")  # RFC 3261 §8.1.1.5: less than 2**31
         if request is not None:
             _check_request(request, ruri_text, line_error)  # type: ignore[arg-type]
             request._max_forwards = _max_forwards_of(get("max-forwards"))
+        elif msg._cseq_pair[0] > _MAX_CSEQ:
+            raise ParseError("Bad CSeq")
         lengths = get("content-length")
         length = None if lengths is None else _content_length_of(lengths)
         msg._content_length = _UNSET if length is None else length
