@@ -34,7 +34,7 @@ check: $(STAMP)
 	chmod go-w modules.d modules.d/*.py
 	$(VENV)/bin/oversipd check -c oversipd.conf
 
-test: $(STAMP) $(MOD_PG_STAMP) $(MOD_MYSQL_STAMP) postgresql-server mariadb-server dnsmasq-base service-test-deps
+test: $(STAMP) $(MOD_PG_STAMP) $(MOD_MYSQL_STAMP) postgresql-server mariadb-server dnsmasq-base sip-tester service-test-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # oversip-mod-postgresql: a distribution of its own, installed (editable)
@@ -87,6 +87,12 @@ dnsmasq-base:
 	@if [ ! -x /usr/sbin/dnsmasq ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsmasq-base; \
 	fi
+
+# The SIP tests drive oversipd with sipp (Debian's sip-tester): installed when missing.
+.PHONY: sip-tester
+sip-tester:
+	@command -v sipp >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester; }
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build dist *.egg-info .pytest_cache

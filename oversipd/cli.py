@@ -121,7 +121,12 @@ def prepare_master(args: argparse.Namespace, settings: Settings | None = None,
         # Before any module code runs (a bind failure is exit status 2 with
         # nothing started) and before the fork, so before any worker drops
         # its privileges.
-        listeners.open_listeners(settings.listen, str(settings.path))
+        if settings.sip is None:
+            listeners.open_listeners(settings.listen, str(settings.path))
+        else:
+            from .sip import service as sip_service
+            listeners.open_listeners(settings.listen, str(settings.path), sip_service.reuseport_names(settings))
+            sip_service.prepare_master(settings)
     try:
         with running_module_code():  # what it imports, a new generation may import anew (SIGUSR2)
             load_all(settings.core.modules_dir, settings.core.server_script, args.insecure_modules)
@@ -161,6 +166,9 @@ def serve(args: argparse.Namespace, settings: Settings, report: "StartupReport |
                             insecure_modules=args.insecure_modules)
             return master.run()
         finally:
+            if settings.sip is not None:
+                from .sip import service as sip_service
+                sip_service.close_master()
             listeners.close_listeners()
 
 

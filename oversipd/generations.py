@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterator, NoReturn
 
 from . import loader, process, resources
 from . import modules as modules_namespace
-from .callbacks import SystemCallbacks, SystemEvents
+from .callbacks import SipEvents, SystemCallbacks, SystemEvents
 from .errors import ConfigError, HaltServer
 from .loader import SERVER_SCRIPT_MODULE, ModuleLoadError
 
@@ -147,6 +147,7 @@ class CodeSnapshot:
     callbacks: dict[str, list[Any]] = field(default_factory=dict)
     events: dict[str, Any] = field(default_factory=dict)
     resources: list[Any] = field(default_factory=list)
+    sip_handler: Any = None
     namespace_path: list[str] = field(default_factory=list)
 
     @classmethod
@@ -156,6 +157,7 @@ class CodeSnapshot:
                               for name in ("on_started", "on_reload", "on_terminated")},
                    events=dict(SystemEvents._handlers),
                    resources=list(resources._declared),
+                   sip_handler=SipEvents.request_handler,
                    namespace_path=list(modules_namespace.__path__))
 
     def restore(self) -> None:
@@ -169,6 +171,7 @@ class CodeSnapshot:
         SystemEvents._handlers.clear()
         SystemEvents._handlers.update(self.events)
         resources._declared[:] = self.resources
+        SipEvents.request_handler = self.sip_handler
         modules_namespace.__path__[:] = self.namespace_path
 
 
@@ -180,6 +183,7 @@ def forget_module_code(dependencies: bool) -> None:
     for name in ("on_started", "on_reload", "on_terminated"):
         getattr(SystemCallbacks, name)._callbacks.clear()
     SystemEvents._handlers.clear()
+    SipEvents.request_handler = None
     # The new code declares its worker resources again (add_pool in on_initialize).
     resources._declared.clear()
     importlib.invalidate_caches()

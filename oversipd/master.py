@@ -21,7 +21,7 @@ import selectors
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import oversipd
 
@@ -139,6 +139,12 @@ class Master(Logger):
         }
         self.handled_signals = [*self.dispatch, *IGNORED_SIGNALS]
         self.ignored_logged_at: dict[int, float] = {}
+        # The per-slot UDP SIP sockets (oversipd.sip.sockets), imported only
+        # for a SIP configuration: the SIP package costs start-up time.
+        self.sip_sockets: Any = None
+        if settings.sip is not None:
+            from .sip import sockets as sip_sockets
+            self.sip_sockets = sip_sockets
 
     # --- the loop -------------------------------------------------------------
 
@@ -307,6 +313,7 @@ class Master(Logger):
             del self.next_slots[slot.slot_id]
         elif slot in self.leaving:
             self.leaving.remove(slot)
+        self.release_unused_sip_sockets(slot.slot_id)
 
     def manage_workers(self) -> None:
         """Spawn or retire workers until the count matches target_workers."""
@@ -335,6 +342,8 @@ class Master(Logger):
 
     def spawn_worker(self, slot: WorkerSlot) -> bool:
         """Fork the worker of `slot`; False (and a respawn scheduled) when fork fails."""
+        if self.sip_sockets is not None:
+            self.sip_sockets.ensure_slot(slot.slot_id)  # its UDP SIP sockets, kept across respawns
         master_end, worker_end = Channel.pair()
         self.board.beat(slot.cell)
         inherited = [master_end.fileno(), *self.masters_fds()]
@@ -365,6 +374,11 @@ class Master(Logger):
         check = [self.swap.check_fd] if self.swap is not None and self.swap.check_fd is not None else []
         return [self.signal_r, self.signal_w, self.selector.fileno(), *self.private_fds,
                 *self.notifier.filenos(), *check, *(s.channel.fileno() for s in self.all_slots() if s.channel)]
+
+    def release_unused_sip_sockets(self, slot_id: int) -> None:
+        """A slot's UDP SIP sockets close once no worker of any generation holds that slot (what queued there is lost)."""
+        if self.sip_sockets is not None and all(s.slot_id != slot_id for s in self.all_slots()):
+            self.sip_sockets.release_slot(slot_id)
 
     def stop_worker(self, slot: WorkerSlot, error: bool, retire: bool = False) -> None:
         """Ask a worker to stop (`retire`: a newer generation took over); SIGKILL after graceful_timeout."""
@@ -590,6 +604,9 @@ class Master(Logger):
             if getattr(old.core, key) != getattr(new.core, key):
                 self.log_system_warn(f"core.{key} changed: takes effect at the next restart")
         listeners.warn_if_changed(old.listen, new.listen, self)
+        if old.sip is not None or new.sip is not None:
+            from .sip.service import warn_if_changed
+            warn_if_changed(old.sip, new.sip, self)
         if new.core.worker_timeout != old.core.worker_timeout:
             # Each worker beats at the new pace once it has the new settings;
             # until then, its last beat counts as fresh.

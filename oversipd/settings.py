@@ -6,11 +6,14 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .addresses import ListenSettings, parse_listen_tables
 from .errors import ConfigError, toml_key
-from .sip.proxy_settings import DnsSettings, ProxySettings, parse_dns_table, parse_proxy_tables
+
+if TYPE_CHECKING:
+    from .sip.proxy_settings import DnsSettings, ProxySettings
+    from .sip.settings import SipSettings
 
 LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
 SYSLOG_FACILITIES = (
@@ -58,9 +61,11 @@ class Settings:
     workers_in_file: int = 1
     # [listen.NAME] sections (SPEC §7); bound once, at start.
     listen: dict[str, ListenSettings] = field(default_factory=dict)
-    # [dns] and [proxy.NAME] (SIP.md §10): read by oversipd.sip's proxy.
-    dns: DnsSettings = DnsSettings()
-    proxies: dict[str, ProxySettings] = field(default_factory=dict)
+    # The [sip] table (SIP.md §8); None: no SIP at all.
+    sip: "SipSettings | None" = None
+    # [dns] and [proxy.NAME] (SIP.md §10), read by the proxy; None: no [dns] table (its defaults).
+    dns: "DnsSettings | None" = None
+    proxies: "dict[str, ProxySettings]" = field(default_factory=dict)
 
     def module_settings(self, name: str) -> dict[str, Any]:
         return dict(self.modules.get(name, {}))
@@ -143,10 +148,10 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
     core_table = _table(document, "core", source)
     modules_table = _table(document, "modules", source)
     listen = parse_listen_tables(_table(document, "listen", source), source)
-    dns = parse_dns_table(_table(document, "dns", source), source)
-    proxies = parse_proxy_tables(_table(document, "proxy", source), source)
+    sip = _sip_table(document, listen, source)
+    dns, proxies = _proxy_tables(document, source)
     for name in document:
-        if name not in ("core", "modules", "listen", "dns", "proxy"):
+        if name not in ("core", "modules", "listen", "sip", "dns", "proxy"):
             raise ConfigError(source, toml_key(name), "unknown table or key")
 
     raw: dict[str, Any] = {}
@@ -182,7 +187,24 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
                                "graceful_timeout", "worker_timeout", "respawn_limit") if k in raw},
     )
     return Settings(path=conf_path, core=core, modules=modules, workers_in_file=workers_in_file,
-                    listen=listen, dns=dns, proxies=proxies)
+                    listen=listen, sip=sip, dns=dns, proxies=proxies)
+
+
+# The SIP package costs start-up time: imported only for a configuration that speaks SIP.
+
+def _sip_table(document: dict[str, Any], listen: dict[str, ListenSettings], source: str) -> "SipSettings | None":
+    if "sip" not in document:
+        return None
+    from .sip.settings import parse_sip_table
+    return parse_sip_table(document["sip"], listen, source)
+
+
+def _proxy_tables(document: dict[str, Any], source: str) -> "tuple[DnsSettings | None, dict[str, ProxySettings]]":
+    if "dns" not in document and "proxy" not in document:
+        return None, {}
+    from .sip.proxy_settings import parse_dns_table, parse_proxy_tables
+    return (parse_dns_table(_table(document, "dns", source), source),
+            parse_proxy_tables(_table(document, "proxy", source), source))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -29,9 +29,9 @@ def test_the_defaults_are_those_of_sip_md(tmp_path):
         timer_B=32, timer_C=120, timer_F=32)
 
 
-def test_without_tables_there_are_no_profiles_and_the_dns_defaults(tmp_path):
+def test_without_tables_there_are_no_profiles_and_no_dns_table(tmp_path):
     settings = settings_from(tmp_path, "[core]\nworkers = 1\n")
-    assert settings.proxies == {} and settings.dns == DnsSettings()
+    assert settings.proxies == {} and settings.dns is None  # no [dns] table: the proxy takes DnsSettings()
 
 
 def test_every_key_is_read(tmp_path):

@@ -51,6 +51,10 @@ class StreamFramer:
         """Bytes received and not yet part of a complete message."""
         return len(self._buffer)
 
+    def pending(self) -> bytes:
+        """The bytes not yet framed; after a FramingError, the offending message's start."""
+        return bytes(self._buffer)
+
     def feed(self, data: bytes) -> list[bytes | _Keepalive]:
         """Add received bytes; return the messages (and keep-alive pings) they complete."""
         buffer = self._buffer
