@@ -368,3 +368,43 @@ def test_a_new_generation_declares_and_opens_its_worker_resources_anew(oversipd_
     [closed] = daemon.wait_events("closed")
     assert (closed["v"], closed["generation"]) == (1, 1)
     assert daemon.stop() == 0
+
+
+# The server script of generation `version`: an OPTIONS with "X-Hold" waits for
+# the test's go-ahead file before its reply names the generation that answered.
+def holding_script(version: int) -> str:
+    return textwrap.dedent(f'''
+        import asyncio, os
+        import oversipd
+        from oversipd import SipEvents
+        from oversipd.testing import record
+
+        @SipEvents.on_request
+        async def on_request(request):
+            if request.header("X-Hold"):
+                record("holding", generation=oversipd.process.generation)
+                while not os.path.exists(os.environ["OVERSIPD_TEST_GO"]):
+                    await asyncio.sleep(0.02)
+            request.reply(200, f"v{version} generation {{oversipd.process.generation}}")
+    ''')
+
+
+def test_an_old_worker_reads_no_new_request_but_answers_those_it_holds(oversipd_daemon, tmp_path):
+    from sip_helpers import UdpClient, sip_daemon
+
+    go = tmp_path / "go"
+    server = sip_daemon(oversipd_daemon, script=holding_script(1), env={"OVERSIPD_TEST_GO": str(go)})
+    daemon = server.daemon
+    held = UdpClient(server)
+    held.request("OPTIONS", extra="X-Hold: yes")
+    daemon.wait_events("holding")
+    (daemon.directory / "server.py").write_text(holding_script(2))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_log("retiring: no new SIP request is read here")
+    fresh = UdpClient(server)
+    fresh.request("OPTIONS")
+    assert fresh.response().reason == "v2 generation 2"   # the new generation reads new requests
+    go.touch()
+    assert held.response().reason == "v1 generation 1"    # the old one still answered its own
+    swap_done(daemon, 2)
+    assert daemon.stop() == 0

@@ -105,6 +105,23 @@ class WorkerSip:
             self.settings = settings
             self.core.apply_settings(settings.sip)
 
+    def stop_reading(self) -> None:
+        """A newer generation serves: read no new request here.
+
+        The new generation's worker of this slot reads the same UDP sockets and
+        accepts on the same TCP sockets, so nothing new is lost.  What is not
+        carried over: a retransmission or ACK of a transaction held here now
+        reaches the new worker, and TCP connections accepted here close when
+        this worker stops (the clients reconnect to the new generation).
+        """
+        for listener in self.listeners:
+            listener.stop_reading()
+
+    async def drain(self, grace: float) -> None:
+        """Let the handlers in hand finish, for at most `grace` seconds."""
+        if self.core is not None and self.core.tasks:
+            await asyncio.wait(list(self.core.tasks), timeout=grace)
+
     def close(self) -> None:
         for listener in self.listeners:
             listener.close()

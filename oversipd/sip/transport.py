@@ -72,8 +72,11 @@ class UdpListener:
         except OSError:
             return False
 
-    def close(self) -> None:
+    def stop_reading(self) -> None:
         self.loop.remove_reader(self.sock.fileno())
+
+    def close(self) -> None:
+        self.stop_reading()
 
 
 class TcpConnection(asyncio.Protocol):
@@ -195,8 +198,12 @@ class TcpListener:
     async def start(self) -> None:
         self.server = await self.loop.create_server(lambda: TcpConnection(self), sock=self.sock)
 
-    def close(self) -> None:
+    def stop_reading(self) -> None:
+        """No new connection is accepted here; those accepted go on."""
         if self.server is not None:
             self.server.close()
+
+    def close(self) -> None:
+        self.stop_reading()
         for connection in list(self.connections):
             connection.abort()
