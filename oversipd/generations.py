@@ -75,6 +75,8 @@ class Swap:
     old_settings: "Settings | None" = None
     old_target: int = 0            # target_workers before the swap, restored if it fails
     failure: str | None = None     # why the new generation failed to start (then it is what retires)
+    core_upgrade: bool = False     # the installed oversipd differs: checked by its own `check`, then exec (reexec.py)
+    check_status: int | None = None  # the check child's exit status, once reaped
 
 
 # --- which modules belong to the module code ------------------------------------------------
