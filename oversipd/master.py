@@ -868,15 +868,15 @@ class Master(Logger):
         """Hand over what must outlive this image, then become the installed oversipd (same PID)."""
         swap = self.swap
         assert swap is not None
-        handover = self.collect_handover(swap.reason)
+        handover = self.collect_handover(swap.reason, swap.fingerprint.core_version)
         self.log_system_notice(f"{swap.reason}: re-executing the master on it, pid {os.getpid()} unchanged; "
                                f"{len(handover.workers)} worker(s) of generation {self.generation} serve meanwhile")
         try:
-            reexec.exec_new_core(handover, self.handled_signals)
+            reexec.exec_new_core(handover, self.handled_signals, self.signal_r)
         except OSError as error:
             self.refuse_swap(f"cannot execute {reexec.INTERPRETER[0]}: {error.strerror or error}")
 
-    def collect_handover(self, reason: str) -> reexec.Handover:
+    def collect_handover(self, reason: str, core_version: str | None) -> reexec.Handover:
         parts, fds = reexec.collect_parts()
         workers = [reexec.HandedWorker(slot.slot_id, slot.pid, slot.generation, slot.channel.fileno(),
                                        stopping=slot.state is SlotState.STOPPING)
@@ -888,17 +888,22 @@ class Master(Logger):
                                insecure_modules=self.insecure_modules,
                                generation=self.generation, target_workers=self.target_workers,
                                reloads=self.reloads, respawns=self.respawns, daemonized=self.daemonized,
-                               reason=reason, pid_file=pid_file, workers=workers, parts=parts, fds=fds)
+                               reason=reason, core_version=core_version, pid_file=pid_file, workers=workers, parts=parts, fds=fds)
 
     def adopt_handover(self, handover: reexec.Handover) -> None:
         """In the new image: the workers and counters of the old one; it was ready, and a swap starts."""
+        if handover.core_version != oversipd.__version__:
+            self.log_system_warn(f"the installed metadata says oversipd {handover.core_version}, "
+                                 f"the code imported is {oversipd.__version__}: reinstall oversipd")
+        # Compared with at the next reload: the same metadata must not re-execute again.
+        self.fingerprint = Fingerprint(self.fingerprint.files, self.fingerprint.drop_ins, handover.core_version)
         self.generation, self.target_workers = handover.generation, handover.target_workers
         self.reloads, self.respawns = handover.reloads, handover.respawns
         now = time.monotonic()
         for handed in handover.workers:
             slot = WorkerSlot(handed.slot, handed.generation, handed_over=True)
             channel = Channel(socket.socket(fileno=reexec.adopt_fd(handed.fd)))
-            slot.forked(handed.pid, channel)
+            slot.pid, slot.channel = handed.pid, channel
             slot.forked_at = slot.started_at = now - 1.0  # not a quick death, whatever happens
             slot.transition(SlotState.RUNNING, "handed over across the exec")
             self.selector.register(channel.sock, selectors.EVENT_READ,
@@ -923,13 +928,14 @@ class Master(Logger):
         self.log_system_notice(f"running oversipd {oversipd.__version__} after the exec (pid {os.getpid()}); "
                                f"generation {self.generation} serves with {len(self.slots)} worker(s) meanwhile")
         generation = self.generation + 1
-        if failure is not None:
+        self.read_signals()  # one sent across the exec: a stop then forks nothing new
+        if self.stop_request is not None:
+            self.swap, self.reload_in_progress = None, False
+        elif failure is not None:
             self.abandon_new_generation(f"generation {generation}: {failure}")
         else:
             gc.freeze()
             self.fork_generation(generation)
-            if self.swapping_code():
-                self.log_system_info(f"generation {generation}: {len(self.next_slots)} worker(s) forked")
         return self.serve()
 
     def keep_handed_over_generation(self, swap: Swap, why: str) -> None:

@@ -108,6 +108,7 @@ class Handover:
     respawns: int
     daemonized: bool                    # the log goes to syslog
     reason: str
+    core_version: str | None            # the installed version that asked for the exec
     pid_file: dict[str, Any] | None = None   # {"path": ..., "fd": ...}
     workers: list[HandedWorker] = field(default_factory=list)
     parts: dict[str, Any] = field(default_factory=dict)
@@ -151,13 +152,29 @@ def command(argv: Sequence[str]) -> list[str]:
     return [*INTERPRETER, *argv]
 
 
-def exec_new_core(handover: Handover, blocked_signals: Sequence[int]) -> NoReturn:
+def unread_signals(wakeup_fd: int) -> set[int]:
+    signums: set[int] = set()
+    while True:
+        try:
+            data = os.read(wakeup_fd, 4096)
+        except BlockingIOError:
+            return signums
+        if not data:
+            return signums
+        signums.update(data)
+
+
+def exec_new_core(handover: Handover, blocked_signals: Sequence[int], wakeup_fd: int) -> NoReturn:
     """Replace this process's image by the installed oversipd; OSError (nothing changed) when exec fails."""
     for fd in handover.fds:
         os.set_inheritable(fd, True)
     os.environ[HANDOVER_ENV] = handover.to_json()
     # Pending, not lost: the new image unblocks them once its handlers are in place.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked_signals)
+    # A signal caught since the master last read its wakeup pipe is a byte
+    # in that pipe, which the exec closes: make it pending again instead.
+    for signum in unread_signals(wakeup_fd):
+        os.kill(os.getpid(), signum)
     sys.stdout.flush()
     sys.stderr.flush()
     try:

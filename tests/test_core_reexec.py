@@ -63,7 +63,7 @@ def test_hup_after_an_upgrade_runs_the_new_core_with_the_same_master_pid_and_no_
     daemon, site = daemon_with_site(
         oversipd_daemon, tmp_path,
         modules={"status": STATUS_SOURCE, "echo": ECHO_SOURCE, "probe": PROBE, "core": CORE_PROBE},
-        server_script=SERVING_SCRIPT, core={"workers": 2, "log_level": "info"},
+        server_script=SERVING_SCRIPT, core={"workers": 2, "log_level": "info", "pid_file": "oversipd.pid"},
         extra_tables={"listen.status": listen_table(f"tcp://127.0.0.1:{tcp_port}"),
                       "listen.echo": listen_table(f"udp://127.0.0.1:{udp_port}")})
     old = {e["pid"] for e in daemon.wait_events("core", count=2)}
@@ -97,13 +97,18 @@ def test_hup_after_an_upgrade_runs_the_new_core_with_the_same_master_pid_and_no_
     assert (tcp.tally.refused, tcp.tally.lost, tcp.tally.hung, udp_lost) == (0, 0, 0, 0), report
     ready = ready_after(daemon, before)
     assert f"MAINPID={daemon.pid}" in ready and any("generation 2" in line for line in ready), ready
+    pid_file = daemon.directory / "oversipd.pid"
+    assert pid_file.read_text() == f"{daemon.pid}\n"  # the same file, still locked by the master
     status = daemon.run_command("status", "-c", str(daemon.conf_path))
     assert status.returncode == 0 and str(daemon.pid) in status.stdout, status
+    assert [line.split()[:3] for line in status.stdout.splitlines() if line.startswith("worker")] == [
+        ["worker", "1", "2"], ["worker", "2", "2"]], status.stdout
     # Now up to date: the next HUP reloads in place, in the new core.
     daemon.reload()
     assert {e["pid"] for e in daemon.wait_events("reload", count=2, since=before)} == new_pids
     assert daemon.stop() == 0
     assert_gone(old | new_pids)
+    assert not pid_file.exists()
     assert "Traceback" not in daemon.log_text()
 
 
@@ -141,7 +146,6 @@ def test_sigterm_right_after_the_exec_stops_both_generations_cleanly(oversipd_da
     assert old <= set(terminated) and sorted(terminated) == sorted(set(terminated))  # each worker once
     assert set(terminated) <= old | new
     assert_gone(old | new)
-    assert not (daemon.directory / "oversipd.pid").exists() or True
 
 
 def test_a_new_generation_that_fails_on_the_upgraded_core_leaves_the_old_one_serving(oversipd_daemon, tmp_path):
