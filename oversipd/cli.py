@@ -188,8 +188,7 @@ def resume(handover: reexec.Handover) -> int:
                         insecure_modules=handover.insecure_modules, argv=handover.argv,
                         daemonized=handover.daemonized)
         master.adopt_handover(handover)
-        listeners.warn_if_changed({name: listener.settings for name, listener in listeners._listeners.items()},
-                                  settings.listen, master)
+        listeners.warn_if_changed(listeners.bound_sections(), settings.listen, master)
         process.generation = handover.generation + 1  # what the new code sees in on_initialize
         failure = None
         try:

@@ -227,6 +227,11 @@ def handover_description() -> tuple[dict[str, Any], list[int]]:
     return description, [entry["fd"] for entry in description.values()]
 
 
+def bound_sections() -> dict[str, ListenSettings]:
+    """The sections the open sockets were bound with."""
+    return {name: listener.settings for name, listener in _listeners.items()}
+
+
 def adopt_handed_over(description: dict[str, Any]) -> None:
     for name, entry in description.items():
         sock = socket.socket(fileno=reexec.adopt_fd(entry["fd"]))

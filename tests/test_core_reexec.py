@@ -34,6 +34,7 @@ CORE_PROBE = module('''
 
 def install_upgraded_core(site: Path, version: str = NEW_VERSION, appended: str = "") -> None:
     """Put oversipd `version` (a copy of this one, `appended` to its __init__) first on the daemon's sys.path."""
+    site.mkdir(exist_ok=True)
     package = site / "oversipd"
     shutil.copytree(Path(oversipd.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
     init = package / "__init__.py"
@@ -106,7 +107,9 @@ def test_hup_after_an_upgrade_runs_the_new_core_with_the_same_master_pid_and_no_
     # Now up to date: the next HUP reloads in place, in the new core.
     daemon.reload()
     assert {e["pid"] for e in daemon.wait_events("reload", count=2, since=before)} == new_pids
-    assert daemon.stop() == 0
+    stop = daemon.run_command("stop", "-c", str(daemon.conf_path))  # through the pid file
+    assert stop.returncode == 0, stop
+    assert daemon.wait_exit() == 0
     assert_gone(old | new_pids)
     assert not pid_file.exists()
     assert "Traceback" not in daemon.log_text()
