@@ -12,8 +12,9 @@ generation keep working).
 
 Imported anew: `oversipd.modules.*` and the server script; on SIGUSR2
 also the third-party packages they imported (module_code_names).  Kept:
-oversipd itself, the standard library, and third-party packages when one
-of them loaded a C extension (CPython cannot load a new build of an
+oversipd itself (an upgraded one is run by re-executing the master:
+reexec.py), the standard library, and third-party packages when one of
+them loaded a C extension (CPython cannot load a new build of an
 extension into a running process; a restart is needed).
 """
 

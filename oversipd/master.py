@@ -888,7 +888,8 @@ class Master(Logger):
                                insecure_modules=self.insecure_modules,
                                generation=self.generation, target_workers=self.target_workers,
                                reloads=self.reloads, respawns=self.respawns, daemonized=self.daemonized,
-                               reason=reason, core_version=core_version, pid_file=pid_file, workers=workers, parts=parts, fds=fds)
+                               reason=reason, core_version=core_version, reload_pending=self.reload_pending,
+                               new_generation_pending=self.new_generation_pending, pid_file=pid_file, workers=workers, parts=parts, fds=fds)
 
     def adopt_handover(self, handover: reexec.Handover) -> None:
         """In the new image: the workers and counters of the old one; it was ready, and a swap starts."""
@@ -899,6 +900,7 @@ class Master(Logger):
         self.fingerprint = Fingerprint(self.fingerprint.files, self.fingerprint.drop_ins, handover.core_version)
         self.generation, self.target_workers = handover.generation, handover.target_workers
         self.reloads, self.respawns = handover.reloads, handover.respawns
+        self.reload_pending, self.new_generation_pending = handover.reload_pending, handover.new_generation_pending
         now = time.monotonic()
         for handed in handover.workers:
             slot = WorkerSlot(handed.slot, handed.generation, handed_over=True)

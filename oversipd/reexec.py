@@ -109,6 +109,8 @@ class Handover:
     daemonized: bool                    # the log goes to syslog
     reason: str
     core_version: str | None            # the installed version that asked for the exec
+    reload_pending: bool = False        # a HUP came during the check: one more reload after the swap
+    new_generation_pending: bool = False  # ... a SIGUSR2
     pid_file: dict[str, Any] | None = None   # {"path": ..., "fd": ...}
     workers: list[HandedWorker] = field(default_factory=list)
     parts: dict[str, Any] = field(default_factory=dict)

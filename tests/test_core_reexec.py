@@ -178,3 +178,19 @@ def test_a_new_generation_that_fails_on_the_upgraded_core_leaves_the_old_one_ser
     assert daemon.running and list(daemon.wait_workers(1)) == [2]
     assert daemon.stop() == 0
     assert_gone(workers.values())
+
+
+def test_a_hup_during_the_check_of_the_new_core_is_one_more_reload_after_the_swap(oversipd_daemon, tmp_path):
+    daemon, site = daemon_with_site(oversipd_daemon, tmp_path, modules={"probe": PROBE, "core": CORE_PROBE},
+                                    core={"workers": 2})
+    daemon.wait_events("started", count=2)
+    install_upgraded_core(site)
+    before = daemon.mark()
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_log("checking it with its own `oversipd check`", since=before)
+    daemon.signal(signal.SIGHUP)  # handed over with the rest: not lost in the exec
+    new = {e["pid"] for e in daemon.wait_events("core", count=2, since=before)}
+    swap_done(daemon, 2, since=before)
+    assert {e["pid"] for e in daemon.wait_events("reload", count=2, since=before)} == new  # in place
+    assert len(daemon.log_lines("re-executing the master")) == 1
+    assert daemon.stop() == 0
