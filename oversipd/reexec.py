@@ -154,6 +154,18 @@ def command(argv: Sequence[str]) -> list[str]:
     return [*INTERPRETER, *argv]
 
 
+def keep_stdio() -> None:
+    """Descriptors 0-2 across the exec: python-daemon leaves its /dev/null ones close-on-exec."""
+    for fd in (0, 1, 2):
+        try:
+            os.set_inheritable(fd, True)
+        except OSError:  # closed: the new image's sys.stderr would be None
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def unread_signals(wakeup_fd: int) -> set[int]:
     signums: set[int] = set()
     while True:
@@ -168,6 +180,7 @@ def unread_signals(wakeup_fd: int) -> set[int]:
 
 def exec_new_core(handover: Handover, blocked_signals: Sequence[int], wakeup_fd: int) -> NoReturn:
     """Replace this process's image by the installed oversipd; OSError (nothing changed) when exec fails."""
+    keep_stdio()
     for fd in handover.fds:
         os.set_inheritable(fd, True)
     os.environ[HANDOVER_ENV] = handover.to_json()
