@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import oversipd
 
-from . import listeners, logger, pidfile, privileges, process
+from . import listeners, logger, pidfile, privileges, process, reexec
 from .daemonize import DEFAULT_READY_TIMEOUT
 from .errors import ALREADY_RUNNING, EXIT_FATAL, EXIT_OK, EXIT_USAGE, ConfigError, HaltServer, StartupError
 from .generations import running_module_code
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate the configuration, import modules, run nothing")
     _add_conf(check)
+    check.add_argument("--modules-dir", metavar="DIR", help="drop-in modules directory")
     _add_insecure(check)
 
     for name, text in (("reload", "send SIGHUP to the running master"),
@@ -136,10 +138,10 @@ def prepare_master(args: argparse.Namespace, settings: Settings | None = None,
     return settings
 
 
-def command_run(args: argparse.Namespace) -> int:
+def command_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     settings = load(args)
     if not args.daemonize:
-        return serve(args, settings)
+        return serve(args, settings, argv=argv)
     from .daemonize import launch
 
     # Checked here too so that the launching terminal hears of it at once;
@@ -147,10 +149,11 @@ def command_run(args: argparse.Namespace) -> int:
     running = pidfile.running_pid(settings.core.pid_file) if settings.core.pid_file else None
     if running is not None:
         raise StartupError(ALREADY_RUNNING.format(path=settings.core.pid_file, pid=running))
-    return launch(lambda report: serve(args, settings, report), args.ready_timeout)
+    return launch(lambda report: serve(args, settings, report, argv), args.ready_timeout)
 
 
-def serve(args: argparse.Namespace, settings: Settings, report: "StartupReport | None" = None) -> int:
+def serve(args: argparse.Namespace, settings: Settings, report: "StartupReport | None" = None,
+          argv: Sequence[str] = ()) -> int:
     """Hold the pid file, import the modules and run the master; `report` when daemonized."""
     from .master import Master, run_on_initialize  # the check command needs none of it
 
@@ -163,13 +166,60 @@ def serve(args: argparse.Namespace, settings: Settings, report: "StartupReport |
             master = Master(settings, overrides_from(args),
                             on_ready=report.ready if report is not None else None,
                             private_fds=[pid_file.fd] if pid_file is not None else [],
-                            insecure_modules=args.insecure_modules)
+                            insecure_modules=args.insecure_modules, argv=argv, daemonized=report is not None)
             return master.run()
         finally:
             if settings.sip is not None:
                 from .sip import service as sip_service
                 sip_service.close_master()
             listeners.close_listeners()
+
+
+def resume(handover: reexec.Handover) -> int:
+    """The master after its exec on an upgraded oversipd: adopt the hand-over, start the next generation.
+
+    Nothing is bound and no pid file is created: both were handed over.  A
+    failure to import the new code or of its on_initialize is the new
+    generation's failure (the handed-over one serves on), not the daemon's.
+    """
+    from .master import Master, call_on_initialize
+
+    pid_file = reexec_pid_file(handover)
+    try:
+        overrides = Overrides(**handover.overrides)
+        settings = load_settings(handover.conf, overrides)
+        logger.configure(settings.core.log_level, settings.core.syslog_facility if handover.daemonized else None)
+        oversipd.config = settings
+        process.set_title(process.master_title(settings.path))
+        reexec.restore_parts(handover)
+        master = Master(settings, overrides, private_fds=[pid_file.fd] if pid_file is not None else [],
+                        insecure_modules=handover.insecure_modules, argv=handover.argv,
+                        daemonized=handover.daemonized)
+        master.adopt_handover(handover)
+        listeners.warn_if_changed(listeners.bound_sections(), settings.listen, master)
+        process.generation = handover.generation + 1  # what the new code sees in on_initialize
+        failure = None
+        try:
+            with running_module_code():
+                load_all(settings.core.modules_dir, settings.core.server_script, handover.insecure_modules)
+                call_on_initialize()
+        except BaseException as error:  # module code: anything, Launcher.fatal too
+            from .generations import load_failure_line
+            failure = load_failure_line(error)
+        return master.run_after_exec(failure)
+    finally:
+        listeners.close_listeners()
+        if pid_file is not None:
+            pid_file.release()
+
+
+def reexec_pid_file(handover: reexec.Handover) -> pidfile.PidFile | None:
+    """The pid file the old image held: same file, same lock (the flock lives on the open file)."""
+    if handover.pid_file is None:
+        return None
+    pid_file = pidfile.PidFile(Path(handover.pid_file["path"]))
+    pid_file.fd = handover.pid_file["fd"]
+    return pid_file
 
 
 def command_check(args: argparse.Namespace) -> int:
@@ -199,13 +249,19 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; every user mistake becomes one line and exit status 2."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        handover = reexec.pending()
+        if handover is not None:  # this process is a master re-executed on an upgraded oversipd
+            return resume(handover)
+        args = parse_args(argv)
+        if args.command == "run":
+            return command_run(args, argv)
         return HANDLERS[args.command](args)
     except ConfigError as error:
         print(f"oversipd: {error.one_line()}", file=sys.stderr)
         return EXIT_USAGE
-    except StartupError as error:
+    except (StartupError, reexec.HandoverError) as error:
         print(f"oversipd: {error}", file=sys.stderr)
         return EXIT_FATAL
     except HaltServer as halt:

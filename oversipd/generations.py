@@ -12,8 +12,9 @@ generation keep working).
 
 Imported anew: `oversipd.modules.*` and the server script; on SIGUSR2
 also the third-party packages they imported (module_code_names).  Kept:
-oversipd itself, the standard library, and third-party packages when one
-of them loaded a C extension (CPython cannot load a new build of an
+oversipd itself (an upgraded one is run by re-executing the master:
+reexec.py), the standard library, and third-party packages when one of
+them loaded a C extension (CPython cannot load a new build of an
 extension into a running process; a restart is needed).
 """
 
@@ -75,6 +76,8 @@ class Swap:
     old_settings: "Settings | None" = None
     old_target: int = 0            # target_workers before the swap, restored if it fails
     failure: str | None = None     # why the new generation failed to start (then it is what retires)
+    core_upgrade: bool = False     # the installed oversipd differs: checked by its own `check`, then exec (reexec.py)
+    check_status: int | None = None  # the check child's exit status, once reaped
 
 
 # --- which modules belong to the module code ------------------------------------------------

@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 import socket
 import stat
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import activation
+from . import activation, reexec
 from .addresses import ListenSettings
 from .errors import LISTEN_RESTART_NEEDED, ConfigError
 from .logger import Logger
@@ -244,6 +244,31 @@ def _type_name(kind: int) -> str:
 
 def _reason(error: OSError) -> str:
     return error.strerror or str(error)
+
+
+# --- across the master's exec on an upgraded core (reexec.py) ---------------------------------
+
+def handover_description() -> tuple[dict[str, Any], list[int]]:
+    """Each socket by name, with its section as it was bound (a reload keeps the sockets it has)."""
+    description = {name: {"fd": listener.sock.fileno(), "inode": listener.bound_inode,
+                          "settings": asdict(listener.settings)}
+                   for name, listener in _listeners.items()}
+    return description, [entry["fd"] for entry in description.values()]
+
+
+def bound_sections() -> dict[str, ListenSettings]:
+    """The sections the open sockets were bound with."""
+    return {name: listener.settings for name, listener in _listeners.items()}
+
+
+def adopt_handed_over(description: dict[str, Any]) -> None:
+    for name, entry in description.items():
+        sock = socket.socket(fileno=reexec.adopt_fd(entry["fd"]))
+        sock.setblocking(False)
+        _listeners[name] = Listener(ListenSettings(**entry["settings"]), sock, bound_inode=entry["inode"])
+
+
+reexec.register_part("listeners", handover_description, adopt_handed_over)
 
 
 # --- reload ----------------------------------------------------------------------------

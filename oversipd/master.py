@@ -8,7 +8,8 @@ next deadline (respawn, worker_timeout, graceful stop, watchdog).
 
 A reload that finds the module code changed (or SIGUSR2) swaps in a new
 generation of workers instead of reloading in place: see "new
-generations" below and generations.py.
+generations" below and generations.py.  One that finds oversipd itself
+upgraded re-executes the master on the new core instead (reexec.py).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import gc
 import os
 import selectors
 import signal
+import socket
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import oversipd
 
-from . import control, fingerprint, generations, listeners, logger, privileges, process
+from . import control, fingerprint, generations, listeners, logger, privileges, process, reexec
 from .control import Channel
 from .errors import CRASH_LOOP_MESSAGE, EXIT_FATAL, EXIT_OK, WORKER_EXIT_FATAL, ConfigError, HaltServer
 from .fingerprint import Fingerprint
@@ -50,6 +52,8 @@ IGNORED_LOG_INTERVAL = 1.0  # seconds between two "ignoring SIGPIPE" lines
 RELOAD_REFUSED_CONFIG = "reload rejected: invalid configuration; running on the old one"
 RELOAD_REFUSED_CODE = "reload refused: the new module code failed its check"
 NEW_GENERATION_FAILED = "generation {generation} stays in service"
+HANDED_OVER_NOT_RESPAWNED = ("it ran the code of oversipd before the upgrade, which this master no longer "
+                             "holds: not respawned (a HUP or SIGUSR2 starts a new generation)")
 
 
 @dataclass
@@ -94,8 +98,10 @@ class Master(Logger):
 
     def __init__(self, settings: Settings, overrides: Overrides = Overrides(),
                  on_ready: Callable[[], None] | None = None, private_fds: Sequence[int] = (),
-                 insecure_modules: bool = False) -> None:
+                 insecure_modules: bool = False, argv: Sequence[str] = (), daemonized: bool = False) -> None:
         self.settings = settings
+        self.argv = list(argv)                # the command line an upgraded core is executed with
+        self.daemonized = daemonized
         self.overrides = overrides
         self.on_ready = on_ready              # called once, when every worker ran on_started
         self.private_fds = list(private_fds)  # the master's alone (pid file lock): closed in workers
@@ -159,6 +165,9 @@ class Master(Logger):
         gc.freeze()
         self.manage_workers()
         self.log_system_info(f"started {len(self.slots)} worker(s)")
+        return self.serve()
+
+    def serve(self) -> int:
         while not self.finished():
             self.wait_for_events()
             self.run_due_work(time.monotonic())
@@ -200,7 +209,7 @@ class Master(Logger):
             return slot.stop_deadline
         if slot.abort_sent_at is not None:
             return slot.abort_sent_at + ABORT_GRACE
-        if self.settings.core.worker_timeout:
+        if self.settings.core.worker_timeout and not slot.handed_over:
             return self.board.last_beat(slot.cell) + self.settings.core.worker_timeout
         return None
 
@@ -319,6 +328,8 @@ class Master(Logger):
         """Spawn or retire workers until the count matches target_workers."""
         if self.swapping_code():
             return  # the new generation is forked at the count wanted then; the rest follows the swap
+        if self.serving_handed_over():
+            return  # its workers run code this master no longer holds: a new generation replaces them
         active = sorted((s for s in self.slots.values() if not s.retiring), key=lambda s: s.slot_id)
         for slot in active[self.target_workers:]:
             self.retire_worker(slot)
@@ -437,6 +448,10 @@ class Master(Logger):
                 return
             if pid == 0:
                 return
+            if self.swap is not None and pid == self.swap.check_pid:
+                self.swap.check_status = status
+                self.conclude_check()
+                continue
             slot = next((s for s in self.all_slots() if s.pid == pid), None)
             if slot is not None:
                 self.worker_exited(slot, status)
@@ -454,6 +469,8 @@ class Master(Logger):
             self.log_system_info(what)
             self.forget_slot(slot)
             self.finish_swap_if_old_generation_gone()
+        elif slot.handed_over:
+            self.handed_over_worker_exited(slot, what)
         elif in_next_generation:
             # An exception to Launcher.fatal's "whole daemon down": the new
             # generation alone failed, and the old one still serves.
@@ -502,7 +519,7 @@ class Master(Logger):
         """SIGABRT (faulthandler prints the traceback) a stuck reactor, then SIGKILL it."""
         timeout = self.settings.core.worker_timeout
         for slot in self.all_slots():
-            if not slot.alive or slot.state is SlotState.STOPPING:
+            if not slot.alive or slot.state is SlotState.STOPPING or slot.handed_over:
                 continue
             if slot.abort_sent_at is not None:
                 if now >= slot.abort_sent_at + ABORT_GRACE:
@@ -529,7 +546,8 @@ class Master(Logger):
         interval = self.notifier.watchdog_interval or 1.0
         self.next_watchdog = now + interval
         limit = HEARTBEAT_MISSES * self.board.interval(self.settings.core.worker_timeout)
-        silent = [s for s in self.live_slots() if now - self.board.last_beat(s.cell) >= limit]
+        silent = [s for s in self.live_slots()
+                  if not s.handed_over and now - self.board.last_beat(s.cell) >= limit]
         if not silent:
             self.notifier.watchdog()
             return
@@ -569,9 +587,14 @@ class Master(Logger):
             self.finish_reload(refused=RELOAD_REFUSED_CONFIG)
             return
         code = fingerprint.take(*self.code_paths)
-        self.warn_if_core_upgraded(code)
-        if self.ready and (new_generation or self.fingerprint.code_differs(code)):
+        # Before start-up completes the upgrade waits: the next reload runs it.
+        if self.ready and self.core_upgraded(code):
+            self.begin_core_upgrade(new, code)
+            return
+        if self.ready and (new_generation or self.serving_handed_over() or self.fingerprint.code_differs(code)):
             reason = ("SIGUSR2: a new generation asked for" if new_generation else
+                      "the generation from before the upgrade of oversipd serves: a new generation"
+                      if self.serving_handed_over() else
                       f"module code changed ({fingerprint.changes(self.fingerprint, code).describe()})")
             self.begin_swap(new, code, reason, dependencies=new_generation)
             return
@@ -589,12 +612,8 @@ class Master(Logger):
         self.reloads += 1
         self.finish_reload_if_acknowledged()
 
-    def warn_if_core_upgraded(self, code: Fingerprint) -> None:
-        """oversipd itself is not re-imported (README, "Choices"): say that a restart runs the new one."""
-        if code.core_version is not None and code.core_version != self.fingerprint.core_version:
-            self.log_system_warn(f"oversipd {code.core_version} is installed, this master runs "
-                                 f"{self.fingerprint.core_version}: a restart is needed to run it")
-            self.fingerprint = Fingerprint(self.fingerprint.files, self.fingerprint.drop_ins, code.core_version)
+    def core_upgraded(self, code: Fingerprint) -> bool:
+        return code.core_version is not None and code.core_version != self.fingerprint.core_version
 
     def apply_settings(self, new: Settings) -> None:
         old, self.settings = self.settings, new
@@ -674,9 +693,25 @@ class Master(Logger):
         except BlockingIOError:
             return
         if data:
-            swap.check_output += data
+            swap.check_output = (swap.check_output + data)[-reexec.CHECK_OUTPUT_LIMIT:]
             return
         self.close_check()
+        self.conclude_check()
+
+    def conclude_check(self) -> None:
+        """Once the check's output ended (and, for the core's check, its exit status is known): go on or refuse."""
+        swap = self.swap
+        if swap is None or swap.phase is not SwapPhase.CHECKING or swap.check_fd is not None:
+            return
+        if swap.core_upgrade:
+            if swap.check_status is None:
+                return
+            code = os.waitstatus_to_exitcode(swap.check_status)
+            if code == 0:
+                self.exec_new_core()
+            else:
+                self.refuse_swap(reexec.check_failure_line(swap.check_output, code))
+            return
         outcome = swap.check_output.decode(errors="replace")
         if outcome == generations.CHECK_OK:
             self.start_new_generation()
@@ -700,10 +735,11 @@ class Master(Logger):
         if self.swap is None or self.swap.check_fd is None:
             return
         self.close_check()
-        try:
-            os.kill(self.swap.check_pid, signal.SIGKILL)  # not reaped yet (its pipe was open): still ours
-        except ProcessLookupError:
-            pass
+        if self.swap.check_status is None:  # not reaped yet: the pid is still ours
+            try:
+                os.kill(self.swap.check_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if self.stop_request is not None:
             self.swap = None
 
@@ -734,6 +770,10 @@ class Master(Logger):
                 return
         gc.collect()
         gc.freeze()  # as at start: the collector must not touch (and copy) the new code's pages
+        self.fork_generation(generation)
+
+    def fork_generation(self, generation: int) -> None:
+        """Fork the workers of the new `generation` (they serve once every one ran on_started)."""
         for slot_id in range(1, self.target_workers + 1):
             slot = self.next_slots[slot_id] = WorkerSlot(slot_id, generation)
             if not self.spawn_worker(slot):
@@ -798,13 +838,16 @@ class Master(Logger):
     def abandon_new_generation(self, why: str) -> None:
         """The new generation failed to start: stop its workers, put the old code back; the daemon stays up."""
         swap = self.swap
-        assert swap is not None and swap.snapshot is not None
+        assert swap is not None
         self.log_system_crit(f"{why}; {NEW_GENERATION_FAILED.format(generation=self.generation)}")
         for slot in list(self.next_slots.values()):
             if slot.alive:
                 self.stop_worker(slot, error=True)
                 self.leaving.append(slot)
         self.next_slots = {}
+        if swap.snapshot is None:  # after an exec: the old code is gone (README, "Code reloads")
+            self.keep_handed_over_generation(swap, why)
+            return
         swap.snapshot.restore()
         process.generation = self.generation
         gc.freeze()
@@ -815,3 +858,121 @@ class Master(Logger):
         swap.phase, swap.snapshot, swap.failure = SwapPhase.RETIRING, None, why
         self.manage_workers()  # an old worker that died meanwhile is respawned (at its time) on the old code
         self.finish_swap_if_old_generation_gone()
+
+    # --- an upgraded oversipd: exec on the new core (reexec.py) -------------------------------
+
+    def serving_handed_over(self) -> bool:
+        """True while the serving generation came across an exec (its code is gone from the master)."""
+        return any(slot.handed_over for slot in self.slots.values())
+
+    def begin_core_upgrade(self, new: Settings, code: Fingerprint) -> None:
+        """Check the installed core with its own `oversipd check`; the old generation serves on meanwhile."""
+        self.log_system_notice(f"oversipd {code.core_version} is installed, this master runs "
+                               f"{self.fingerprint.core_version}: checking it with its own `oversipd check`")
+        swap = Swap(settings=new, reason=f"oversipd upgraded to {code.core_version}", fingerprint=code,
+                    core_upgrade=True)
+        argv = reexec.check_command(new.path, self.overrides.modules_dir, self.insecure_modules)
+        try:
+            swap.check_pid, swap.check_fd = reexec.start_check(argv, self.masters_fds())
+        except OSError as error:
+            self.refuse_swap(f"cannot fork the check: {error}")
+            return
+        swap.check_deadline = time.monotonic() + generations.CHECK_TIMEOUT
+        self.swap = swap
+        self.selector.register(swap.check_fd, selectors.EVENT_READ, self.read_check_result)
+
+    def exec_new_core(self) -> None:
+        """Hand over what must outlive this image, then become the installed oversipd (same PID)."""
+        swap = self.swap
+        assert swap is not None
+        handover = self.collect_handover(swap.reason, swap.fingerprint.core_version)
+        self.log_system_notice(f"{swap.reason}: re-executing the master on it, pid {os.getpid()} unchanged; "
+                               f"{len(handover.workers)} worker(s) of generation {self.generation} serve meanwhile")
+        try:
+            reexec.exec_new_core(handover, self.handled_signals, self.signal_r)
+        except OSError as error:
+            self.refuse_swap(f"cannot execute {reexec.INTERPRETER[0]}: {error.strerror or error}")
+
+    def collect_handover(self, reason: str, core_version: str | None) -> reexec.Handover:
+        parts, fds = reexec.collect_parts()
+        workers = [reexec.HandedWorker(slot.slot_id, slot.pid, slot.generation, slot.channel.fileno(),
+                                       stopping=slot.state is SlotState.STOPPING)
+                   for slot in self.all_slots() if slot.alive and slot.channel is not None]
+        pid_fd = self.private_fds[0] if self.private_fds and self.settings.core.pid_file else None
+        pid_file = {"path": str(self.settings.core.pid_file), "fd": pid_fd} if pid_fd is not None else None
+        fds += [worker.fd for worker in workers] + ([pid_fd] if pid_fd is not None else [])
+        return reexec.Handover(argv=self.argv, conf=str(self.settings.path), overrides=asdict(self.overrides),
+                               insecure_modules=self.insecure_modules,
+                               generation=self.generation, target_workers=self.target_workers,
+                               reloads=self.reloads, respawns=self.respawns, daemonized=self.daemonized,
+                               reason=reason, core_version=core_version, reload_pending=self.reload_pending,
+                               new_generation_pending=self.new_generation_pending, pid_file=pid_file, workers=workers, parts=parts, fds=fds)
+
+    def adopt_handover(self, handover: reexec.Handover) -> None:
+        """In the new image: the workers and counters of the old one; it was ready, and a swap starts."""
+        if handover.core_version != oversipd.__version__:
+            self.log_system_warn(f"the installed metadata says oversipd {handover.core_version}, "
+                                 f"the code imported is {oversipd.__version__}: reinstall oversipd")
+        # Compared with at the next reload: the same metadata must not re-execute again.
+        self.fingerprint = Fingerprint(self.fingerprint.files, self.fingerprint.drop_ins, handover.core_version)
+        self.generation, self.target_workers = handover.generation, handover.target_workers
+        self.reloads, self.respawns = handover.reloads, handover.respawns
+        self.reload_pending, self.new_generation_pending = handover.reload_pending, handover.new_generation_pending
+        now = time.monotonic()
+        for handed in handover.workers:
+            slot = WorkerSlot(handed.slot, handed.generation, handed_over=True)
+            channel = Channel(socket.socket(fileno=reexec.adopt_fd(handed.fd)))
+            slot.pid, slot.channel = handed.pid, channel
+            slot.forked_at = slot.started_at = now - 1.0  # not a quick death, whatever happens
+            slot.transition(SlotState.RUNNING, "handed over across the exec")
+            self.selector.register(channel.sock, selectors.EVENT_READ,
+                                   functools.partial(self.read_worker_messages, slot))
+            if handed.stopping or handed.generation != handover.generation:
+                slot.transition(SlotState.STOPPING, "was stopping before the exec")
+                slot.stop_deadline = now + self.settings.core.graceful_timeout
+                self.leaving.append(slot)
+            else:
+                self.slots[slot.slot_id] = slot
+        self.ready = True
+        self.swap = Swap(settings=self.settings, reason=handover.reason, phase=SwapPhase.STARTING,
+                         fingerprint=self.fingerprint, core_upgrade=True)
+        self.reload_in_progress = True
+
+    def run_after_exec(self, failure: str | None) -> int:
+        """The new image's start: fork the next generation (unless importing its code failed), then serve."""
+        self.install_signal_handlers()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.handled_signals)  # blocked across the exec
+        faulthandler.enable(all_threads=True)
+        self.reap_workers()  # a worker that died just before the exec: its SIGCHLD went to the old image
+        self.log_system_notice(f"running oversipd {oversipd.__version__} after the exec (pid {os.getpid()}); "
+                               f"generation {self.generation} serves with {len(self.slots)} worker(s) meanwhile")
+        generation = self.generation + 1
+        self.read_signals()  # one sent across the exec: a stop then forks nothing new
+        if self.stop_request is not None:
+            self.swap, self.reload_in_progress = None, False
+        elif failure is not None:
+            self.abandon_new_generation(f"generation {generation}: {failure}")
+        else:
+            gc.freeze()
+            self.fork_generation(generation)
+        return self.serve()
+
+    def keep_handed_over_generation(self, swap: Swap, why: str) -> None:
+        """The first generation on the upgraded core failed: the handed-over one serves on, not respawned."""
+        process.generation = self.generation
+        self.log_system_crit(f"the workers of generation {self.generation} {HANDED_OVER_NOT_RESPAWNED}")
+        swap.phase, swap.failure = SwapPhase.RETIRING, why
+        self.stop_if_no_worker_left()
+        self.finish_swap_if_old_generation_gone()
+
+    def handed_over_worker_exited(self, slot: WorkerSlot, what: str) -> None:
+        self.forget_slot(slot)
+        self.log_system_error(f"{what}; {HANDED_OVER_NOT_RESPAWNED}")
+        if not self.swapping_code():
+            self.stop_if_no_worker_left()
+
+    def stop_if_no_worker_left(self) -> None:
+        if not any(slot.alive for slot in (*self.slots.values(), *self.next_slots.values())):
+            self.log_system_crit("no worker left: the generation on the upgraded oversipd did not start "
+                                 "and the one from before cannot be respawned")
+            self.begin_stop(error=True, status=EXIT_FATAL, reason="no worker left after the upgrade")

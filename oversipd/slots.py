@@ -39,6 +39,10 @@ class WorkerSlot:
     retiring: bool = False        # removed by TTOU (or a smaller `workers`): not respawned
     abort_sent_at: float | None = None
     stop_deadline: float | None = None   # asked to stop: SIGKILL after this (graceful_timeout)
+    # Forked by the master's image before its exec on an upgraded core (reexec.py): its
+    # heartbeat cell and its code are gone from the master, so it is neither
+    # heartbeat-monitored nor respawned.
+    handed_over: bool = False
 
     @property
     def label(self) -> str:

@@ -10,6 +10,7 @@ The probe module reports its callbacks to a datagram socket the test owns
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +20,7 @@ import pytest
 from oversipd.testing import EVENTS_ENV, _Inbox, bind_datagram_inbox
 from service_modules import fatal_on_started
 from service_harness import SHARE_PATH, BootedSystemd, missing_tools, staged_install
+from test_core_reexec import NEW_VERSION, install_upgraded_core
 
 TIMEOUT = 30.0
 UNIT = "oversipd.service"
@@ -54,8 +56,10 @@ def terminated(error):
 FATAL_MESSAGE = "probe: the database is unreachable, giving up"
 FATAL = fatal_on_started(FATAL_MESSAGE)
 
+# site/: where a test puts an upgraded oversipd, ahead of the installed one.
 TEST_DROP_IN = f"""[Service]
 Environment={EVENTS_ENV}={SHARE_PATH}/events
+Environment=PYTHONPATH={SHARE_PATH}/site
 """
 
 
@@ -210,6 +214,30 @@ def test_reload_with_a_new_drop_in_swaps_generations_with_the_main_pid_unchanged
         (w, False) for w in range(1, WORKERS + 1)]  # the old generation
     journal = container.journal(UNIT, "-o", "cat")
     assert "new module started in generation 2" in journal
+    assert "reload done: generation 2 serves" in journal
+
+
+def test_reload_after_an_upgrade_of_oversipd_runs_it_with_the_main_pid_unchanged(container: BootedSystemd,
+                                                                                 events: Events) -> None:
+    start(container, events)
+    master = main_pid(container)
+    site = container.share / "site"
+    install_upgraded_core(site)
+    try:
+        container.systemctl("reload", UNIT)
+        started = events.wait("on_started", 2 * WORKERS)[WORKERS:]
+        assert sorted(e["worker"] for e in started) == list(range(1, WORKERS + 1))
+        container.wait_unit(UNIT, ActiveState="active", SubState="running",
+                            StatusText=f"{WORKERS} of {WORKERS} worker(s) running; 1 reload(s), 0 respawn(s); "
+                                       "generation 2")
+    finally:
+        shutil.rmtree(site)
+    assert main_pid(container) == master
+    assert container.run("cat", PID_FILE).stdout.strip() == master
+    assert sorted((e["worker"], e["error"]) for e in events.find("on_terminated")) == [
+        (w, False) for w in range(1, WORKERS + 1)]  # the old generation
+    journal = container.journal(UNIT, "-o", "cat")
+    assert f"running oversipd {NEW_VERSION} after the exec (pid {master})" in journal
     assert "reload done: generation 2 serves" in journal
 
 
