@@ -185,13 +185,18 @@ def resume(handover: reexec.Handover) -> int:
     from .master import Master, call_on_initialize
 
     pid_file = reexec_pid_file(handover)
+    settings: Settings | None = None
     try:
         overrides = Overrides(**handover.overrides)
         settings = load_settings(handover.conf, overrides)
         logger.configure(settings.core.log_level, settings.core.syslog_facility if handover.daemonized else None)
         oversipd.config = settings
         process.set_title(process.master_title(settings.path))
+        if settings.sip is not None:
+            from .sip import service as sip_service  # registers the per-slot UDP sockets' part
         reexec.restore_parts(handover)
+        if settings.sip is not None:
+            sip_service.prepare_master_state(settings)
         master = Master(settings, overrides, private_fds=[pid_file.fd] if pid_file is not None else [],
                         insecure_modules=handover.insecure_modules, argv=handover.argv,
                         daemonized=handover.daemonized)
@@ -208,6 +213,9 @@ def resume(handover: reexec.Handover) -> int:
             failure = load_failure_line(error)
         return master.run_after_exec(failure)
     finally:
+        if settings is not None and settings.sip is not None:
+            from .sip import service as sip_service
+            sip_service.close_master()
         listeners.close_listeners()
         if pid_file is not None:
             pid_file.release()

@@ -218,3 +218,39 @@ def test_a_daemonized_master_reexecutes_with_its_pid_file_and_detached_stdio(ove
     finally:
         if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+# Each worker answers OPTIONS with the core version and the worker slot it runs.
+VERSION_SCRIPT = '''
+import oversipd
+from oversipd import SipEvents
+
+@SipEvents.on_request
+def on_request(request):
+    request.reply(200, f"core {oversipd.__version__} worker {oversipd.process.worker_id}")
+'''
+
+
+def test_sip_over_udp_is_served_by_the_upgraded_core_on_the_same_per_slot_sockets(oversipd_daemon, tmp_path):
+    from sip_helpers import UdpClient as SipClient, sip_daemon
+
+    site = tmp_path / "site"
+    site.mkdir()
+    server = sip_daemon(oversipd_daemon, script=VERSION_SCRIPT, workers=2, env={"PYTHONPATH": str(site)},
+                        core={"pid_file": "oversipd.pid"})
+    clients = [SipClient(server) for _ in range(8)]
+    slot_of = {}
+    for client in clients:
+        client.request("OPTIONS")
+        reason = client.response().reason
+        assert reason.startswith(f"core {oversipd.__version__} worker ")
+        slot_of[client] = reason.rsplit(" ", 1)[1]
+
+    install_upgraded_core(site)
+    before = server.daemon.mark()
+    server.daemon.signal(signal.SIGHUP)
+    swap_done(server.daemon, 2, since=before)
+    for client in clients:   # each source still lands on its slot's socket, now read by the new core
+        client.request("OPTIONS")
+        assert client.response().reason == f"core {NEW_VERSION} worker {slot_of[client]}"
+    assert server.daemon.stop() == 0

@@ -40,10 +40,16 @@ def reuseport_names(settings: "Settings") -> set[str]:
 
 def prepare_master(settings: "Settings") -> None:
     """After the [listen.*] sockets are bound, before the fork."""
-    global _counters
     if settings.sip is None:
         return
     sockets.open_groups(settings.sip, settings.listen, listeners.master_sockets())
+    prepare_master_state(settings)
+
+
+def prepare_master_state(settings: "Settings") -> None:
+    """What the master keeps besides its sockets: also made anew after an exec (the sockets are handed over)."""
+    global _counters
+    assert settings.sip is not None
     if any(settings.listen[name].host in WILDCARDS for name in settings.sip.listen):
         _interface_addresses.update(_machine_addresses())
     path = counters_path(settings.core.pid_file)

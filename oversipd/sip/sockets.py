@@ -22,6 +22,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from .. import listeners, reexec
 from ..addresses import ListenSettings
 from ..logger import Logger
 from .settings import SipSettings
@@ -141,3 +142,29 @@ def _bind_like(shared: socket.socket) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+# --- across the master's exec on an upgraded core (reexec.py) ---------------------------------
+
+def handover_description() -> tuple[dict[str, dict], list[int]]:
+    """Each group's own sockets by slot (slot 1's is the [listen.NAME] socket, handed over by listeners)."""
+    description = {name: {"reuseport": group.reuseport,
+                          "slots": {str(slot): sock.fileno() for slot, sock in group.by_slot.items()
+                                    if sock is not group.shared}}
+                   for name, group in _groups.items()}
+    return description, [fd for entry in description.values() for fd in entry["slots"].values()]
+
+
+def adopt_handed_over(description: dict[str, dict]) -> None:
+    shared, sections = listeners.master_sockets(), listeners.bound_sections()
+    for name, entry in description.items():
+        group = UdpGroup(sections[name], shared[name], {FIRST_SLOT: shared[name]}, entry["reuseport"])
+        for slot, fd in entry["slots"].items():
+            sock = socket.socket(fileno=reexec.adopt_fd(fd))
+            sock.setblocking(False)
+            group.by_slot[int(slot)] = sock
+        _groups[name] = group
+
+
+# Registered after the listeners' part (this module imports listeners): restored after it.
+reexec.register_part("sip_udp", handover_description, adopt_handed_over)
