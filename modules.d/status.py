@@ -38,7 +38,10 @@ HEALTH_PATH = "/health"
 ALLOWED_METHODS = ("GET", "HEAD")
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            431: "Request Header Fields Too Large", 505: "HTTP Version Not Supported"}
-STOP_GRACE = 2.0  # seconds for answers in progress when the worker stops
+# Seconds for answers in progress when the worker stops: what graceful_timeout
+# leaves after this margin (the master's SIGKILL would cut them), at least MIN_STOP_GRACE.
+STOP_MARGIN = 1.0
+MIN_STOP_GRACE = 2.0
 # asyncio takes this many loop turns from accept() to the client's task
 # running (accept task -> transport and protocol -> client task): a worker
 # that stops lets them pass, so that no connection it accepted goes unanswered.
@@ -110,7 +113,7 @@ class StatusServer(Logger):
                                                  limit=self.max_request_bytes)
 
     async def stop(self) -> None:
-        """Stop accepting, drop idle keep-alive clients, give the others STOP_GRACE seconds.
+        """Stop accepting, drop idle keep-alive clients, give the others until graceful_timeout.
 
         A connection accepted but not yet answered gets its answer: its client
         meets no failure when a worker stops (a newer generation takes over,
@@ -124,7 +127,8 @@ class StatusServer(Logger):
         for task in list(self.idle):
             task.cancel()
         if self.clients:
-            await asyncio.wait(list(self.clients), timeout=STOP_GRACE)
+            grace = max(MIN_STOP_GRACE, oversipd.config.core.graceful_timeout - STOP_MARGIN)
+            await asyncio.wait(list(self.clients), timeout=grace)
 
     # --- one connection ---------------------------------------------------------------
 
