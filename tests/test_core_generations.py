@@ -60,6 +60,23 @@ def swap_done(daemon, generation: int, since=None) -> None:
     daemon.wait_log(f"reload done: generation {generation} serves", since=since)
 
 
+def assert_no_client_refused(tcp: TcpClient, udp: UdpClient, new_pids: set[int], swap: str) -> None:
+    """Stop the clients once the new workers answered them too; none refused, lost or hung over the swap."""
+    # The clients keep going until the new generation answered them too
+    # (their tallies have no change event: look every 50 ms, within a deadline).
+    deadline = time.monotonic() + 15
+    while not (new_pids & tcp.tally.pids and new_pids & udp.pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    tcp.done.set()
+    tcp.join(30)
+    udp_lost = udp.finish()
+    report = (f"TCP: {tcp.tally.answered} answered, {tcp.tally.refused} refused, {tcp.tally.lost} lost, "
+              f"{tcp.tally.hung} hung | UDP: {udp.sent} sent, {udp_lost} lost")
+    print(f"\n{swap}: {report}")
+    assert (tcp.tally.refused, tcp.tally.lost, tcp.tally.hung, udp_lost) == (0, 0, 0, 0), report
+
+
 def test_a_new_drop_in_starts_a_new_generation_and_no_client_is_refused(oversipd_daemon):
     tcp_port, udp_port = free_port("tcp"), free_port("udp")
     daemon = oversipd_daemon(
@@ -81,20 +98,7 @@ def test_a_new_drop_in_starts_a_new_generation_and_no_client_is_refused(oversipd
     assert {(e["generation"], e["ppid"]) for e in new} == {(2, daemon.pid)}  # the same master
     terminated = daemon.wait_events("terminated", count=2)
     assert {(e["pid"], e["error"]) for e in terminated} == {(pid, False) for pid in old}
-    new_pids = {e["pid"] for e in new}
-    # The clients keep going until the new generation answered them too
-    # (their tallies have no change event: look every 50 ms, within a deadline).
-    deadline = time.monotonic() + 15
-    while not (new_pids & tcp.tally.pids and new_pids & udp.pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-    tcp.done.set()
-    tcp.join(30)
-    udp_lost = udp.finish()
-    report = (f"TCP: {tcp.tally.answered} answered, {tcp.tally.refused} refused, {tcp.tally.lost} lost, "
-              f"{tcp.tally.hung} hung | UDP: {udp.sent} sent, {udp_lost} lost")
-    print(f"\ngeneration swap: {report}")
-    assert (tcp.tally.refused, tcp.tally.lost, tcp.tally.hung, udp_lost) == (0, 0, 0, 0), report
+    assert_no_client_refused(tcp, udp, {e["pid"] for e in new}, "generation swap")
     daemon.wait_notification("RELOADING=1")
     daemon.wait_notification("READY=1", count=2)
     assert daemon.stop() == 0
