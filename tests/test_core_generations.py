@@ -32,6 +32,7 @@ SLOW_MODULE = module('''
 ''')
 
 REFUSED = "reload refused: the new module code failed its check"
+NEW_GENERATION_FAILED = "STATUS=reload failed: the new generation did not start; generation 1 serves on"
 
 
 def versioned(version: int) -> str:
@@ -58,6 +59,15 @@ def ready_after(daemon, mark) -> list[str]:
 def swap_done(daemon, generation: int, since=None) -> None:
     """Wait for the end of the swap that made `generation` serve."""
     daemon.wait_log(f"reload done: generation {generation} serves", since=since)
+
+
+def assert_fatal_start_kept_generation_1(daemon, before, workers: dict) -> None:
+    """A Launcher.fatal in the new generation's on_started: READY says so, CRIT names it, generation 1 serves on."""
+    ready = ready_after(daemon, before)
+    assert NEW_GENERATION_FAILED in ready
+    [crit] = daemon.wait_log("generation 1 stays in service", since=before)
+    assert "CRIT" in crit and "Launcher.fatal was called" in crit
+    assert daemon.running and daemon.worker_pids() == workers
 
 
 def assert_no_client_refused(tcp: TcpClient, udp: UdpClient, new_pids: set[int], swap: str) -> None:
@@ -180,11 +190,7 @@ def test_a_fatal_on_started_in_the_new_generation_keeps_the_old_one(oversipd_dae
     before = daemon.mark()
     drop_in(daemon, "fatal", fatal)
     daemon.signal(signal.SIGHUP)
-    ready = ready_after(daemon, before)
-    assert "STATUS=reload failed: the new generation did not start; generation 1 serves on" in ready
-    [crit] = daemon.wait_log("generation 1 stays in service", since=before)
-    assert "CRIT" in crit and "Launcher.fatal was called" in crit
-    assert daemon.running and daemon.worker_pids() == workers
+    assert_fatal_start_kept_generation_1(daemon, before, workers)
     # Only the new generation's workers ended (error=True: their generation failed).
     assert all(e["pid"] not in workers.values() for e in daemon.find("terminated"))
     # The old code is back in the master: a killed old worker is respawned on it.
@@ -279,7 +285,7 @@ def test_an_edited_server_script_whose_on_initialize_raises_keeps_the_old_genera
     '''))
     daemon.signal(signal.SIGHUP)
     ready = ready_after(daemon, before)
-    assert "STATUS=reload failed: the new generation did not start; generation 1 serves on" in ready
+    assert NEW_GENERATION_FAILED in ready
     [crit] = daemon.wait_log("CRIT", since=before)
     assert f"on_initialize: {daemon.directory / 'server.py'}, line 6: RuntimeError: no database" in crit
     assert crit.endswith("generation 1 stays in service")

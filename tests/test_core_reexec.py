@@ -18,7 +18,8 @@ import oversipd
 from oversipd.pidfile import pid_alive, read_pid
 from conftest import PROBE, module
 from listen_helpers import SERVING_SCRIPT, STATUS_SOURCE, free_port, listen_table
-from test_core_generations import REFUSED, assert_no_client_refused, ready_after, swap_done
+from test_core_generations import (REFUSED, assert_fatal_start_kept_generation_1, assert_no_client_refused,
+                                   ready_after, swap_done)
 from test_listen_respawn import ECHO_SOURCE, TcpClient, UdpClient
 
 NEW_VERSION = "99.0"
@@ -155,11 +156,7 @@ def test_a_new_generation_that_fails_on_the_upgraded_core_leaves_the_old_one_ser
     install_upgraded_core(site)
     before = daemon.mark()
     daemon.signal(signal.SIGHUP)
-    ready = ready_after(daemon, before)
-    assert "STATUS=reload failed: the new generation did not start; generation 1 serves on" in ready
-    [crit] = daemon.wait_log("generation 1 stays in service", since=before)
-    assert "CRIT" in crit and "Launcher.fatal was called" in crit
-    assert daemon.running and daemon.worker_pids() == workers
+    assert_fatal_start_kept_generation_1(daemon, before, workers)
     killed = daemon.mark()
     daemon.kill_worker(1)
     daemon.wait_log("not respawned", since=killed)
