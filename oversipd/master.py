@@ -675,9 +675,13 @@ class Master(Logger):
             self.log_system_notice(f"not imported anew, a C extension is among them (a restart upgrades them): "
                                    f"{', '.join(kept)}")
         swap = Swap(settings=new, reason=reason, dependencies=dependencies, fingerprint=code)
+        self.start_swap_check(swap, lambda: generations.start_check(
+            *self.code_paths, self.insecure_modules, dependencies, self.masters_fds()))
+
+    def start_swap_check(self, swap: Swap, start_check: Callable[[], tuple[int, int]]) -> None:
+        """Fork the swap's check child with `start_check` and wait on its answer (a failed fork refuses it)."""
         try:
-            swap.check_pid, swap.check_fd = generations.start_check(
-                *self.code_paths, self.insecure_modules, dependencies, self.masters_fds())
+            swap.check_pid, swap.check_fd = start_check()
         except OSError as error:
             self.refuse_swap(f"cannot fork the check: {error}")
             return
@@ -872,14 +876,7 @@ class Master(Logger):
         swap = Swap(settings=new, reason=f"oversipd upgraded to {code.core_version}", fingerprint=code,
                     core_upgrade=True)
         argv = reexec.check_command(new.path, self.overrides.modules_dir, self.insecure_modules)
-        try:
-            swap.check_pid, swap.check_fd = reexec.start_check(argv, self.masters_fds())
-        except OSError as error:
-            self.refuse_swap(f"cannot fork the check: {error}")
-            return
-        swap.check_deadline = time.monotonic() + generations.CHECK_TIMEOUT
-        self.swap = swap
-        self.selector.register(swap.check_fd, selectors.EVENT_READ, self.read_check_result)
+        self.start_swap_check(swap, lambda: reexec.start_check(argv, self.masters_fds()))
 
     def exec_new_core(self) -> None:
         """Hand over what must outlive this image, then become the installed oversipd (same PID)."""

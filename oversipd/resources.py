@@ -35,7 +35,8 @@ from . import process
 from .launcher import Launcher
 from .logger import Logger
 
-__all__ = ["worker_resource", "WorkerResource", "ResourceError", "ResourceNotOpenError"]
+__all__ = ["worker_resource", "WorkerResource", "ResourceError", "ResourceNotOpenError", "NamedPools",
+           "pool_settings_problem", "worker_label"]
 
 T = TypeVar("T")
 Opener = Callable[[], "T | Awaitable[T]"]
@@ -117,6 +118,69 @@ def worker_resource(name: str, open: Opener[T], close: Closer[T] | None = None) 
     resource: WorkerResource[T] = WorkerResource(name, open, close)
     _declared.append(resource)
     return resource
+
+
+# --- resources a module declares by name (a database module's pools) ---------------
+
+class NamedPools(Generic[T]):
+    """A module's resources of one kind, declared by name: checked, declared, looked up in a worker.
+
+    `kind` names them in messages ("MySQL pool"; the resource is named
+    "mysql pool 'db'"), `declare_with` is the call that declares one
+    ("mysql.add_pool()"); `pool(name)` raises `unknown_error` (a LookupError)
+    for a name never declared and `not_open_error` where it is not open.
+    """
+
+    def __init__(self, kind: str, declare_with: str, *, unknown_error: type[LookupError] = LookupError,
+                 not_open_error: type[Exception] = ResourceNotOpenError,
+                 not_open_reason: str = "each worker opens its resources before its on_started callbacks") -> None:
+        self.kind = kind
+        self.declare_with = declare_with
+        self.unknown_error = unknown_error
+        self.not_open_error = not_open_error
+        self.not_open_reason = not_open_reason
+        self._resources: dict[str, WorkerResource[T]] = {}
+
+    def declaration_problem(self, name: Any) -> str | None:
+        """What forbids declaring `name` here (a worker, an empty or taken name), or None."""
+        if process.role != "master":
+            return "called in a worker; declare pools in the master, from SystemEvents.on_initialize"
+        if not isinstance(name, str) or not name:
+            return f"pool_name: expected a non-empty string, got {name!r}"
+        if name in self._resources:
+            return "pool_name: a pool of this name was already added"
+        return None
+
+    def declare(self, name: str, open: Opener[T], close: Closer[T] | None = None) -> WorkerResource[T]:
+        """Declare resource `name` (a worker_resource named after the kind) for every worker."""
+        resource = worker_resource(f"{self.kind.lower()} {name!r}", open=open, close=close)
+        self._resources[name] = resource
+        return resource
+
+    def get(self, name: str) -> T:
+        """This worker's open value of resource `name`."""
+        if name not in self._resources:
+            declared = ", ".join(repr(known) for known in sorted(self._resources)) or "none"
+            raise self.unknown_error(f"no {self.kind} named {name!r} (declared: {declared}); "
+                                     f"declare it with {self.declare_with} in SystemEvents.on_initialize")
+        resource = self._resources[name]
+        if not resource.is_open:
+            raise self.not_open_error(f"{self.kind} {name!r} is not open in this process: {self.not_open_reason}")
+        return resource.get()
+
+
+def pool_settings_problem(pool_size: Any, on_connect: Any) -> str | None:
+    """What is wrong with a pool's `pool_size` (an int >= 1) or `on_connect` (callable or None), or None."""
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+        return f"pool_size: expected an integer >= 1, got {pool_size!r}"
+    if on_connect is not None and not callable(on_connect):
+        return f"on_connect: expected a callable or None, got {on_connect!r}"
+    return None
+
+
+def worker_label() -> str:
+    """How this worker names itself to a server it connects to ("oversipd worker 2")."""
+    return f"oversipd worker {process.worker_id}"
 
 
 # --- the worker's side (oversipd.worker calls these) --------------------------------

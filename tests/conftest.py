@@ -48,6 +48,17 @@ def workers_of(events, name):
     return slots
 
 
+def check_fails_cleanly(daemon, result, *fragments):
+    """Exit 2, one line naming what is wrong, and no module imported (a config error at the CLI boundary)."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert not daemon.find("imported")
+
+
 @pytest.fixture
 def probe():
     return PROBE

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import PROBE
+from conftest import PROBE, check_fails_cleanly
 
 BAD_CORE_VALUES = [
     ("workers", 0), ("workers", "two"), ("workers", 1.5), ("workers", True), ("workers", 5000),
@@ -13,17 +13,6 @@ BAD_CORE_VALUES = [
     ("graceful_timeout", -1), ("graceful_timeout", "10"), ("worker_timeout", -0.5),
     ("respawn_limit", -1), ("respawn_limit", 2.5), ("pid_file", 12), ("user", []),
 ]
-
-
-def check_fails_cleanly(daemon, result, *fragments):
-    """Exit 2, one line naming what is wrong, and no module imported."""
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert "Traceback" not in result.stderr
-    assert not daemon.find("imported")
 
 
 @pytest.mark.parametrize("key,value", BAD_CORE_VALUES)

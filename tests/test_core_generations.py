@@ -32,6 +32,7 @@ SLOW_MODULE = module('''
 ''')
 
 REFUSED = "reload refused: the new module code failed its check"
+NEW_GENERATION_FAILED = "STATUS=reload failed: the new generation did not start; generation 1 serves on"
 
 
 def versioned(version: int) -> str:
@@ -60,6 +61,32 @@ def swap_done(daemon, generation: int, since=None) -> None:
     daemon.wait_log(f"reload done: generation {generation} serves", since=since)
 
 
+def assert_fatal_start_kept_generation_1(daemon, before, workers: dict) -> None:
+    """A Launcher.fatal in the new generation's on_started: READY says so, CRIT names it, generation 1 serves on."""
+    ready = ready_after(daemon, before)
+    assert NEW_GENERATION_FAILED in ready
+    [crit] = daemon.wait_log("generation 1 stays in service", since=before)
+    assert "CRIT" in crit and "Launcher.fatal was called" in crit
+    assert daemon.running and daemon.worker_pids() == workers
+
+
+def assert_no_client_refused(tcp: TcpClient, udp: UdpClient, new_pids: set[int], swap: str) -> None:
+    """Stop the clients once the new workers answered them too; none refused, lost or hung over the swap."""
+    # The clients keep going until the new generation answered them too
+    # (their tallies have no change event: look every 50 ms, within a deadline).
+    deadline = time.monotonic() + 15
+    while not (new_pids & tcp.tally.pids and new_pids & udp.pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    tcp.done.set()
+    tcp.join(30)
+    udp_lost = udp.finish()
+    report = (f"TCP: {tcp.tally.answered} answered, {tcp.tally.refused} refused, {tcp.tally.lost} lost, "
+              f"{tcp.tally.hung} hung | UDP: {udp.sent} sent, {udp_lost} lost")
+    print(f"\n{swap}: {report}")
+    assert (tcp.tally.refused, tcp.tally.lost, tcp.tally.hung, udp_lost) == (0, 0, 0, 0), report
+
+
 def test_a_new_drop_in_starts_a_new_generation_and_no_client_is_refused(oversipd_daemon):
     tcp_port, udp_port = free_port("tcp"), free_port("udp")
     daemon = oversipd_daemon(
@@ -81,20 +108,7 @@ def test_a_new_drop_in_starts_a_new_generation_and_no_client_is_refused(oversipd
     assert {(e["generation"], e["ppid"]) for e in new} == {(2, daemon.pid)}  # the same master
     terminated = daemon.wait_events("terminated", count=2)
     assert {(e["pid"], e["error"]) for e in terminated} == {(pid, False) for pid in old}
-    new_pids = {e["pid"] for e in new}
-    # The clients keep going until the new generation answered them too
-    # (their tallies have no change event: look every 50 ms, within a deadline).
-    deadline = time.monotonic() + 15
-    while not (new_pids & tcp.tally.pids and new_pids & udp.pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-    tcp.done.set()
-    tcp.join(30)
-    udp_lost = udp.finish()
-    report = (f"TCP: {tcp.tally.answered} answered, {tcp.tally.refused} refused, {tcp.tally.lost} lost, "
-              f"{tcp.tally.hung} hung | UDP: {udp.sent} sent, {udp_lost} lost")
-    print(f"\ngeneration swap: {report}")
-    assert (tcp.tally.refused, tcp.tally.lost, tcp.tally.hung, udp_lost) == (0, 0, 0, 0), report
+    assert_no_client_refused(tcp, udp, {e["pid"] for e in new}, "generation swap")
     daemon.wait_notification("RELOADING=1")
     daemon.wait_notification("READY=1", count=2)
     assert daemon.stop() == 0
@@ -176,11 +190,7 @@ def test_a_fatal_on_started_in_the_new_generation_keeps_the_old_one(oversipd_dae
     before = daemon.mark()
     drop_in(daemon, "fatal", fatal)
     daemon.signal(signal.SIGHUP)
-    ready = ready_after(daemon, before)
-    assert "STATUS=reload failed: the new generation did not start; generation 1 serves on" in ready
-    [crit] = daemon.wait_log("generation 1 stays in service", since=before)
-    assert "CRIT" in crit and "Launcher.fatal was called" in crit
-    assert daemon.running and daemon.worker_pids() == workers
+    assert_fatal_start_kept_generation_1(daemon, before, workers)
     # Only the new generation's workers ended (error=True: their generation failed).
     assert all(e["pid"] not in workers.values() for e in daemon.find("terminated"))
     # The old code is back in the master: a killed old worker is respawned on it.
@@ -275,7 +285,7 @@ def test_an_edited_server_script_whose_on_initialize_raises_keeps_the_old_genera
     '''))
     daemon.signal(signal.SIGHUP)
     ready = ready_after(daemon, before)
-    assert "STATUS=reload failed: the new generation did not start; generation 1 serves on" in ready
+    assert NEW_GENERATION_FAILED in ready
     [crit] = daemon.wait_log("CRIT", since=before)
     assert f"on_initialize: {daemon.directory / 'server.py'}, line 6: RuntimeError: no database" in crit
     assert crit.endswith("generation 1 stays in service")

@@ -7,16 +7,16 @@ only, performance_schema on (it holds the connection attributes).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
+from db_helpers import (fatal_start_line, pool_daemon_options, pool_errors_script, pool_lookup_outcomes,
+                        run_in_each_worker, wait_until)
 from mariadb_server import MariadbServer, started_server
 from oversipd.testing import DEFAULT_TIMEOUT, Daemon
 
-POLL_INTERVAL = 0.05
 SERVER_BACK_TIMEOUT = max(DEFAULT_TIMEOUT, 60)
 
 
@@ -37,27 +37,7 @@ def running_mariadb(mariadb: MariadbServer) -> MariadbServer:
     return mariadb
 
 
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
-    """Poll `condition` (a server-side state with no event to wait on) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(POLL_INTERVAL)
-    return result
-
-
 # --- the daemon's files ---------------------------------------------------------
-
-SERVER_SCRIPT = """
-from oversipd import SystemEvents, module_settings
-from oversipd.modules import mysql
-
-@SystemEvents.on_initialize
-def configure():
-    settings = module_settings("mytest")
-    mysql.add_pool(settings.pop("pool_name", "db"), **settings)
-"""
 
 # Queries the pool from every worker, over and over, and records each outcome.
 QUERY_LOOP = """
@@ -86,20 +66,7 @@ async def query_forever():
             log.log_system_error(f"query {n} failed: {error}")
             record("my_query", ok=False, n=n, error=str(error))
         await asyncio.sleep(0.1)
-
-
-@SystemCallbacks.on_started
-def start():
-    running["task"] = asyncio.get_running_loop().create_task(query_forever())
-
-
-@SystemCallbacks.on_terminated
-async def stop(error):
-    task = running.get("task")
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-"""
+""" + run_in_each_worker("query_forever")
 
 # on_connect runs on each new connection before its first use.
 ON_CONNECT = """
@@ -129,36 +96,11 @@ async def read_back():
 """
 
 # What pool() says for a name never declared, and in the master.
-POOL_ERRORS = """
-from oversipd import SystemCallbacks, SystemEvents, module_settings
-from oversipd.modules import mysql
-from oversipd.testing import record
-
-
-def outcome(name):
-    try:
-        mysql.pool(name)
-    except Exception as error:
-        return {"type": type(error).__name__, "message": str(error), "lookup": isinstance(error, LookupError)}
-    return {"type": None}
-
-
-@SystemEvents.on_initialize
-def configure():
-    mysql.add_pool("db", **module_settings("mytest"))
-    record("in_master", **outcome("db"))
-
-
-@SystemCallbacks.on_started
-def started():
-    record("unknown", **outcome("nope"))
-    record("known", **outcome("db"))
-"""
+POOL_ERRORS = pool_errors_script("mysql", "mytest")
 
 
 def daemon_options(mariadb: MariadbServer, **pool_options: Any) -> dict[str, Any]:
-    return {"server_script": SERVER_SCRIPT,
-            "settings": {"mytest": {**mariadb.connect_options(), **pool_options}}}
+    return pool_daemon_options("mysql", "mytest", mariadb.connect_options(), **pool_options)
 
 
 def worker_connections(mariadb: MariadbServer) -> dict[str, int]:
@@ -238,10 +180,7 @@ def test_on_connect_configures_each_new_connection(running_mariadb: MariadbServe
 def test_bad_option_is_fatal_before_the_fork(running_mariadb: MariadbServer, oversipd_daemon,
                                              options: dict[str, Any], complaint: str) -> None:
     daemon = oversipd_daemon(start=False, **daemon_options(running_mariadb, **options))
-    daemon.start(wait=False)
-    assert daemon.wait_exit() == 1
-    daemon.wait_log(complaint)
-    daemon.wait_log("exiting with error status")
+    fatal_start_line(daemon, complaint)
     assert "[worker" not in daemon.log_text(), "nothing was forked"
 
 
@@ -253,22 +192,18 @@ def test_bad_option_is_fatal_before_the_fork(running_mariadb: MariadbServer, ove
 def test_unreachable_server_at_start_is_fatal_with_its_message(running_mariadb: MariadbServer, oversipd_daemon,
                                                                options: dict[str, Any], server_says: str) -> None:
     daemon = oversipd_daemon(start=False, **daemon_options(running_mariadb, **options))
-    daemon.start(wait=False)
-    assert daemon.wait_exit() == 1
-    line = daemon.wait_log("mysql pool 'db': cannot connect:")[0]
+    line = fatal_start_line(daemon, "mysql pool 'db': cannot connect:")
     assert server_says in line
-    daemon.wait_log("exiting with error status")
 
 
 def test_pool_lookup_errors_are_clear(running_mariadb: MariadbServer, oversipd_daemon) -> None:
     daemon = oversipd_daemon(start=False, server_script=POOL_ERRORS,
                              settings={"mytest": running_mariadb.connect_options()})
     daemon.start()
-    unknown = daemon.wait_events("unknown")[0]
+    unknown, known, in_master = pool_lookup_outcomes(daemon)
     assert unknown["type"] == "UnknownPoolError" and unknown["lookup"]
     assert "no MySQL pool named 'nope' (declared: 'db')" in unknown["message"]
-    assert daemon.wait_events("known")[0]["type"] is None
-    in_master = daemon.wait_events("in_master")[0]
+    assert known["type"] is None
     assert in_master["role"] == "master"
     assert in_master["type"] == "PoolNotOpenError" and "opens its pools before its on_started" in in_master["message"]
     assert daemon.stop() == 0

@@ -12,19 +12,19 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import psycopg
 import pytest
 
+from db_helpers import (fatal_start_line, pool_daemon_options, pool_errors_script, pool_lookup_outcomes,
+                        run_in_each_worker, wait_until)
 from oversipd.testing import DEFAULT_TIMEOUT, Daemon
 
 PG_PORT = 23432          # only names the socket file: the server listens on no TCP port
 PG_SUPERUSER = "postgres"
 PG_START_TIMEOUT = 120   # seconds pg_ctl waits for the server to start or stop
-POLL_INTERVAL = 0.05
 
 
 def postgres_bindir() -> Path:
@@ -107,27 +107,7 @@ def postgres() -> Iterator[PostgresServer]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
-    """Poll `condition` (a server-side state with no event to wait on) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(POLL_INTERVAL)
-    return result
-
-
 # --- the daemon's files ---------------------------------------------------------
-
-SERVER_SCRIPT = """
-from oversipd import SystemEvents, module_settings
-from oversipd.modules import postgresql
-
-@SystemEvents.on_initialize
-def configure():
-    settings = module_settings("pgtest")
-    postgresql.add_pool(settings.pop("pool_name", "db"), **settings)
-"""
 
 # Queries the pool from every worker, over and over, and records each outcome.
 QUERY_LOOP = """
@@ -155,20 +135,7 @@ async def query_forever():
             log.log_system_error(f"query {n} failed: {error}")
             record("pg_query", ok=False, n=n, error=str(error))
         await asyncio.sleep(0.2)
-
-
-@SystemCallbacks.on_started
-def start():
-    running["task"] = asyncio.get_running_loop().create_task(query_forever())
-
-
-@SystemCallbacks.on_terminated
-async def stop(error):
-    task = running.get("task")
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-"""
+""" + run_in_each_worker("query_forever")
 
 # A slow query and a ticker on the same reactor.
 SLOW_QUERY = """
@@ -196,36 +163,11 @@ async def slow_query():
 """
 
 # What pool() says for a name never declared, and in the master.
-POOL_ERRORS = """
-from oversipd import SystemCallbacks, SystemEvents, module_settings
-from oversipd.modules import postgresql
-from oversipd.testing import record
-
-
-def outcome(name):
-    try:
-        postgresql.pool(name)
-    except Exception as error:
-        return {"type": type(error).__name__, "message": str(error), "lookup": isinstance(error, LookupError)}
-    return {"type": None}
-
-
-@SystemEvents.on_initialize
-def configure():
-    postgresql.add_pool("db", **module_settings("pgtest"))
-    record("in_master", **outcome("db"))
-
-
-@SystemCallbacks.on_started
-def started():
-    record("unknown", **outcome("nope"))
-    record("known", **outcome("db"))
-"""
+POOL_ERRORS = pool_errors_script("postgresql", "pgtest")
 
 
 def daemon_options(postgres: PostgresServer, **pool_options: Any) -> dict[str, Any]:
-    return {"server_script": SERVER_SCRIPT,
-            "settings": {"pgtest": {**postgres.conninfo(), **pool_options}}}
+    return pool_daemon_options("postgresql", "pgtest", postgres.conninfo(), **pool_options)
 
 
 def worker_connections(postgres: PostgresServer) -> dict[str, int]:
@@ -292,10 +234,7 @@ def test_server_down_then_back_without_restarting_oversipd(postgres: PostgresSer
 def test_bad_option_is_fatal_before_the_fork(postgres: PostgresServer, oversipd_daemon,
                                              options: dict[str, Any], complaint: str) -> None:
     daemon = oversipd_daemon(start=False, **daemon_options(postgres, **options))
-    daemon.start(wait=False)
-    assert daemon.wait_exit() == 1
-    daemon.wait_log(complaint)
-    daemon.wait_log("exiting with error status")
+    fatal_start_line(daemon, complaint)
     assert "[worker" not in daemon.log_text(), "nothing was forked"
 
 
@@ -307,22 +246,18 @@ def test_bad_option_is_fatal_before_the_fork(postgres: PostgresServer, oversipd_
 def test_unreachable_server_at_start_is_fatal_with_its_message(postgres: PostgresServer, oversipd_daemon,
                                                                conninfo: dict[str, Any], server_says: str) -> None:
     daemon = oversipd_daemon(start=False, **daemon_options(postgres, **conninfo))
-    daemon.start(wait=False)
-    assert daemon.wait_exit() == 1
-    line = daemon.wait_log("postgresql pool 'db': cannot connect:")[0]
+    line = fatal_start_line(daemon, "postgresql pool 'db': cannot connect:")
     assert server_says in line + daemon.log_text()
-    daemon.wait_log("exiting with error status")
 
 
 def test_pool_lookup_errors_are_clear(postgres: PostgresServer, oversipd_daemon) -> None:
     daemon = oversipd_daemon(start=False, server_script=POOL_ERRORS,
                              settings={"pgtest": postgres.conninfo()})
     daemon.start()
-    unknown = daemon.wait_events("unknown")[0]
+    unknown, known, in_master = pool_lookup_outcomes(daemon)
     assert unknown["type"] == "UnknownPoolError" and unknown["lookup"]
     assert "no PostgreSQL pool named 'nope' (declared: 'db')" in unknown["message"]
-    assert daemon.wait_events("known")[0]["type"] is None
-    in_master = daemon.wait_events("in_master")[0]
+    assert known["type"] is None
     assert in_master["role"] == "master"
     assert in_master["type"] == "PoolNotOpenError" and "opens its pools in its on_started" in in_master["message"]
     assert daemon.stop() == 0

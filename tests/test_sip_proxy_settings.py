@@ -9,7 +9,7 @@ import pytest
 from oversipd.settings import load_settings
 from oversipd.sip.proxy_settings import DnsSettings, ProxySettings
 
-from conftest import PROBE
+from conftest import PROBE, check_fails_cleanly
 from dns_server import DnsZone
 
 
@@ -76,17 +76,6 @@ BAD_DNS_VALUES = [
     ("nameservers", ["127.0.0.1:x"]), ("timeout", 0), ("timeout", -1), ("timeout", "2"),
     ("retries", 3),
 ]
-
-
-def check_fails_cleanly(daemon, result, *fragments):
-    """Exit 2, one line naming what is wrong, and no module imported."""
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert "Traceback" not in result.stderr
-    assert not daemon.find("imported")
 
 
 @pytest.mark.parametrize("key,value", BAD_PROXY_VALUES)

@@ -102,11 +102,34 @@ def _format_params(params: dict[str, str | None]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
 
 
-class SipUri:
+class _Parameters:
+    """The `;name=value` parameters of a URI, a name-addr or a Via, split from their text when first read."""
+
+    __slots__ = ("_ptext", "_params")
+
+    @property
+    def params(self) -> dict[str, str | None]:
+        """The parameters, names lower-case, None for a flag (`lr`, `rport`)."""
+        if self._params is None:
+            self._params = _split_params(self._ptext)
+        return self._params
+
+    @params.setter
+    def params(self, value: dict[str, str | None]) -> None:
+        self._params = value
+
+    def _param(self, name: str, needle: str) -> str | None:
+        """`params.get(name)` (needle: ";name="), read without splitting plain parameter text."""
+        ptext = self._ptext
+        if self._params is None and '"' not in ptext and " " not in ptext and "\t" not in ptext:
+            return _last_param(ptext, name, needle) if ptext else None
+        return self.params.get(name)
+
+
+class SipUri(_Parameters):
     """A sip:, sips:, tel: or other-scheme URI; host without IPv6 brackets."""
 
-    __slots__ = ("scheme", "user", "password", "host", "port", "opaque", "_ptext", "_params",
-                 "_htext", "_headers", "_text")
+    __slots__ = ("scheme", "user", "password", "host", "port", "opaque", "_htext", "_headers", "_text")
 
     def __init__(self, scheme: str = "sip", user: str | None = None, host: str | None = None,
                  port: int | None = None, params: dict[str, str | None] | None = None,
@@ -123,17 +146,6 @@ class SipUri:
         self._htext = ""
         self._headers = headers if headers is not None else {}
         self._text: str | None = None
-
-    @property
-    def params(self) -> dict[str, str | None]:
-        """URI parameters, names lower-case, None for a flag (`lr`)."""
-        if self._params is None:
-            self._params = _split_params(self._ptext)
-        return self._params
-
-    @params.setter
-    def params(self, value: dict[str, str | None]) -> None:
-        self._params = value
 
     @property
     def headers(self) -> dict[str, str]:
@@ -285,10 +297,10 @@ def quote_display_name(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class NameAddr:
+class NameAddr(_Parameters):
     """`"Display" <uri>;params` as in From, To, Contact, Route."""
 
-    __slots__ = ("display_name", "uri", "_ptext", "_params", "_text")
+    __slots__ = ("display_name", "uri", "_text")
 
     def __init__(self, uri: SipUri, display_name: str | None = None,
                  params: dict[str, str | None] | None = None) -> None:
@@ -299,22 +311,8 @@ class NameAddr:
         self._text: str | None = None
 
     @property
-    def params(self) -> dict[str, str | None]:
-        """Header parameters (tag, q, expires ...), names lower-case."""
-        if self._params is None:
-            self._params = _split_params(self._ptext)
-        return self._params
-
-    @params.setter
-    def params(self, value: dict[str, str | None]) -> None:
-        self._params = value
-
-    @property
     def tag(self) -> str | None:
-        ptext = self._ptext
-        if self._params is None and '"' not in ptext and " " not in ptext and "\t" not in ptext:
-            return _last_param(ptext, "tag", ";tag=") if ptext else None
-        return self.params.get("tag")
+        return self._param("tag", ";tag=")
 
     @tag.setter
     def tag(self, value: str | None) -> None:
@@ -397,10 +395,10 @@ _VIA_RE = re.compile(rf"""
     ((?:{_HPARAM})*)[ \t]*\Z""", re.X)
 
 
-class Via:
+class Via(_Parameters):
     """One Via value: `SIP/2.0/UDP host:port;branch=...`."""
 
-    __slots__ = ("protocol", "transport", "host", "port", "_ptext", "_params", "_text")
+    __slots__ = ("protocol", "transport", "host", "port", "_text")
 
     def __init__(self, host: str, port: int | None = None, transport: str = "UDP",
                  params: dict[str, str | None] | None = None, protocol: str = "SIP/2.0") -> None:
@@ -413,22 +411,8 @@ class Via:
         self._text: str | None = None
 
     @property
-    def params(self) -> dict[str, str | None]:
-        """Via parameters, names lower-case, None for a flag (`rport`)."""
-        if self._params is None:
-            self._params = _split_params(self._ptext)
-        return self._params
-
-    @params.setter
-    def params(self, value: dict[str, str | None]) -> None:
-        self._params = value
-
-    @property
     def branch(self) -> str | None:
-        ptext = self._ptext
-        if self._params is None and '"' not in ptext and " " not in ptext and "\t" not in ptext:
-            return _last_param(ptext, "branch", ";branch=") if ptext else None
-        return self.params.get("branch")
+        return self._param("branch", ";branch=")
 
     @property
     def received(self) -> str | None:

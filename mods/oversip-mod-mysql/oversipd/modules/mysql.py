@@ -31,8 +31,8 @@ import asyncmy
 from asyncmy.connection import Connection
 from asyncmy.errors import MySQLError, OperationalError
 
-import oversipd
-from oversipd import Launcher, Logger, ResourceError, WorkerResource, worker_resource
+from oversipd import Launcher, Logger, ResourceError
+from oversipd.resources import NamedPools, pool_settings_problem, worker_label
 
 __all__ = ["add_pool", "pool", "Pool", "UnknownPoolError", "PoolNotOpenError", "ServerUnavailableError",
            "DEFAULT_POOL_SIZE"]
@@ -100,7 +100,7 @@ class PoolSpec:
 
     def worker_options(self) -> dict[str, Any]:
         # Name the worker in performance_schema.session_connect_attrs.
-        return {**DEFAULT_OPTIONS, "program_name": f"oversipd worker {oversipd.process.worker_id}", **self.options}
+        return {**DEFAULT_OPTIONS, "program_name": worker_label(), **self.options}
 
 
 class Pool(Logger):
@@ -184,8 +184,9 @@ async def run_on_connect(on_connect: OnConnect, connection: Connection) -> None:
         await result
 
 
-_specs: dict[str, PoolSpec] = {}
-_resources: dict[str, WorkerResource[Pool]] = {}
+_pools: NamedPools[Pool] = NamedPools(
+    "MySQL pool", "mysql.add_pool()", unknown_error=UnknownPoolError, not_open_error=PoolNotOpenError,
+    not_open_reason="each worker opens its pools before its on_started callbacks")
 
 
 # --- declaring pools (master, before the fork) -----------------------------
@@ -202,24 +203,15 @@ def add_pool(pool_name: str, pool_size: int = DEFAULT_POOL_SIZE, on_connect: OnC
     if problem is not None:
         Launcher.fatal(f"mysql.add_pool({pool_name!r}): {problem}")
     spec = PoolSpec(pool_name, pool_size, on_connect, dict(connect_options))
-    _specs[pool_name] = spec
-    _resources[pool_name] = worker_resource(f"mysql pool {pool_name!r}",
-                                            open=lambda: _open_pool(spec), close=_close_pool)
+    _pools.declare(pool_name, open=lambda: _open_pool(spec), close=_close_pool)
     log.log_system_debug(f"pool {pool_name!r} declared: {pool_size} connection(s) per worker")
 
 
 def _check_options(pool_name: Any, pool_size: Any, on_connect: Any, options: dict[str, Any]) -> str | None:
     """What is wrong with add_pool's arguments (naming the option), or None."""
-    if oversipd.process.role != "master":
-        return "called in a worker; declare pools in the master, from SystemEvents.on_initialize"
-    if not isinstance(pool_name, str) or not pool_name:
-        return f"pool_name: expected a non-empty string, got {pool_name!r}"
-    if pool_name in _specs:
-        return "pool_name: a pool of this name was already added"
-    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-        return f"pool_size: expected an integer >= 1, got {pool_size!r}"
-    if on_connect is not None and not callable(on_connect):
-        return f"on_connect: expected a callable or None, got {on_connect!r}"
+    problem = _pools.declaration_problem(pool_name) or pool_settings_problem(pool_size, on_connect)
+    if problem is not None:
+        return problem
     known = _connect_keywords()
     for key, value in options.items():
         if key in REFUSED_OPTIONS:
@@ -248,15 +240,7 @@ def _connect_keywords() -> set[str]:
 
 def pool(pool_name: str) -> Pool:
     """This worker's open pool named `pool_name`."""
-    if pool_name not in _resources:
-        declared = ", ".join(repr(name) for name in sorted(_resources)) or "none"
-        raise UnknownPoolError(f"no MySQL pool named {pool_name!r} (declared: {declared}); "
-                               "declare it with mysql.add_pool() in SystemEvents.on_initialize")
-    resource = _resources[pool_name]
-    if not resource.is_open:
-        raise PoolNotOpenError(f"MySQL pool {pool_name!r} is not open in this process: each worker "
-                               "opens its pools before its on_started callbacks")
-    return resource.get()
+    return _pools.get(pool_name)
 
 
 # --- opening in each worker, closing as it ends (oversipd.worker_resource) ---
