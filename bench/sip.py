@@ -26,6 +26,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -128,12 +129,16 @@ class Bench:
             uas = Uas(case.transport, uas_port, calls, rundir)
             wait_bound(uas_port, uas)
             target, send_to = f"{HOST}:{uas_port}", f"{HOST}:{server.port}"
-        processes = server.processes()
-        cpu_before, rcvbuf_before = server.cpu_ns(processes), udp_rcvbuf_errors()
-        uac = run_uac(PROXY_UAC if case.role == "proxy" else OPTIONS_UAC, case.transport,
-                      self.ports.next_free(self.ports.uac_ports), target, rate, calls, rundir, send_to)
-        uas_counts = uas.finish() if uas else None
-        cpu_after, rcvbuf_after = server.cpu_ns(processes), udp_rcvbuf_errors()
+        try:
+            processes = server.processes()
+            cpu_before, rcvbuf_before = server.cpu_ns(processes), udp_rcvbuf_errors()
+            uac = run_uac(PROXY_UAC if case.role == "proxy" else OPTIONS_UAC, case.transport,
+                          self.ports.next_free(self.ports.uac_ports), target, rate, calls, rundir, send_to)
+            uas_counts = uas.finish() if uas else None
+            cpu_after, rcvbuf_after = server.cpu_ns(processes), udp_rcvbuf_errors()
+        finally:
+            if uas is not None:
+                uas.end()
         result = Run(rate, seconds, calls, uac, uas_counts, cpu_after - cpu_before,
                      rcvbuf_after - rcvbuf_before, case.messages_per_call)
         verdict = "ok" if result.ok else f"FAILED ({result.failure})"
@@ -161,6 +166,7 @@ class Bench:
             pending = [(s, searches[s.name]) for s in servers[shift:] + servers[:shift]
                        if searches[s.name].next_run() is not None]
             if not pending:
+                self.same_rate(servers, case, searches)
                 return searches
             for server, search in pending:
                 step = search.next_run()
@@ -172,6 +178,28 @@ class Bench:
                     # Transactions left by an overloaded run would retransmit into the next.
                     self.fresh_start(server, case)
         raise AssertionError("unreachable")
+
+    def same_rate(self, servers: list[SipServer], case: Case, searches: dict[str, Search]) -> None:
+        """CPU per message of every server at one rate, the lowest they all held: a server's fixed
+        costs (timers, idle wake-ups) weigh less per message at a higher rate, so CPU figures taken
+        at each one's own highest rate would favour the faster one."""
+        rates = [s.rate for s in searches.values() if s.rate]
+        if len(rates) < 2:
+            return
+        common = min(rates)
+        for search in searches.values():
+            search.same_rate = common
+            if search.rate == common:
+                search.same_rate_runs = list(search.sustained)
+        for turn in range(self.args.rounds):
+            shift = turn % len(servers)
+            for server in servers[shift:] + servers[:shift]:
+                search = searches[server.name]
+                if search.rate and search.rate != common:
+                    result = self.run(server, case, common, self.args.duration)
+                    search.same_rate_runs.append(result)
+                    if not result.ok:
+                        self.fresh_start(server, case)
 
 
 # --- the servers ----------------------------------------------------------------
@@ -246,17 +274,20 @@ def display_name(name: str, args: argparse.Namespace) -> str:
 
 def table(case: Case, searches: dict[str, Search], args: argparse.Namespace, skipped: str) -> str:
     ours = searches.get("oversipd")
+    same = next((s.same_rate for s in searches.values() if s.same_rate), None)
+    at_same = f"at {same:g}/s, every server" if same else "at one rate (needs 2 servers with a rate)"
     lines = [f"### {case.title}", "",
-             f"| server | {case.unit}, 0 failed, {args.rounds} × {args.duration:g} s | CPU µs per received message "
-             f"(median) | oversipd ÷ this: rate | oversipd ÷ this: CPU/msg | retransmissions | RcvbufErrors | "
-             f"what failed first above it |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| server | {case.unit}, 0 failed, {args.rounds} × {args.duration:g} s | CPU µs/msg at that rate "
+             f"| CPU µs/msg {at_same} | oversipd ÷ this: rate | oversipd ÷ this: CPU/msg {at_same} "
+             f"| retransmissions | RcvbufErrors | what failed first above it |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, search in searches.items():
         other = name != "oversipd" and ours is not None
         limit = search.gave_up or search.first_limit or f"nothing up to --max-rate {args.max_rate:g}"
         lines.append(f"| {display_name(name, args)} | {number(search.rate)} | {number(search.cpu_us_per_message, 1)} "
+                     f"| {number(search.same_rate_cpu, 1)} "
                      f"| {ratio(ours.rate, search.rate) if other else ''} "
-                     f"| {ratio(ours.cpu_us_per_message, search.cpu_us_per_message) if other else ''} "
+                     f"| {ratio(ours.same_rate_cpu, search.same_rate_cpu) if other else ''} "
                      f"| {search.retransmissions} | {search.rcvbuf_errors} | {limit} |")
     if skipped:
         lines += ["", f"oversipd: skipped — {skipped}."]
@@ -297,13 +328,15 @@ def render(tables: list[str], args: argparse.Namespace, command: str, seconds: f
         *[t + "\n" for t in tables],
         "How: a SIPp UAC at a fixed rate (`bench/sipp/`); for the proxy, SIPp UAC → proxy → SIPp UAS with "
         "scenarios that follow Record-Route and tolerate a late or missing 180 and a late ACK. A rate counts "
-        "when every call of the run completed, none failed on either SIPp, and SIPp placed calls at ≥ 90 % of "
-        "the rate. The search doubles from a low rate until a probe fails, bisects to 10 %, then needs every "
+        "when every call of the run completed, none failed on either SIPp, and the run ended within 10 % + 0.5 s "
+        "of its planned length (no calls queued up, SIPp kept the pace). The search doubles from a low rate until a probe fails, bisects to 10 %, then needs every "
         "sustained run to pass (a failure backs off 10 % and starts the rounds over); after a failed run the "
         "server is restarted and warmed up, as transactions left by an overloaded run would retransmit into "
         "the next. CPU: `/proc/PID/schedstat` of the server's master and every child, per SIP message it "
         "received (1 per OPTIONS; 6 per call: INVITE, ACK, BYE, 180, 200, 200) plus SIPp's "
-        "retransmissions; median of the sustained runs, each at that server's own highest rate. "
+        "retransmissions; the median of the sustained runs at that server's own highest rate, and of "
+        "`--rounds` runs of every server at the lowest of those rates (a server's fixed costs weigh less per "
+        "message at a higher rate, so only the latter compares servers; oversipd's CPU ratio uses it). "
         "RcvbufErrors: the Udp line of /proc/net/snmp, machine-wide, summed over the sustained runs. "
         "See `bench/README.md`.",
     ])
@@ -323,6 +356,10 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def interrupted(signum: int, frame: object) -> None:
+    raise SystemExit(f"bench-sip: interrupted by {signal.Signals(signum).name}")
+
+
 def names(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -334,7 +371,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--servers", type=lambda v: set(names(v)), default={"oversipd", "kamailio", "kamailio-tlsf"},
                         help="oversipd, kamailio, kamailio-tlsf")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each sustained run")
-    parser.add_argument("--rounds", type=int, default=3, help="sustained runs at the rate found, per server")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="sustained runs at the rate found, and at the table's common rate, per server")
     parser.add_argument("--probe-duration", type=float, default=3.0, help="seconds of each search probe")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds at the start rate after each (re)start")
     parser.add_argument("--start-rate", type=float, default=0.0,
@@ -370,13 +408,16 @@ def as_json(results: dict[str, dict[str, Search]]) -> dict:
                 "cpu_us_per_message": r.cpu_us_per_message, "messages": r.messages, "cpu_ns": r.cpu_ns,
                 "rcvbuf_errors": r.rcvbuf_errors, "uac": vars(r.uac), "uas": vars(r.uas) if r.uas else None}
     return {case: {name: {"rate": s.rate, "cpu_us_per_message": s.cpu_us_per_message, "gave_up": s.gave_up,
-                          "probes": [run(r) for r in s.probes], "sustained": [run(r) for r in s.sustained]}
+                          "probes": [run(r) for r in s.probes], "sustained": [run(r) for r in s.sustained],
+                          "same_rate": s.same_rate, "same_rate_runs": [run(r) for r in s.same_rate_runs]}
                    for name, s in searches.items()} for case, searches in results.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    # TERM (and ^C) end the run through the `finally` blocks that stop every server.
+    signal.signal(signal.SIGTERM, interrupted)
     command = os.environ.get("BENCH_COMMAND") or shlex.join(["python", "-m", "bench.sip", *argv])
     began, load_before = time.monotonic(), os.getloadavg()
     results: dict[str, dict[str, Search]] = {}

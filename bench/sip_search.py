@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 
 from .sipp_client import SippCounts
 
-RATE_REACHED = 0.9      # a run whose UAC placed calls slower than this share of the rate asked is a failure
+# A run must end close to its planned length: one that lasts longer either
+# queued calls up (the server lags, and would fail if it went on) or had a
+# SIPp that could not place calls that fast (the load generator was the limit).
+OVERTIME_SHARE = 0.1
+OVERTIME_SECONDS = 0.5
 
 
 @dataclass
@@ -52,8 +56,10 @@ class Run:
             problems.append(f"UAC exit status {self.uac.exit_status}")
         if self.uas is not None and (self.uas.failed or self.uas.exit_status != 0):
             problems.append(f"UAS: {self.uas.failed} failed, exit status {self.uas.exit_status}")
-        if not problems and self.uac.call_rate < RATE_REACHED * self.rate:
-            problems.append(f"SIPp placed only {self.uac.call_rate:.0f}/s")
+        allowed = self.seconds * (1 + OVERTIME_SHARE) + OVERTIME_SECONDS
+        if not problems and self.uac.wall_seconds > allowed:
+            problems.append(f"lasted {self.uac.wall_seconds:.1f} s, not {self.seconds:g} s "
+                            f"(calls queued, or SIPp could not keep the pace: {self.uac.call_rate:.0f}/s)")
         return "; ".join(problems)
 
     @property
@@ -87,6 +93,8 @@ class Search:
     backoffs: int = 0
     first_limit: str = ""        # what failed the first failing probe
     gave_up: str = ""
+    same_rate: float | None = None                          # the rate every server of the table held
+    same_rate_runs: list[Run] = field(default_factory=list)  # this server's runs at it
 
     # --- what to run next ---------------------------------------------------
 
@@ -171,3 +179,8 @@ class Search:
     @property
     def retransmissions(self) -> int:
         return sum(r.uac.retransmissions + (r.uas.retransmissions if r.uas else 0) for r in self.sustained)
+
+    @property
+    def same_rate_cpu(self) -> float | None:
+        passed = [r.cpu_us_per_message for r in self.same_rate_runs if r.ok]
+        return statistics.median(passed) if passed else None

@@ -151,12 +151,17 @@ class SipServer:
 
 
 class Kamailio(SipServer):
-    """Debian's kamailio; allocator "" is the package's default (qm), or e.g. "tlsf" (-x)."""
+    """Debian's kamailio; allocator "" is the package's default (qm), or e.g. "tlsf" (-x).
+
+    Shared memory (-m) is 1 GB: tm keeps every transaction a few seconds
+    after it ended, and at thousands of calls/s 256 MB ran out ("could not
+    allocate shared memory", 500 upstream) before the CPU did.
+    """
 
     binary = "kamailio"
 
     def __init__(self, name: str, role: str, port: int, workdir: Path, allocator: str = "",
-                 shm_mb: int = 256) -> None:
+                 shm_mb: int = 1024) -> None:
         super().__init__(name, role, port, workdir)
         self.allocator = allocator
         self.shm_mb = shm_mb

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,8 @@ HOST = "127.0.0.1"
 # load generator, not the server, would drop datagrams.  The kernel caps this
 # at net.core.rmem_max.
 SIPP_BUFFER = 4 * 1024 * 1024
-UAS_GRACE = 10.0          # seconds the UAS may take to end its calls after the UAC ended
-SIPP_TIMEOUT_MARGIN = 60  # seconds beyond the run's length before a SIPp is given up
+UAS_GRACE = 3.0           # seconds the UAS may take to end its calls after the UAC ended
+SIPP_TIMEOUT_MARGIN = 15  # seconds beyond the run's length before a SIPp gives up (> a scenario's 10 s recv timeouts)
 
 
 @dataclass
@@ -35,24 +36,25 @@ class SippCounts:
     retransmissions: int = 0
     dead_call_messages: int = 0
     out_of_call_messages: int = 0
-    call_rate: float = 0.0    # calls/s over the run, as SIPp saw it
+    call_rate: float = 0.0    # calls/s from its start to its last call's end, as SIPp saw it
     exit_status: int | None = None
+    wall_seconds: float = 0.0  # from spawning SIPp to its exit
 
     @classmethod
-    def read(cls, path: Path, exit_status: int | None) -> "SippCounts":
+    def read(cls, path: Path, exit_status: int | None, wall_seconds: float = 0.0) -> "SippCounts":
         try:
             with open(path, newline="", encoding="ascii", errors="replace") as stats:
                 rows = list(csv.DictReader(stats, delimiter=";"))
         except OSError:
             rows = []
         if not rows:
-            return cls(exit_status=exit_status)
+            return cls(exit_status=exit_status, wall_seconds=wall_seconds)
         last = rows[-1]
         return cls(successful=int(last["SuccessfulCall(C)"]), failed=int(last["FailedCall(C)"]),
                    retransmissions=int(last["Retransmissions(C)"]),
                    dead_call_messages=int(last["DeadCallMsgs(C)"]),
                    out_of_call_messages=int(last["OutOfCallMsgs(C)"]),
-                   call_rate=float(last["CallRate(C)"]), exit_status=exit_status)
+                   call_rate=float(last["CallRate(C)"]), exit_status=exit_status, wall_seconds=wall_seconds)
 
 
 def sipp_command(scenario: Path, transport: str, local_port: int, stats: Path, errors: Path) -> list[str]:
@@ -71,10 +73,11 @@ def run_uac(scenario: Path, transport: str, local_port: int, target: str, rate: 
     if send_to:
         command += ["-rsa", send_to]
     command.append(target)
+    began = time.monotonic()
     with open(rundir / "uac.out", "wb") as out:
         status = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 timeout=calls / rate + 2 * SIPP_TIMEOUT_MARGIN).returncode
-    return SippCounts.read(rundir / "uac.csv", status)
+    return SippCounts.read(rundir / "uac.csv", status, time.monotonic() - began)
 
 
 class Uas:
@@ -90,6 +93,13 @@ class Uas:
 
     def running(self) -> bool:
         return self.process.poll() is None
+
+    def end(self) -> None:
+        """Stop it now, whatever it was doing (the run is abandoned)."""
+        if self.running():
+            self.process.kill()
+            self.process.wait()
+        self.out.close()
 
     def finish(self) -> SippCounts:
         """Wait for the UAS to end its calls; a UAS still waiting for calls that never came is ended."""
