@@ -32,7 +32,7 @@ check: $(STAMP)
 	chmod go-w modules.d modules.d/*.py
 	$(VENV)/bin/oversipd check -c oversipd.conf
 
-test: $(STAMP) $(MOD_PG_STAMP) postgresql-server service-test-deps
+test: $(STAMP) $(MOD_PG_STAMP) postgresql-server service-test-deps sip-tester
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # oversip-mod-postgresql: a distribution of its own, installed (editable)
@@ -54,6 +54,12 @@ postgresql-server:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1 \
 	    apt-get install -y -qq -o Dpkg::Options::=--force-confold postgresql; \
 	fi
+
+# The SIP tests drive oversipd with sipp (Debian's sip-tester): installed when missing.
+.PHONY: sip-tester
+sip-tester:
+	@command -v sipp >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester; }
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build dist *.egg-info .pytest_cache

@@ -1,6 +1,6 @@
 """oversipd: a pre-fork master/worker daemon hosting OverSIP-style modules.
 
-The module API (SPEC §2): SystemCallbacks, SystemEvents, Launcher,
+The module API (SPEC §2): SystemCallbacks, SystemEvents, SipEvents (SIP.md §9), Launcher,
 Logger, the `modules` namespace (alias `M`), `process`, `config` and
 `module_settings`.
 """
@@ -15,13 +15,13 @@ from typing import Any
 __path__ = extend_path(__path__, __name__)
 
 from . import modules, process  # noqa: E402 (needs the extended __path__)
-from .callbacks import SystemCallbacks, SystemEvents
+from .callbacks import SipEvents, SystemCallbacks, SystemEvents
 from .launcher import Launcher
 from .listeners import listen_socket
 from .logger import Logger
 
 __version__ = "0.1.0"
-__all__ = ["SystemCallbacks", "SystemEvents", "Launcher", "Logger", "M", "modules",
+__all__ = ["SystemCallbacks", "SystemEvents", "SipEvents", "Launcher", "Logger", "M", "modules",
            "process", "config", "module_settings", "listen_socket", "__version__"]
 
 M = modules

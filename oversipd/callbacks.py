@@ -1,4 +1,4 @@
-"""SystemCallbacks (lists for modules) and SystemEvents (single handlers for the server script)."""
+"""SystemCallbacks (lists for modules); SystemEvents and SipEvents (single handlers for the server script)."""
 
 from __future__ import annotations
 
@@ -108,3 +108,20 @@ class _SystemEvents:
 
 SystemCallbacks = _SystemCallbacks()
 SystemEvents = _SystemEvents()
+
+
+class _SipEvents:
+    """The server script's SIP handler (SIP.md §9); a later registration replaces the earlier one."""
+
+    def __init__(self) -> None:
+        self.request_handler: Callback | None = None
+
+    def on_request(self, handler: Callback) -> Callback:
+        """Set the handler every new request goes to: `handler(request)`, sync or async."""
+        if not callable(handler):
+            raise TypeError(f"SipEvents.on_request needs a callable, got {handler!r}")
+        self.request_handler = handler
+        return handler
+
+
+SipEvents = _SipEvents()

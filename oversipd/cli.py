@@ -118,7 +118,12 @@ def prepare_master(args: argparse.Namespace, settings: Settings | None = None,
         # Before any module code runs (a bind failure is exit status 2 with
         # nothing started) and before the fork, so before any worker drops
         # its privileges.
-        listeners.open_listeners(settings.listen, str(settings.path))
+        if settings.sip is None:
+            listeners.open_listeners(settings.listen, str(settings.path))
+        else:
+            from .sip import service as sip_service
+            listeners.open_listeners(settings.listen, str(settings.path), sip_service.reuseport_names(settings))
+            sip_service.prepare_master(settings)
     try:
         load_all(settings.core.modules_dir, settings.core.server_script, args.insecure_modules)
     except ModuleLoadError as failure:
@@ -155,6 +160,9 @@ def serve(args: argparse.Namespace, settings: Settings, report: "StartupReport |
                             private_fds=[pid_file.fd] if pid_file is not None else [])
             return master.run()
         finally:
+            if settings.sip is not None:
+                from .sip import service as sip_service
+                sip_service.close_master()
             listeners.close_listeners()
 
 

@@ -134,7 +134,23 @@ def status(target: Target) -> int:
     _say(f"running: master pid {pid}, {len(rows) - 1} worker(s), pid file {target.pid_file}")
     for row in [("ROLE", "SLOT", "PID", "STATE", "UPTIME", "RSS", "CPU"), *rows]:
         print("{:<7} {:>4} {:>8}  {:<9} {:>12} {:>10} {:>9}".format(*row))
+    _print_sip_counters(target.pid_file)
     return EXIT_OK
+
+
+def _print_sip_counters(pid_file: Path) -> None:
+    """SIP.md §11: received, sent, dropped and per status class, per worker slot and in total."""
+    from .sip.counters import NAMES, read_counters
+
+    rows = read_counters(pid_file)
+    if rows is None:
+        return
+    total = {name: sum(row[name] for row in rows.values()) for name in NAMES}
+    print("sip: " + ", ".join(f"{name} {total[name]}" for name in NAMES))
+    header = ("SLOT", *NAMES)
+    widths = [4] + [max(len(name), 8) for name in NAMES]
+    for row in [header, *((str(slot), *(str(values[n]) for n in NAMES)) for slot, values in sorted(rows.items()))]:
+        print(" ".join(f"{cell:>{width}}" for cell, width in zip(row, widths)))
 
 
 def _row(process: "psutil.Process", role: str, slot: str) -> tuple[str, ...]:

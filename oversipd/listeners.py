@@ -47,6 +47,11 @@ class Listener:
 _listeners: dict[str, Listener] = {}
 
 
+def master_sockets() -> dict[str, socket.socket]:
+    """Name -> the master's own socket of each section (not a copy)."""
+    return {name: listener.sock for name, listener in _listeners.items()}
+
+
 def listen_socket(name: str) -> socket.socket:
     """The `[listen.NAME]` socket, non-blocking; KeyError for an unknown name.
 
@@ -67,14 +72,20 @@ def listen_socket(name: str) -> socket.socket:
 
 # --- opening and closing, in the master ---------------------------------------------------
 
-def open_listeners(sections: dict[str, ListenSettings], source: str) -> None:
-    """Bind every section (or adopt systemd's socket of that name); ConfigError on failure."""
+def open_listeners(sections: dict[str, ListenSettings], source: str,
+                   reuseport: frozenset[str] | set[str] = frozenset()) -> None:
+    """Bind every section (or adopt systemd's socket of that name); ConfigError on failure.
+
+    The sections named in `reuseport` (UDP SIP listeners, oversipd.sip.sockets)
+    get SO_REUSEPORT, so that per-worker sockets can join them.
+    """
     passed = activation.passed_sockets()
     opened: dict[str, Listener] = {}
     try:
         for name, spec in sections.items():
             sock = passed.pop(name, None)
-            opened[name] = _adopt(spec, sock, source) if sock is not None else _bind(spec, source)
+            opened[name] = (_adopt(spec, sock, source) if sock is not None
+                            else _bind(spec, source, name in reuseport))
     except BaseException:
         for listener in opened.values():
             _close(listener)
@@ -108,10 +119,12 @@ def _close(listener: Listener) -> None:
         pass
 
 
-def _bind(spec: ListenSettings, source: str) -> Listener:
+def _bind(spec: ListenSettings, source: str, reuseport: bool = False) -> Listener:
     where = f"listen.{spec.name}"
     if spec.scheme == "unix":
         _remove_stale_unix_socket(spec, source)
+    if reuseport:
+        _refuse_if_taken(spec, source)
     try:
         sock = socket.socket(spec.family, spec.type)
     except OSError as error:
@@ -119,6 +132,8 @@ def _bind(spec: ListenSettings, source: str) -> Listener:
     bound = False
     try:
         _set_options(spec, sock)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(spec.sockaddr)
         bound = True
         if spec.type == socket.SOCK_STREAM:
@@ -142,6 +157,20 @@ def _set_options(spec: ListenSettings, sock: socket.socket) -> None:
     if spec.family == socket.AF_INET6:
         # [::] means IPv6 only, as in nginx: IPv4 gets its own section.
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+
+
+def _refuse_if_taken(spec: ListenSettings, source: str) -> None:
+    """With SO_REUSEPORT a second daemon could join our port: bind once without it to find out."""
+    probe = socket.socket(spec.family, spec.type)
+    try:
+        if spec.family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind(spec.sockaddr)
+    except OSError as error:
+        raise ConfigError(source, f"listen.{spec.name}",
+                          f"cannot bind {spec.address}: {_reason(error)}") from None
+    finally:
+        probe.close()
 
 
 def _remove_stale_unix_socket(spec: ListenSettings, source: str) -> None:

@@ -17,7 +17,7 @@ import selectors
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import oversipd
 
@@ -110,6 +110,12 @@ class Master(Logger):
         }
         self.handled_signals = [*self.dispatch, *IGNORED_SIGNALS]
         self.ignored_logged_at: dict[int, float] = {}
+        # The per-slot UDP SIP sockets (oversipd.sip.sockets), imported only
+        # for a SIP configuration: the SIP package costs start-up time.
+        self.sip_sockets: Any = None
+        if settings.sip is not None:
+            from .sip import sockets as sip_sockets
+            self.sip_sockets = sip_sockets
 
     # --- the loop -------------------------------------------------------------
 
@@ -267,12 +273,15 @@ class Master(Logger):
     def retire_worker(self, slot: WorkerSlot) -> None:
         if not slot.alive:
             del self.slots[slot.slot_id]
+            self.release_sip_sockets(slot)
             return
         slot.retiring = True
         self.stop_worker(slot, error=False)
 
     def spawn_worker(self, slot: WorkerSlot) -> bool:
         """Fork the worker of `slot`; False (and a respawn scheduled) when fork fails."""
+        if self.sip_sockets is not None:
+            self.sip_sockets.ensure_slot(slot.slot_id)  # its UDP SIP sockets, kept across respawns
         master_end, worker_end = Channel.pair()
         self.board.beat(slot.slot_id)
         inherited = [self.signal_r, self.signal_w, self.selector.fileno(), master_end.fileno(),
@@ -299,6 +308,11 @@ class Master(Logger):
         self.selector.register(master_end.sock, selectors.EVENT_READ,
                                lambda: self.read_worker_messages(slot))
         return True
+
+    def release_sip_sockets(self, slot: WorkerSlot) -> None:
+        """A removed slot's UDP SIP sockets close once its worker is gone (what queued there is lost)."""
+        if self.sip_sockets is not None:
+            self.sip_sockets.release_slot(slot.slot_id)
 
     def stop_worker(self, slot: WorkerSlot, error: bool) -> None:
         slot.transition(SlotState.STOPPING, "asked to stop")
@@ -367,6 +381,8 @@ class Master(Logger):
         if self.stop_request is not None or slot.retiring:
             self.log_system_info(what)
             del self.slots[slot.slot_id]
+            if slot.retiring:
+                self.release_sip_sockets(slot)
         elif code == WORKER_EXIT_FATAL:
             self.log_system_crit(f"{what}: Launcher.fatal was called; stopping the daemon")
             del self.slots[slot.slot_id]
@@ -486,6 +502,9 @@ class Master(Logger):
             if getattr(old.core, key) != getattr(new.core, key):
                 self.log_system_warn(f"core.{key} changed: takes effect at the next restart")
         listeners.warn_if_changed(old.listen, new.listen, self)
+        if old.sip is not None or new.sip is not None:
+            from .sip.service import warn_if_changed
+            warn_if_changed(old.sip, new.sip, self)
         if new.core.worker_timeout != old.core.worker_timeout:
             # Each worker beats at the new pace once it has the new settings;
             # until then, its last beat counts as fresh.

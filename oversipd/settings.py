@@ -6,10 +6,13 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .addresses import ListenSettings, parse_listen_tables
 from .errors import ConfigError, toml_key
+
+if TYPE_CHECKING:
+    from .sip.settings import SipSettings
 
 LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
 SYSLOG_FACILITIES = (
@@ -57,6 +60,8 @@ class Settings:
     workers_in_file: int = 1
     # [listen.NAME] sections (SPEC §7); bound once, at start.
     listen: dict[str, ListenSettings] = field(default_factory=dict)
+    # The [sip] table (SIP.md §8); None: no SIP at all.
+    sip: "SipSettings | None" = None
 
     def module_settings(self, name: str) -> dict[str, Any]:
         return dict(self.modules.get(name, {}))
@@ -139,8 +144,9 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
     core_table = _table(document, "core", source)
     modules_table = _table(document, "modules", source)
     listen = parse_listen_tables(_table(document, "listen", source), source)
+    sip = _sip_table(document, listen, source)
     for name in document:
-        if name not in ("core", "modules", "listen"):
+        if name not in ("core", "modules", "listen", "sip"):
             raise ConfigError(source, toml_key(name), "unknown table or key")
 
     raw: dict[str, Any] = {}
@@ -176,7 +182,15 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
                                "graceful_timeout", "worker_timeout", "respawn_limit") if k in raw},
     )
     return Settings(path=conf_path, core=core, modules=modules, workers_in_file=workers_in_file,
-                    listen=listen)
+                    listen=listen, sip=sip)
+
+
+def _sip_table(document: dict[str, Any], listen: dict[str, ListenSettings], source: str) -> "SipSettings | None":
+    if "sip" not in document:
+        return None
+    # Imported only for a SIP configuration: the SIP package costs start-up time.
+    from .sip.settings import parse_sip_table
+    return parse_sip_table(document["sip"], listen, source)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -90,6 +90,7 @@ class Worker(Logger):
         self.tasks: set[asyncio.Task[Any]] = set()
         self.terminated = False
         self.next_beat: asyncio.TimerHandle | None = None
+        self.sip: Any = None   # oversipd.sip.service.WorkerSip when [sip] is configured
 
     def run(self) -> int:
         loop = asyncio.SelectorEventLoop()
@@ -167,7 +168,22 @@ class Worker(Logger):
                 self.log_system_crit("SystemEvents.on_started raised:")
                 self.log_system_crit(error)
                 Launcher.fatal("SystemEvents.on_started failed")
+            if self.settings.sip is not None:
+                try:
+                    await self.start_sip()
+                except Exception as error:
+                    self.log_system_crit("cannot serve SIP:")
+                    self.log_system_crit(error)
+                    Launcher.fatal("the SIP listeners failed to start")
             self.channel.send(control.STARTED)
+
+    async def start_sip(self) -> None:
+        """Serve SIP once the modules are ready: a request never meets a half-started worker."""
+        from .sip.service import WorkerSip
+
+        assert self.loop is not None
+        self.sip = WorkerSip(self.settings, self.slot_id, self.loop)
+        await self.sip.start()
 
     def started_failed(self, callback: Any, error: BaseException) -> None:
         self.log_system_crit(f"on_started callback {describe(callback)} raised:")
@@ -180,6 +196,8 @@ class Worker(Logger):
             self.settings = settings
             oversipd.config = settings
             logger.set_level(settings.core.log_level)
+            if self.sip is not None:
+                self.sip.apply_settings(settings)
             self.beat()  # at the new worker_timeout's pace from now on
             await SystemCallbacks.on_reload.run(on_error=self.callback_failed("on_reload"))
             self.channel.send(control.RELOADED)
@@ -194,6 +212,8 @@ class Worker(Logger):
         if self.terminated:
             return
         self.terminated = True
+        if self.sip is not None:
+            self.sip.close()   # no new request starts while the worker stops
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

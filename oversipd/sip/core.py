@@ -1,0 +1,340 @@
+"""The SIP core of a worker: received bytes -> parse -> transaction -> `on_request` -> response.
+
+The transports (`oversipd.sip.transport`) hand every datagram or framed
+stream message to `SipCore.receive`; it stays one flat path for the common
+case (a new request, a sync handler that replies).  The transaction table
+is sans-I/O; this module is its asyncio adapter: it sends what the table
+hands back and arms one loop timer for the table's next deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from typing import Any, Protocol
+
+from ..callbacks import SipEvents, is_cancellation
+from ..logger import Logger
+from . import counters as C
+from .errors import ParseError
+from .message import Request as Message, parse_message
+from .request import Request
+from .settings import SipSettings
+from .transaction import MAGIC_COOKIE, Match, State, TransactionTable, transaction_key
+
+# Our own Via branches start with this (the proxy adds them): seeing one of
+# ours with our sent-by in a received request is a loop (RFC 3261 §16.3).
+OUR_BRANCH_PREFIX = MAGIC_COOKIE + "osd"
+# Timer G is armed to this granularity: one loop wake-up serves every
+# transaction due within it, instead of one per transaction.
+TIMER_GRANULARITY = 0.02
+NO_HANDLER = "no SipEvents.on_request handler: every request gets 500"
+SUPPORTED_PROXY_REQUIRE: frozenset[str] = frozenset()
+
+
+class Source(Protocol):
+    """Where a message came in: a UDP listener's socket or a TCP connection."""
+
+    transport: str          # "udp" or "tcp"
+    reliable: bool
+
+    def send(self, data: bytes, address: Any) -> bool: ...
+
+
+class SipCore(Logger):
+    """One per worker: its transactions, the handler call, the responses, the counters."""
+
+    log_id = "SIP"
+
+    def __init__(self, settings: SipSettings, local: list[tuple[str, int]], counts: Any,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.counts = counts                   # this slot's row of counters (memoryview of Q)
+        self.table = TransactionTable()
+        self.timer: asyncio.TimerHandle | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.warned_no_handler = False
+        self.parser_bug_logged = False
+        self._tag_prefix = os.urandom(4).hex()
+        self._tag_count = 0
+        self.local = local
+        self.apply_settings(settings)
+
+    def apply_settings(self, settings: SipSettings) -> None:
+        self.settings = settings
+        hosts = {host for host, _ in self.local}
+        if settings.advertised_host:
+            hosts.add(settings.advertised_host)
+        self.local_hosts = hosts | set(settings.local_domains)
+        self.local_ports = {port for _, port in self.local}
+        self.sent_by = {(host, port) for host in hosts for port in self.local_ports}
+
+    # --- receiving ------------------------------------------------------------
+
+    def receive(self, data: bytes, source: Source, address: Any) -> None:
+        """One datagram or one framed stream message."""
+        counts = self.counts
+        counts[C.RECEIVED] += 1
+        try:
+            message = parse_message(data)
+            if not isinstance(message, Message):
+                counts[C.DROPPED] += 1   # a response: nothing of ours to match yet
+                return
+            top = message.via[0]
+            method = message.method
+            key = transaction_key(method, top.branch, (top.host, top.port),
+                                  lambda: _rfc2543_fields(message))
+            to_tag = message.to.tag
+        except ParseError as error:
+            self.reject(error, source, address)
+            return
+        except Exception as error:  # a parser bug must cost one message, not the worker
+            counts[C.DROPPED] += 1
+            if not self.parser_bug_logged:   # a peer must not be able to flood the log
+                self.parser_bug_logged = True
+                self.log_system_error(f"the parser failed on a message from {address} (further "
+                                      "failures are only counted as dropped):")
+                self.log_system_error(error)
+            return
+        match, tx = self.table.match(key, method, to_tag)
+        if match is Match.NEW:
+            self.new_request(message, method, key, source, address)
+        elif match is Match.RETRANSMISSION:
+            counts[C.RETRANSMITTED] += 1
+            response = self.table.retransmission(tx)
+            if response is not None:
+                self.send(source, address, response, None)
+            elif tx.is_invite and tx.owner is not None:
+                # The handler is still at work (async): a 100 stops the client's
+                # retransmissions (RFC 3261 §17.2.1).
+                self.send_reply(tx.owner, 100, None, None, b"")
+        else:
+            counts[C.RETRANSMITTED] += 1
+            self.table.ack(tx, self.loop.time())
+
+    def new_request(self, message: Message, method: str, key: Any, source: Source, address: Any) -> None:
+        if method == "ACK":
+            # The ACK of a 2xx (or a stray one): a request of its own, never answered.
+            self.run_handler(Request(message, source, address, None, self))
+            return
+        if method == "CANCEL":
+            self.cancel(message, key, source, address)
+            return
+        tx = self.table.create(key, method, source.reliable, message.to.tag)
+        request = Request(message, source, address, tx, self)
+        tx.owner = request
+        refusal = self.refusal(message, method)
+        if refusal is not None:
+            self.send_reply(request, *refusal)
+            return
+        self.run_handler(request)
+
+    def refusal(self, message: Message, method: str) -> tuple[int, str | None, list | None, bytes] | None:
+        """What the core answers by itself: a loop (482), Max-Forwards 0 (483), Proxy-Require (420)."""
+        vias = message.via
+        if len(vias) > 1:
+            for via in vias:
+                branch = via.branch
+                if branch and branch.startswith(OUR_BRANCH_PREFIX) and (via.host, via.port) in self.sent_by:
+                    return 482, None, None, b""
+        if message.max_forwards == 0 and method != "OPTIONS":
+            return 483, None, None, b""
+        required = message.headers("proxy-require")
+        if required:
+            unsupported = [tag for tag in required if tag.lower() not in SUPPORTED_PROXY_REQUIRE]
+            if unsupported:
+                return 420, None, [("Unsupported", ", ".join(unsupported))], b""
+        return None
+
+    def reject(self, error: ParseError, source: Source, address: Any) -> None:
+        """A message that does not parse: 400 (or its status) when a request can be answered, else dropped."""
+        request = error.request
+        if request is None or request.method == "ACK":
+            self.counts[C.DROPPED] += 1
+            return
+        try:
+            response = request.make_response(error.status, _reason(error), to_tag=self.new_tag())
+            self.send(source, address, response.to_bytes(), error.status)
+        except Exception:
+            self.counts[C.DROPPED] += 1
+
+    def cancel(self, message: Message, key: Any, source: Source, address: Any) -> None:
+        """RFC 3261 §9.2: 200 to the CANCEL and 487 to its INVITE, if it is still pending; 481 without one."""
+        tx = self.table.create(key, "CANCEL", source.reliable, message.to.tag)
+        request = Request(message, source, address, tx, self)
+        top = message.via[0]
+        invite_key = transaction_key("INVITE", top.branch, (top.host, top.port),
+                                     lambda: _rfc2543_fields(message))
+        invite = self.table.transactions.get(invite_key)
+        if invite is None:
+            self.send_reply(request, 481, None, None, b"")
+            return
+        self.send_reply(request, 200, None, None, b"")
+        pending = invite.owner
+        if pending is not None and not pending.replied:
+            self.send_reply(pending, 487, None, None, b"")
+            pending._cancelled = True
+
+    # --- the handler -----------------------------------------------------------
+
+    def run_handler(self, request: Request) -> None:
+        handler = SipEvents.request_handler
+        if handler is None:
+            if not self.warned_no_handler:
+                self.warned_no_handler = True
+                self.log_system_warn(NO_HANDLER)
+            if request.message.method != "ACK":
+                self.send_reply(request, 500, None, None, b"")
+            return
+        try:
+            result = handler(request)
+        except Exception as error:
+            self.handler_failed(request, error)
+            return
+        if result is not None and inspect.isawaitable(result):
+            task = self.loop.create_task(self.finish_async(request, result))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return
+        self.handler_done(request)
+
+    async def finish_async(self, request: Request, awaitable: Any) -> None:
+        try:
+            await awaitable
+        except BaseException as error:
+            if is_cancellation(error):
+                raise
+            self.handler_failed(request, error)
+            return
+        self.handler_done(request)
+
+    def handler_done(self, request: Request) -> None:
+        if not request._final_sent and request.message.method != "ACK":
+            self.log_system_warn(f"SipEvents.on_request returned without replying to {request!r}: 500")
+            self.send_reply(request, 500, None, None, b"")
+
+    def handler_failed(self, request: Request, error: BaseException) -> None:
+        self.log_system_error(f"SipEvents.on_request raised on {request!r}:")
+        self.log_system_error(error)
+        if not request._final_sent and request.message.method != "ACK":
+            try:
+                self.send_reply(request, 500, None, None, b"")
+            except Exception as again:
+                self.log_system_error(again)
+
+    # --- responses -----------------------------------------------------------------
+
+    def send_reply(self, request: Request, status: int, reason: str | None,
+                   headers: list | None, body: bytes) -> None:
+        message = request.message
+        if status != 100 and message.to.tag is None:
+            to_tag = request._to_tag or self.new_tag()
+            request._to_tag = to_tag
+        else:
+            to_tag = None
+        destination = request._destination
+        if destination is None:
+            self.stamp_via(request, force_rport=False)
+            destination = request._destination = self.response_address(request)
+        data = message.make_response(status, reason, to_tag=to_tag, headers=headers, body=body).to_bytes()
+        tx = request.transaction
+        if tx is not None:
+            if status >= 300 and tx.is_invite and not tx.reliable:
+                tx.destination = (request.source, destination)
+            self.table.respond(tx, status, data, to_tag or message.to.tag, self.loop.time())
+            if tx.state is State.COMPLETED and tx.is_invite and not tx.reliable:
+                self.arm_timer()
+            elif self.timer is None and len(self.table):
+                self.arm_timer()
+        if status >= 200:
+            request._final_sent = True
+        self.send(request.source, destination, data, status)
+
+    def send(self, source: Source, address: Any, data: bytes, status: int | None) -> None:
+        counts = self.counts
+        if source.send(data, address):
+            counts[C.SENT] += 1
+            if status is not None:
+                counts[C.FIRST_CLASS + status // 100 - 1] += 1
+        else:
+            counts[C.DROPPED] += 1
+
+    def response_address(self, request: Request) -> Any:
+        """RFC 3261 §18.2.2 / RFC 3581: the source address; its port only with rport, else the Via's."""
+        address = request.address
+        if request.source.reliable:
+            return address
+        top = request.message.via[0]
+        if top.rport is not None:
+            return address
+        port = top.port or 5060
+        return address if port == address[1] else (address[0], port, *address[2:])
+
+    def stamp_via(self, request: Request, force_rport: bool) -> None:
+        """RFC 3261 §18.2.1 and RFC 3581 on the top Via, before the first response copies it.
+
+        `received` when the sent-by host is not the source IP; `rport`'s value
+        when the client asked for it, or (fix_nat) whenever the source address
+        is not the sent-by one.
+        """
+        request._destination = None   # fix_nat may change where responses go
+        message = request.message
+        top = message.via[0]
+        ip, port = request.address[0], request.address[1]
+        moved = top.host != ip or (top.port or 5060) != port
+        add_rport = top.rport == "" or (force_rport and moved)
+        add_received = top.host != ip or add_rport
+        if not add_rport and not add_received:
+            return
+        if add_received:
+            top.params["received"] = ip
+        if add_rport:
+            top.params["rport"] = str(port)
+        message.pop_header_value("Via")
+        message.insert_header("Via", str(top))
+
+    def new_tag(self) -> str:
+        self._tag_count += 1
+        return f"{self._tag_prefix}{self._tag_count:x}"
+
+    def is_local(self, host: str, port: int | None) -> bool:
+        return host in self.local_hosts and (port is None or port in self.local_ports)
+
+    # --- timers ------------------------------------------------------------------
+
+    def arm_timer(self) -> None:
+        deadline = self.table.next_deadline()
+        if deadline is None:
+            return
+        at = max(deadline, self.loop.time() + TIMER_GRANULARITY)
+        if self.timer is not None:
+            if self.timer.when() <= at:
+                return
+            self.timer.cancel()
+        self.timer = self.loop.call_at(at, self.on_timer)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        for tx, data in self.table.expire(self.loop.time()):
+            if tx.destination is not None:
+                source, address = tx.destination
+                if source.send(data, address):
+                    self.counts[C.SENT] += 1
+        self.arm_timer()
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        for task in list(self.tasks):
+            task.cancel()
+
+
+def _rfc2543_fields(message: Message) -> tuple[Any, ...]:
+    return (str(message.ruri), message.from_.tag, message.call_id, message.cseq, str(message.via[0]))
+
+
+def _reason(error: ParseError) -> str:
+    """A reason phrase may not hold CR or LF."""
+    return " ".join(str(error.reason).split())[:200] or "Bad Request"

@@ -1,0 +1,182 @@
+"""The request object a server script's `SipEvents.on_request` handler gets (SIP.md §9).
+
+It wraps the parsed message (`request.message`) with what the worker knows
+about where it came from, and replies through the server transaction.
+Names follow OverSIP's Ruby API (`sip_method`, `ruri`, `from_`, ...).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .core import SipCore, Source
+    from .message import Request as Message
+    from .transaction import ServerTransaction
+    from .uri import NameAddr, SipUri, Via
+
+DEFAULT_MAX_FORWARDS = 70
+
+
+class Request:
+    """One received request; `reply()` answers it once with a final response."""
+
+    __slots__ = ("message", "source", "address", "transaction", "cvars", "_core", "_to_tag",
+                 "_final_sent", "_cancelled", "_destination")
+
+    def __init__(self, message: "Message", source: "Source", address: Any,
+                 transaction: "ServerTransaction | None", core: "SipCore") -> None:
+        self.message = message
+        self.source = source          # the listener (or TCP connection) it came in on
+        self.address = address        # the peer's socket address
+        self.transaction = transaction
+        self.cvars: dict[str, Any] = {}
+        self._core = core
+        self._to_tag: str | None = None
+        self._final_sent = False
+        self._cancelled = False       # a CANCEL was answered 487 for us
+        self._destination: Any = None  # where responses go; set (and the Via stamped) at the first reply
+
+    # --- what came in -----------------------------------------------------------
+
+    @property
+    def sip_method(self) -> str:
+        return self.message.method
+
+    @property
+    def ruri(self) -> "SipUri":
+        return self.message.ruri
+
+    @ruri.setter
+    def ruri(self, value: "SipUri | str") -> None:
+        self.message.ruri = value
+
+    @property
+    def from_(self) -> "NameAddr":
+        return self.message.from_
+
+    @property
+    def to(self) -> "NameAddr":
+        return self.message.to
+
+    @property
+    def call_id(self) -> str:
+        return self.message.call_id
+
+    @property
+    def cseq(self) -> int:
+        return self.message.cseq
+
+    @property
+    def via(self) -> "list[Via]":
+        return self.message.via
+
+    @property
+    def max_forwards(self) -> int | None:
+        return self.message.max_forwards
+
+    @property
+    def body(self) -> bytes:
+        return self.message.body
+
+    @body.setter
+    def body(self, value: bytes) -> None:
+        self.message.body = value
+
+    @property
+    def transport(self) -> str:
+        return self.source.transport
+
+    @property
+    def source_ip(self) -> str:
+        return self.address[0]
+
+    @property
+    def source_port(self) -> int:
+        return self.address[1]
+
+    @property
+    def in_dialog(self) -> bool:
+        return self.message.to.tag is not None
+
+    @property
+    def replied(self) -> bool:
+        """True once a final response was sent (or a CANCEL ended it with 487)."""
+        return self._final_sent
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    # --- headers --------------------------------------------------------------------
+
+    def header(self, name: str) -> str | None:
+        return self.message.header(name)
+
+    def headers(self, name: str) -> list[str]:
+        return self.message.headers(name)
+
+    def set_header(self, name: str, value: str) -> None:
+        self.message.set_header(name, value)
+
+    def insert_header(self, name: str, value: str) -> None:
+        self.message.insert_header(name, value)
+
+    def delete_header(self, name: str) -> None:
+        self.message.delete_header(name)
+
+    # --- answering ---------------------------------------------------------------------
+
+    def reply(self, status: int, reason: str | None = None,
+              headers: list[tuple[str, str]] | dict[str, str] | None = None, body: bytes = b"") -> None:
+        """Send a response; a second final one raises RuntimeError (after a CANCEL: ignored)."""
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 699:
+            raise ValueError(f"a SIP status is an integer from 100 to 699, got {status!r}")
+        if self.message.method == "ACK":
+            raise RuntimeError("an ACK gets no response")
+        if self._final_sent:
+            if self._cancelled:
+                return  # the transaction already ended with 487; the handler could not know
+            raise RuntimeError(f"a final response was already sent to this {self.message.method}")
+        if isinstance(headers, dict):
+            headers = list(headers.items())
+        self._core.send_reply(self, status, reason, headers, body)
+
+    def check_max_forwards(self, limit: int) -> bool:
+        """Add Max-Forwards: 70 when missing, lower a value above `limit`; 483 and False at 0."""
+        value = self.message.max_forwards
+        if value is None:
+            value = DEFAULT_MAX_FORWARDS
+            self.message.set_header("Max-Forwards", str(value))
+        if value == 0:
+            if not self._final_sent and self.message.method != "ACK":
+                self.reply(483)
+            return False
+        if value > limit:
+            self.message.set_header("Max-Forwards", str(limit))
+        return True
+
+    def destination_myself(self) -> bool:
+        """The Request-URI names us: one of our addresses or domains, on our port (or none)."""
+        uri = self.message.ruri
+        host = uri.host
+        if host is None:
+            return False
+        return self._core.is_local(_normal_host(host), uri.port)
+
+    def fix_nat(self) -> None:
+        """RFC 3581: `received` and `rport` on the top Via, so responses go where the request came from."""
+        self._core.stamp_via(self, force_rport=True)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.message.method} {self.message.ruri} from {self.address[0]}:{self.address[1]}>"
+
+
+def _normal_host(host: str) -> str:
+    if ":" in host:
+        try:
+            return str(ipaddress.ip_address(host.strip("[]")))
+        except ValueError:
+            return host.lower()
+    return host.lower()

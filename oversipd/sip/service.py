@@ -1,0 +1,111 @@
+"""SIP in the daemon's life: set up in the master before the fork, started in each worker.
+
+The master side binds the per-slot UDP sockets and creates the counters
+mapping; the worker side starts the listeners after the on_started
+callbacks (a request never reaches a handler whose modules are not ready)
+and stops them first when the worker stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING
+
+from .. import listeners
+from ..logger import Logger
+from . import sockets
+from .core import SipCore   # imported in the master: a worker's start pays no import
+from .counters import Counters, counters_path
+from .transport import TcpListener, UdpListener
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from .settings import SipSettings
+
+_log = Logger("SIP")
+_counters: Counters | None = None
+
+
+# --- in the master ---------------------------------------------------------------
+
+def reuseport_names(settings: "Settings") -> set[str]:
+    """The [listen.*] sections to bind with SO_REUSEPORT (UDP SIP listeners)."""
+    return sockets.udp_sip_listeners(settings.sip, settings.listen)
+
+
+def prepare_master(settings: "Settings") -> None:
+    """After the [listen.*] sockets are bound, before the fork."""
+    global _counters
+    if settings.sip is None:
+        return
+    sockets.open_groups(settings.sip, settings.listen, listeners.master_sockets())
+    path = counters_path(settings.core.pid_file)
+    try:
+        _counters = Counters(path)
+    except OSError as error:
+        _log.log_system_warn(f"cannot create {path} ({error.strerror or error}): "
+                             "the SIP counters stay in memory, and `oversipd status` cannot show them")
+        _counters = Counters(None)
+
+
+def close_master() -> None:
+    global _counters
+    sockets.close_groups()
+    if _counters is not None:
+        _counters.remove()
+        _counters = None
+
+
+def warn_if_changed(old: "SipSettings | None", new: "SipSettings | None", log: Logger) -> None:
+    """A reload keeps the SIP listeners it has; the other [sip] keys apply at once."""
+    if (old is None) != (new is None) or (old is not None and new is not None and old.listen != new.listen):
+        log.log_system_warn("[sip] listeners changed (sip.listen, or [sip] added or removed): "
+                            "a restart is needed; keeping the current ones")
+
+
+# --- in a worker --------------------------------------------------------------------
+
+class WorkerSip:
+    """The SIP listeners and core of one worker."""
+
+    def __init__(self, settings: "Settings", slot_id: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.slot_id = slot_id
+        self.loop = loop
+        self.core: SipCore | None = None
+        self.listeners: list = []
+
+    async def start(self) -> None:
+        sip = self.settings.sip
+        assert sip is not None and _counters is not None
+        sockets.close_other_slots(self.slot_id)
+        udp = sockets.slot_sockets(self.slot_id)
+        local = [_local_address(name, udp) for name in sip.listen]
+        self.core = core = SipCore(sip, local, _counters.row(self.slot_id), self.loop)
+        for name in sip.listen:
+            if name in udp:
+                self.listeners.append(UdpListener(name, udp[name], core, self.loop))
+            else:
+                tcp = TcpListener(name, listeners.listen_socket(name), core, self.loop)
+                await tcp.start()
+                self.listeners.append(tcp)
+
+    def apply_settings(self, settings: "Settings") -> None:
+        if self.core is not None and settings.sip is not None and self.settings.sip is not None \
+                and settings.sip.listen == self.settings.sip.listen:
+            self.settings = settings
+            self.core.apply_settings(settings.sip)
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+        self.listeners = []
+        if self.core is not None:
+            self.core.close()
+
+
+def _local_address(name: str, udp: dict[str, socket.socket]) -> tuple[str, int]:
+    sock = udp.get(name) or listeners.master_sockets()[name]
+    address = sock.getsockname()
+    return address[0], address[1]

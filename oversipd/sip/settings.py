@@ -1,0 +1,106 @@
+"""The `[sip]` table (SIP.md §8), validated into a frozen dataclass."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..addresses import ListenSettings
+from ..errors import ConfigError, toml_key
+
+DEFAULT_MAX_MESSAGE_SIZE = 65535
+MIN_MESSAGE_SIZE = 1024          # smaller would refuse ordinary INVITEs
+MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+DEFAULT_TCP_IDLE_TIMEOUT = 300.0
+# A host name as RFC 3261's `hostname` allows it (letters, digits, '-', dots).
+HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                      r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?")
+
+
+@dataclass(frozen=True)
+class SipSettings:
+    listen: tuple[str, ...]
+    advertised_host: str = ""
+    local_domains: tuple[str, ...] = ()
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    tcp_idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
+
+
+def _host(value: Any) -> str:
+    """An IP literal or a host name; lower-case, IPv6 without brackets."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a host name or IP address, got {value!r}")
+    text = value.strip("[]") if value.startswith("[") and value.endswith("]") else value
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not HOSTNAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a host name or IP address")
+    return value.lower().rstrip(".")
+
+
+def _advertised_host(value: Any) -> str:
+    return "" if value == "" else _host(value)
+
+
+def _local_domains(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of domains, got {value!r}")
+    return tuple(_host(item) for item in value)
+
+
+def _max_message_size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_MESSAGE_SIZE <= value <= MAX_MESSAGE_SIZE:
+        raise ValueError(f"expected an integer from {MIN_MESSAGE_SIZE} to {MAX_MESSAGE_SIZE}, got {value!r}")
+    return value
+
+
+def _tcp_idle_timeout(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"expected a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+SIP_KEYS: dict[str, Callable[[Any], Any]] = {
+    "advertised_host": _advertised_host,
+    "local_domains": _local_domains,
+    "max_message_size": _max_message_size,
+    "tcp_idle_timeout": _tcp_idle_timeout,
+}
+
+
+def parse_sip_table(table: Any, listen: dict[str, ListenSettings], source: str) -> SipSettings:
+    """The `[sip]` table -> SipSettings; every mistake names file and key."""
+    if not isinstance(table, dict):
+        raise ConfigError(source, "sip", "expected a table [sip]")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key == "listen":
+            continue
+        if key not in SIP_KEYS:
+            raise ConfigError(source, toml_key("sip", key), "unknown key")
+        try:
+            values[key] = SIP_KEYS[key](value)
+        except ValueError as why:
+            raise ConfigError(source, toml_key("sip", key), str(why)) from None
+    return SipSettings(listen=_listen_names(table.get("listen"), listen, source), **values)
+
+
+def _listen_names(value: Any, listen: dict[str, ListenSettings], source: str) -> tuple[str, ...]:
+    where = "sip.listen"
+    if value is None:
+        raise ConfigError(source, where, 'missing (e.g. listen = ["sip_udp", "sip_tcp"])')
+    if not isinstance(value, list) or not value or not all(isinstance(name, str) for name in value):
+        raise ConfigError(source, where, f"expected a non-empty list of [listen.NAME] names, got {value!r}")
+    for name in value:
+        section = listen.get(name)
+        if section is None:
+            raise ConfigError(source, where, f"{name!r}: no [listen.{name}] section")
+        if section.scheme not in ("udp", "tcp"):
+            raise ConfigError(source, where, f"{name!r}: SIP runs on udp or tcp, not on {section.address}")
+    if len(set(value)) != len(value):
+        raise ConfigError(source, where, f"a name appears twice in {value!r}")
+    return tuple(value)

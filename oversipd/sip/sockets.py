@@ -1,0 +1,143 @@
+"""Per-slot UDP sockets for the SIP listeners: how a transaction stays in one worker (SIP.md §8).
+
+For each UDP SIP listener the master holds one `SO_REUSEPORT` socket per
+worker slot, all bound to the listener's address: slot 1 uses the
+`[listen.NAME]` socket itself, every other slot a socket of its own made
+before its first fork.  Worker K reads and sends only through slot K's
+socket.  Linux hands a datagram to one socket of a reuseport group by a
+hash of its 4-tuple, so every retransmission and ACK from one source
+address lands on the slot that holds its transaction.
+
+The master keeps every slot's socket across respawns: a worker that dies
+leaves its socket in the group, what arrives meanwhile queues in it, and
+the replacement reads it.  Adding a slot (SIGTTIN) changes the group's
+size and re-maps most flows; removing one (SIGTTOU) closes its socket
+once its worker has exited, dropping what was queued there.  A TCP
+connection is accepted by any worker and stays with it: nothing to do.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from ..addresses import ListenSettings
+from ..logger import Logger
+from .settings import SipSettings
+
+# Asked for each UDP SIP socket; the kernel caps it at net.core.rmem_max
+# (SO_RCVBUFFORCE, as root, goes past it).  A full buffer is a cliff:
+# datagrams are lost, clients retransmit, and throughput collapses.
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+FIRST_SLOT = 1
+
+_log = Logger("SIP")
+
+
+@dataclass
+class UdpGroup:
+    """The reuseport group of one UDP SIP listener: slot -> socket."""
+
+    spec: ListenSettings
+    shared: socket.socket                     # the [listen.NAME] socket (slot 1's)
+    by_slot: dict[int, socket.socket] = field(default_factory=dict)
+    reuseport: bool = True                    # False: systemd's socket, shared by every slot
+
+    def socket_for(self, slot_id: int) -> socket.socket:
+        return self.by_slot.get(slot_id, self.shared)
+
+
+_groups: dict[str, UdpGroup] = {}
+
+
+def udp_sip_listeners(settings: SipSettings | None, listen: dict[str, ListenSettings]) -> set[str]:
+    """The [listen.*] names whose sockets need SO_REUSEPORT (UDP carrying SIP)."""
+    if settings is None:
+        return set()
+    return {name for name in settings.listen if listen[name].scheme == "udp"}
+
+
+def set_receive_buffer(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, UDP_RECEIVE_BUFFER)
+    except (OSError, AttributeError):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+        except OSError:
+            pass
+
+
+def open_groups(settings: SipSettings | None, listen: dict[str, ListenSettings],
+                sockets: dict[str, socket.socket]) -> None:
+    """In the master, after the [listen.*] sockets are bound: one group per UDP SIP listener."""
+    for name in sorted(udp_sip_listeners(settings, listen)):
+        sock = sockets[name]
+        set_receive_buffer(sock)
+        reuseport = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
+        if not reuseport:
+            _log.log_system_warn(f"listen.{name}: the socket has no SO_REUSEPORT (passed by systemd?): "
+                                 "every worker reads the one socket; a transaction's messages may "
+                                 "reach another worker")
+        _groups[name] = UdpGroup(listen[name], sock, {FIRST_SLOT: sock}, reuseport)
+
+
+def ensure_slot(slot_id: int) -> None:
+    """In the master, before forking slot `slot_id`'s worker: its socket in every group."""
+    for name, group in _groups.items():
+        if slot_id in group.by_slot or not group.reuseport:
+            continue
+        try:
+            group.by_slot[slot_id] = _bind_like(group.shared)
+        except OSError as error:
+            _log.log_system_error(f"listen.{name}: cannot open the socket of worker slot {slot_id} "
+                                  f"({error.strerror or error}); that worker reads the shared socket")
+
+
+def release_slot(slot_id: int) -> None:
+    """In the master, once a removed slot's worker has exited: close its sockets."""
+    for group in _groups.values():
+        sock = group.by_slot.get(slot_id)
+        if sock is not None and sock is not group.shared:
+            del group.by_slot[slot_id]
+            sock.close()
+
+
+def slot_sockets(slot_id: int) -> dict[str, socket.socket]:
+    """In a worker: listener name -> the UDP socket this slot reads and sends through."""
+    return {name: group.socket_for(slot_id) for name, group in _groups.items()}
+
+
+def close_other_slots(slot_id: int) -> None:
+    """In a worker: drop its copies of the other slots' sockets (the master keeps them)."""
+    for group in _groups.values():
+        mine = group.socket_for(slot_id)
+        for other, sock in list(group.by_slot.items()):
+            if sock is not mine and sock is not group.shared:
+                sock.close()
+                del group.by_slot[other]
+
+
+def close_groups() -> None:
+    for group in _groups.values():
+        for sock in group.by_slot.values():
+            if sock is not group.shared:   # listeners.close_listeners() closes that one
+                sock.close()
+    _groups.clear()
+
+
+def _bind_like(shared: socket.socket) -> socket.socket:
+    """A new reuseport socket on the address `shared` is bound to (port 0 resolved)."""
+    sock = socket.socket(shared.family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if shared.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        set_receive_buffer(sock)
+        sock.bind(shared.getsockname())
+        sock.setblocking(False)
+        os.set_inheritable(sock.fileno(), False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,202 @@
+"""SIP over UDP and TCP in a worker: sockets in, messages to the core, responses out.
+
+UDP: the worker reads its slot's socket (oversipd.sip.sockets) with
+`add_reader` and a `recvfrom` loop, one datagram one message, and sends
+responses from that same socket.  TCP: every worker accepts on the
+shared listening socket; a connection and all its messages stay with the
+worker that accepted it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from ..logger import Logger
+from . import counters as C
+from .errors import FramingError, ParseError
+from .framing import KEEPALIVE, StreamFramer
+from .message import Request as Message, parse_message
+
+# Datagrams read per wake-up before the loop looks at its other work.
+UDP_BATCH = 64
+# A peer that does not read its responses: stop reading its requests.
+TCP_HIGH_WATER = 256 * 1024
+CRLF = b"\r\n"
+KEEPALIVE_FIRST = (b"\r", b"\n")
+MAX_DATAGRAM = 65536
+
+_log = Logger("SIP")
+
+
+class UdpListener:
+    """One UDP SIP socket of this worker's slot."""
+
+    transport = "udp"
+    reliable = False
+
+    def __init__(self, name: str, sock: socket.socket, core: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.name = name
+        self.sock = sock
+        self.core = core
+        self.loop = loop
+        # One byte more than the largest message: a larger datagram is seen as
+        # such.  Never more than a datagram can carry: recvfrom allocates it.
+        self.read_size = min(core.settings.max_message_size + 1, MAX_DATAGRAM)
+        loop.add_reader(sock.fileno(), self.on_readable)
+
+    def on_readable(self) -> None:
+        recvfrom = self.sock.recvfrom
+        receive = self.core.receive
+        size = self.read_size
+        for _ in range(UDP_BATCH):
+            try:
+                data, address = recvfrom(size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:   # e.g. ECONNREFUSED reported for an earlier sendto: nothing to read
+                continue
+            if len(data) >= size:
+                self.core.counts[C.RECEIVED] += 1
+                self.core.counts[C.DROPPED] += 1   # larger than max_message_size
+                continue
+            if data[:1] in KEEPALIVE_FIRST and not data.strip():
+                continue   # a keep-alive (RFC 5626 §4.4.1): ignored on datagrams
+            receive(data, self, address)
+
+    def send(self, data: bytes, address: Any) -> bool:
+        try:
+            self.sock.sendto(data, address)
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+
+
+class TcpConnection(asyncio.Protocol):
+    """One accepted connection: framed by Content-Length, idle after tcp_idle_timeout."""
+
+    transport_kind = "tcp"
+    reliable = True
+
+    def __init__(self, server: "TcpListener") -> None:
+        self.server = server
+        self.core = server.core
+        self.framer = StreamFramer(self.core.settings.max_message_size)
+        self.channel: asyncio.Transport | None = None
+        self.peer: Any = None
+        self.last_activity = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    # The Source protocol of the core calls the transport name `transport`;
+    # asyncio's Protocol has no attribute of that name, so it is free here.
+    @property
+    def transport(self) -> str:  # type: ignore[override]
+        return "tcp"
+
+    def connection_made(self, channel: asyncio.BaseTransport) -> None:
+        self.channel = channel  # type: ignore[assignment]
+        self.peer = channel.get_extra_info("peername")
+        self.server.connections.add(self)
+        self.last_activity = self.server.loop.time()
+        self.arm_idle_timer(self.core.settings.tcp_idle_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.server.loop.time()
+        try:
+            items = self.framer.feed(data)
+        except FramingError as error:
+            self.refuse_stream(error)
+            return
+        for item in items:
+            if self.channel is None or self.channel.is_closing():
+                return
+            if item is KEEPALIVE:
+                self.channel.write(CRLF)   # RFC 5626 §4.4.1: a CRLF pong
+            else:
+                self.core.receive(item, self, self.peer)
+
+    def refuse_stream(self, error: FramingError) -> None:
+        """SIP.md §11: 400 or 513 when the header block names a request we can answer; then close."""
+        self.core.counts[C.RECEIVED] += 1
+        head = self.framer.pending()
+        end = head.find(b"\r\n\r\n")
+        request = None
+        if end >= 0:
+            try:
+                request = parse_message(head[:end + 4])   # the body is missing: ParseError with the request
+            except ParseError as failure:
+                request = failure.request
+            except Exception:
+                request = None
+        if isinstance(request, Message) and request.method != "ACK":
+            try:
+                response = request.make_response(error.status, error.reason, to_tag=self.core.new_tag())
+                self.core.send(self, self.peer, response.to_bytes(), error.status)
+            except Exception:
+                self.core.counts[C.DROPPED] += 1
+        else:
+            self.core.counts[C.DROPPED] += 1
+        self.abort()
+
+    def send(self, data: bytes, address: Any) -> bool:
+        channel = self.channel
+        if channel is None or channel.is_closing():
+            return False
+        channel.write(data)
+        return True
+
+    def pause_writing(self) -> None:
+        if self.channel is not None:
+            self.channel.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.channel is not None and not self.channel.is_closing():
+            self.channel.resume_reading()
+
+    def arm_idle_timer(self, delay: float) -> None:
+        self.idle_timer = self.server.loop.call_later(delay, self.check_idle)
+
+    def check_idle(self) -> None:
+        # Re-armed for the remaining time rather than on every message: an
+        # active connection costs one float store per read, not a timer.
+        timeout = self.core.settings.tcp_idle_timeout
+        silent = self.server.loop.time() - self.last_activity
+        if silent >= timeout:
+            self.abort()
+        else:
+            self.arm_idle_timer(timeout - silent)
+
+    def abort(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        self.server.connections.discard(self)
+        self.channel = None
+
+
+class TcpListener:
+    """The shared listening socket of one TCP SIP listener, served by this worker."""
+
+    def __init__(self, name: str, sock: socket.socket, core: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.name = name
+        self.sock = sock
+        self.core = core
+        self.loop = loop
+        self.connections: set[TcpConnection] = set()
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.server = await self.loop.create_server(lambda: TcpConnection(self), sock=self.sock)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for connection in list(self.connections):
+            connection.abort()
