@@ -1,7 +1,7 @@
 """make bench-sip: oversipd's server script for the OPTIONS table.
 
 OPTIONS → 200, as Kamailio's bench/kamailio/options.cfg does with
-sl_send_reply; anything else → 501.  Nothing else is checked, so the
+sl_send_reply; an ACK gets nothing; anything else → 501.  Nothing else is checked, so the
 figure is oversipd's own path: receive, parse, transaction, handler,
 serialise, send.
 """
@@ -13,5 +13,5 @@ from oversipd import SipEvents
 def on_request(request):
     if request.sip_method == "OPTIONS":
         request.reply(200)
-    else:
+    elif request.sip_method != "ACK":
         request.reply(501)

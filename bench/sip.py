@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .report import cpu_model, version
+from .report import cpu_model
 from .sip_search import Run, Search
 from .sip_servers import (OVERSIPD_CONF_TEMPLATE, OVERSIPD_OPTIONS_SCRIPT, HOST, Kamailio, Oversipd,
                           ServerError, SipServer)
@@ -289,6 +289,7 @@ def table(case: Case, searches: dict[str, Search], args: argparse.Namespace, ski
                      f"| {ratio(ours.rate, search.rate) if other else ''} "
                      f"| {ratio(ours.same_rate_cpu, search.same_rate_cpu) if other else ''} "
                      f"| {search.retransmissions} | {search.rcvbuf_errors} | {limit} |")
+    lines += ["", "Target (issues 10 and 11): oversipd's rate ≥ 1.0 × Kamailio's with Debian's default allocator."]
     if skipped:
         lines += ["", f"oversipd: skipped — {skipped}."]
     return "\n".join(lines)
@@ -309,7 +310,8 @@ def render(tables: list[str], args: argparse.Namespace, command: str, seconds: f
     facts = [
         f"CPU: {cpu_model()}, {os.cpu_count()} cores; kernel {platform.release()}; "
         f"Python {sys.version.split()[0]}",
-        f"oversipd {version('oversipd')}; {tool_version(['kamailio', '-v'], 'version:').removeprefix('version: ')}; "
+        f"{tool_version([str(args.oversipd), '--version'], 'oversipd')} ({args.oversipd}); "
+        f"{tool_version(['kamailio', '-v'], 'version:').removeprefix('version: ')}; "
         f"SIPp {tool_version(['sipp', '-v'], 'SIPp v').removeprefix('SIPp ')}",
         "load average (1/5/15 min) before: " + " ".join(f"{x:.2f}" for x in load_before)
         + "; after: " + " ".join(f"{x:.2f}" for x in os.getloadavg()),
