@@ -91,7 +91,7 @@ class Search:
     probes: list[Run] = field(default_factory=list)
     sustained: list[Run] = field(default_factory=list)   # the current rate's passing sustained runs
     backoffs: int = 0
-    first_limit: str = ""        # what failed the first failing probe
+    limit: str = ""              # what failed the run at the lowest failing rate
     gave_up: str = ""
     same_rate: float | None = None                          # the rate every server of the table held
     same_rate_runs: list[Run] = field(default_factory=list)  # this server's runs at it
@@ -143,9 +143,7 @@ class Search:
         if run.ok:
             self.passed = run.rate
             return
-        self.failed = run.rate
-        if not self.first_limit:
-            self.first_limit = f"{run.rate:g}/s: {run.failure}"
+        self.note_failure(run)
         if self.passed is None and run.rate / 2 < self.min_rate:
             self.gave_up = f"fails even at {run.rate:g}/s ({run.failure})"
 
@@ -159,8 +157,13 @@ class Search:
         if self.backoffs > self.max_backoffs:
             self.gave_up = f"no rate held for {self.duration:g} s ({run.rate:g}/s: {run.failure})"
             return
-        self.failed = run.rate
+        self.note_failure(run)
         self.passed = nice(run.rate * self.backoff)
+
+    def note_failure(self, run: Run) -> None:
+        if self.failed is None or run.rate <= self.failed:
+            self.failed = run.rate
+            self.limit = f"{run.rate:g}/s: {run.failure}"
 
     # --- the result -------------------------------------------------------------
 

@@ -136,15 +136,15 @@ class SipServer:
         master = psutil.Process(self.process.pid)
         return [master, *master.children(recursive=True)]
 
-    def cpu_ns(self, processes: list[psutil.Process]) -> int:
-        """CPU time of these processes so far (/proc/PID/schedstat), those still alive."""
-        total = 0.0
-        for process in processes:
+    def cpu_ns(self) -> dict[int, int]:
+        """CPU time so far (/proc/PID/schedstat, ns) of each of its processes, by pid."""
+        times = {}
+        for process in self.processes():
             try:
-                total += cpu_seconds(process)
+                times[process.pid] = round(cpu_seconds(process) * 1e9)
             except psutil.Error:
-                pass
-        return round(total * 1e9)
+                pass  # ended meanwhile
+        return times
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
