@@ -124,12 +124,12 @@ class Bench:
         uas = None
         target = f"{HOST}:{server.port}"
         send_to = None
-        if case.role == "proxy":
-            uas_port = self.ports.next_free(self.ports.uas_ports)
-            uas = Uas(case.transport, uas_port, calls, rundir)
-            wait_bound(uas_port, uas)
-            target, send_to = f"{HOST}:{uas_port}", f"{HOST}:{server.port}"
         try:
+            if case.role == "proxy":
+                uas_port = self.ports.next_free(self.ports.uas_ports)
+                uas = Uas(case.transport, uas_port, calls, rundir)
+                wait_bound(uas_port, uas)
+                target, send_to = f"{HOST}:{uas_port}", f"{HOST}:{server.port}"
             cpu_before, rcvbuf_before = server.cpu_ns(), udp_rcvbuf_errors()
             uac = run_uac(PROXY_UAC if case.role == "proxy" else OPTIONS_UAC, case.transport,
                           self.ports.next_free(self.ports.uac_ports), target, rate, calls, rundir, send_to)
@@ -154,11 +154,14 @@ class Bench:
         """(Re)start a server and warm it up: a cold server fails below what a warm one holds."""
         server.restart()
         if self.args.warmup > 0:
-            self.run(server, case, case.start_rate, self.args.warmup)
+            self.run(server, case, self.start_rate(case), self.args.warmup)
+
+    def start_rate(self, case: Case) -> float:
+        return self.args.start_rate or case.start_rate
 
     def search(self, servers: list[SipServer], case: Case) -> dict[str, Search]:
         """The rate search of every server for one case, the servers taking turns run by run."""
-        searches = {s.name: Search(start_rate=self.args.start_rate or case.start_rate, max_rate=self.args.max_rate,
+        searches = {s.name: Search(start_rate=self.start_rate(case), max_rate=self.args.max_rate,
                                    probe_seconds=self.args.probe_duration, duration=self.args.duration,
                                    rounds=self.args.rounds) for s in servers}
         for server in servers:
