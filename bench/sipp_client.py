@@ -66,7 +66,9 @@ def sipp_command(scenario: Path, transport: str, local_port: int, stats: Path, e
 def run_uac(scenario: Path, transport: str, local_port: int, target: str, rate: float, calls: int,
             rundir: Path, send_to: str | None = None) -> SippCounts:
     """Place `calls` calls at `rate` calls/s to `target` (host:port), via `send_to` if given."""
-    limit = max(1000, int(rate * 4))      # calls in flight; beyond this SIPp would slow its rate down
+    # Calls in flight, beyond which SIPp would slow its rate down: room for a
+    # few seconds of backlog, under SIPp's open-file limit (20000 here).
+    limit = min(16000, max(1000, int(rate * 4)))
     command = sipp_command(scenario, transport, local_port, rundir / "uac.csv", rundir / "uac-errors.log")
     command += ["-r", f"{rate:g}", "-m", str(calls), "-l", str(limit),
                 "-timeout", f"{calls / rate + SIPP_TIMEOUT_MARGIN:.0f}s", "-timeout_error"]
