@@ -335,7 +335,7 @@ def render(tables: list[str], args: argparse.Namespace, command: str, seconds: f
         *[t + "\n" for t in tables],
         "How: a SIPp UAC at a fixed rate (`bench/sipp/`); for the proxy, SIPp UAC → proxy → SIPp UAS with "
         "scenarios that follow Record-Route and tolerate a late or missing 180 and a late ACK. A rate counts "
-        "when every call of the run completed, none failed on either SIPp, and the run ended within 10 % + 0.5 s "
+        "when every call of the run completed, none failed on either SIPp, and the run ended within 5 % + 0.25 s "
         "of its planned length (no calls queued up, SIPp kept the pace). The search doubles from a low rate until a probe fails, bisects to 10 %, then needs every "
         "sustained run to pass (a failure backs off 10 % and starts the rounds over); after a failed run the "
         "server is restarted and warmed up, as transactions left by an overloaded run would retransmit into "

@@ -19,8 +19,8 @@ from .sipp_client import SippCounts
 # A run must end close to its planned length: one that lasts longer either
 # queued calls up (the server lags, and would fail if it went on) or had a
 # SIPp that could not place calls that fast (the load generator was the limit).
-OVERTIME_SHARE = 0.1
-OVERTIME_SECONDS = 0.5
+OVERTIME_SHARE = 0.05
+OVERTIME_SECONDS = 0.25  # SIPp's start and exit, the last calls' round trip
 
 
 @dataclass
