@@ -9,7 +9,7 @@ MOD_PG_STAMP := $(VENV)/.installed-mod-postgresql
 
 .PHONY: run test check clean
 
-$(STAMP): setup.cfg pyproject.toml Makefile
+$(STAMP): setup.cfg setup.py pyproject.toml Makefile oversipd/sip/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# compat: the core on sys.path itself.  setuptools' default editable
@@ -84,7 +84,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 
 .PHONY: bench bench-quick bench-profile bench-venv
 
-$(BENCH_STAMP): bench/requirements.txt setup.cfg pyproject.toml $(wildcard oversipd/*.py oversipd/*/*.py)
+$(BENCH_STAMP): bench/requirements.txt setup.cfg setup.py pyproject.toml $(wildcard oversipd/*.py oversipd/*/*.py oversipd/*/*.c)
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements.txt
@@ -105,6 +105,14 @@ bench-quick: $(BENCH_STAMP)
 # Where oversipd's start, respawn and stop time goes: phase stamps, imports, pyinstrument.
 bench-profile: $(BENCH_STAMP)
 	$(BENCH_PY) -m bench.profile
+
+# --- SIP message parsing (issue 10): oversipd.sip next to sipmessage and sippy ------
+# µs per 1 KB INVITE parsed and read (Via, From, To, CSeq, Call-ID), in the bench
+# venv (sipmessage and sippy come from bench/requirements.txt, never oversipd's).
+# e.g. BENCH_SIP_PARSE_ARGS="--rounds 31 --number 5000" on a quiet machine.
+.PHONY: bench-sip-parse
+bench-sip-parse: $(BENCH_STAMP)
+	$(BENCH_PY) bench/sip_parse.py $(BENCH_SIP_PARSE_ARGS)
 
 # --- SIP (issues 10, 11): oversipd next to Kamailio, SIPp as the client ----------
 # Debian's kamailio, installed when missing (sipp comes from the sip-tester

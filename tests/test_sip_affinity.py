@@ -5,9 +5,8 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import time
-
 import subprocess
+import time
 
 import psutil
 
@@ -96,3 +95,20 @@ def test_the_master_keeps_one_udp_socket_per_slot(oversipd_daemon):
     daemon.wait_log("worker 2 (pid")
     daemon.wait_workers(2)
     assert udp_sockets_on(daemon.pid, server.port) == 2
+
+
+def test_a_respawned_worker_answers_what_queued_in_its_slot_meanwhile(oversipd_daemon):
+    server = sip_daemon(oversipd_daemon, workers=2)
+    daemon = server.daemon
+    client = UdpClient(server)
+    client.request("OPTIONS", call_id="probe")
+    assert client.response().status == 200
+    probe = daemon.wait_events("request")[0]
+    slot, old_pid = probe["worker"], probe["pid"]
+    os.kill(old_pid, signal.SIGSTOP)            # the slot's worker holds its socket but reads nothing
+    client.request("OPTIONS", call_id="queued")   # waits in slot `slot`'s socket
+    os.kill(old_pid, signal.SIGKILL)
+    response = client.response()
+    assert response.status == 200 and response.call_id == "queued"
+    queued = daemon.wait_events("request", count=2)[1]
+    assert queued["call_id"] == "queued" and queued["worker"] == slot and queued["pid"] != old_pid

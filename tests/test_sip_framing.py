@@ -50,3 +50,18 @@ def test_unframeable_streams_raise_framing_error(data, status):
     with pytest.raises(FramingError) as err:
         StreamFramer(65535).feed(data)
     assert err.value.status == status and err.value.reason
+
+
+def test_a_large_message_sent_a_byte_at_a_time_comes_out_whole():
+    body = b"x" * 60000
+    message = MSG.replace(b"Content-Length: 3", b"Content-Length: %d" % len(body))[:-3] + body
+    framer = StreamFramer(65535)
+    out = []
+    for i in range(len(message)):
+        out += framer.feed(message[i:i + 1])
+    assert out == [message]
+    garbage = StreamFramer(65535)
+    with pytest.raises(FramingError) as err:
+        for _ in range(70000):
+            garbage.feed(b"A")
+    assert err.value.status == 513

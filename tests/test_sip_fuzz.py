@@ -8,6 +8,7 @@ random.Random: a failure is reproducible from the seed in the test id.
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import time
@@ -133,7 +134,10 @@ def wait_for_settled_fds(daemon, expected: int | None, timeout: float = 15.0) ->
 
 
 def test_hypothesis_payloads_over_udp_never_cost_the_worker(oversipd_daemon):
-    """Each payload hypothesis makes, then an OPTIONS: every response parses, the worker stays."""
+    """Each payload hypothesis makes, then an OPTIONS: every response parses, the worker stays.
+
+    SIP_FUZZ_EXAMPLES=3000 runs a longer campaign (300 by default).
+    """
     from hypothesis import HealthCheck, given, settings, strategies as st
 
     server = sip_daemon(oversipd_daemon)
@@ -154,7 +158,7 @@ def test_hypothesis_payloads_over_udp_never_cost_the_worker(oversipd_daemon):
                                                      st.binary(max_size=20))))
         return b"\r\n".join(edited) + b"\r\n\r\n" + body
 
-    @settings(max_examples=300, deadline=None, database=None,
+    @settings(max_examples=int(os.environ.get("SIP_FUZZ_EXAMPLES", "300")), deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(st.one_of(st.binary(min_size=1, max_size=1500), mutated()))
     def one(payload: bytes) -> None:

@@ -264,3 +264,20 @@ def test_a_stream_cut_anywhere_gives_back_its_messages(messages, cuts):
         at += cut
         i += 1
     assert out == [KEEPALIVE if m == b"\r\n\r\n" else m for m in messages]
+
+
+
+@FAST
+@given(name_addrs(tag=None), st.sampled_from(["tag", "TAG", "Tag"]), st.none() | tokens,
+       st.booleans())
+def test_the_tag_read_quickly_is_the_tag_parameter(na, spelling, tag, twice):
+    """NameAddr.tag is read without splitting all parameters: the same value."""
+    text = str(na) + ("" if tag is None else f";{spelling}={tag}") + (";tag=last" if twice else "")
+    assert parse_name_addr(text).tag == parse_name_addr(text).params.get("tag")
+
+
+@FAST
+@given(st.sampled_from(["branch", "BRANCH", "Branch"]), tokens, st.booleans())
+def test_the_branch_read_quickly_is_the_branch_parameter(spelling, branch, twice):
+    text = f"SIP/2.0/UDP h;{spelling}={branch}" + (";rport;branch=z9hG4bKlast" if twice else "")
+    assert parse_via(text).branch == parse_via(text).params.get("branch")

@@ -21,12 +21,13 @@ def test_sipp_options_are_answered_200(oversipd_daemon, tmp_path, transport):
     assert {r["transport"] for r in requests} == {"udp" if transport == "u1" else "tcp"}
 
 
-def test_sipp_invite_gets_486_and_its_ack_is_absorbed(oversipd_daemon, tmp_path):
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+def test_sipp_invite_gets_486_and_its_ack_is_absorbed(oversipd_daemon, tmp_path, transport):
     server = sip_daemon(oversipd_daemon, workers=2)
-    result = run_sipp(server, "invite_486.xml", calls=20, rate=20, directory=tmp_path)
+    result = run_sipp(server, "invite_486.xml", calls=20, rate=20, transport=transport, directory=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert sipp_counts(result) == (20, 0)
-    invites = server.daemon.wait_events("request", count=20)
+    server.daemon.wait_events("request", count=20)
     assert [r["method"] for r in server.daemon.find("request")] == ["INVITE"] * 20  # no ACK reached the script
 
 
@@ -118,6 +119,9 @@ def test_status_shows_the_sip_counters(oversipd_daemon, tmp_path):
     assert status.returncode == 0, status.stderr
     line = next(line for line in status.stdout.splitlines() if line.startswith("sip:"))
     assert "received 4, sent 3, dropped 1" in line and "2xx 2" in line and "4xx 1" in line
+    assert (tmp_path / "o.pid.sip").exists()
+    assert server.daemon.stop() == 0
+    assert not (tmp_path / "o.pid.sip").exists()   # the master removes the counters file it made
 
 
 def test_without_a_sip_table_there_is_no_sip(oversipd_daemon, tmp_path):
@@ -127,3 +131,18 @@ def test_without_a_sip_table_there_is_no_sip(oversipd_daemon, tmp_path):
     status = daemon.run_command("status", "--pid-file", str(tmp_path / "o.pid"))
     assert status.returncode == 0 and "sip:" not in status.stdout
     assert not (tmp_path / "o.pid.sip").exists()
+
+
+def test_a_wildcard_listener_takes_every_address_of_the_machine_as_ours(oversipd_daemon):
+    from listen_helpers import free_port, listen_table
+    from sip_helpers import RECORDING_SCRIPT, SipServer
+
+    port = free_port("udp")
+    daemon = oversipd_daemon(server_script=RECORDING_SCRIPT, extra_tables={
+        "listen.sip_udp": listen_table(f"udp://0.0.0.0:{port}"), "sip": {"listen": ["sip_udp"]}})
+    client = UdpClient(SipServer(daemon, port))
+    client.request("OPTIONS")                    # sip:127.0.0.1:PORT: one of the machine's addresses
+    assert client.response().status == 200
+    client.send(request_bytes("OPTIONS", port=port, via_port=client.port).replace(
+        f"sip:127.0.0.1:{port} SIP/2.0".encode(), f"sip:192.0.2.1:{port} SIP/2.0".encode(), 1))
+    assert client.response().status == 404       # TEST-NET-1 is nobody's

@@ -133,6 +133,7 @@ def test_make_response_copies_the_dialog_headers():
     assert (parsed.call_id, parsed.cseq, parsed.cseq_method) == (request.call_id, 314159, "INVITE")
     assert parsed.headers("record-route") == ["<sip:p1.example.com;lr>"]
     assert parsed.content_length == 0 and parsed.header("contact") is None
+    assert response.header("content-length") == "0"
     trying = request.make_response(100)
     assert trying.header("record-route") is None and trying.to.tag is None
     busy = request.make_response(486, "Busy Now", to_tag="x", headers=[("Retry-After", "60")],
@@ -183,6 +184,8 @@ def test_a_bad_part_gives_a_parse_error_a_response_can_be_built_from(old, new, r
         parse_message(sip(BASE.replace(old, new)))
     assert (err.value.reason, err.value.status) == (reason, status)
     assert isinstance(err.value.request, Request) and err.value.request.call_id == "x"
+    if reason != "Bad Request-URI":  # the Request-URI is there when it parsed
+        assert err.value.request.ruri is not None
     response = err.value.request.make_response(status, err.value.reason).to_bytes()
     assert response.startswith(f"SIP/2.0 {status} {reason}\r\n".encode())
     assert b"\r\nCall-ID: x\r\n" in response
@@ -288,3 +291,17 @@ def test_arbitrary_bytes_in_header_values_round_trip():
     assert m.to_bytes() == data
     m.set_header("X-Copy", m.header("subject"))
     assert b"X-Copy: l\xc3\xbcnch \xff\xfe\r\n" in m.to_bytes()
+
+
+def test_an_edit_cannot_inject_header_lines():
+    m = parse_message(INVITE)
+    for name, value in [("Subject", "hi\r\nVia: SIP/2.0/UDP evil"), ("X", "a\nb"), ("X: Y", "z")]:
+        with pytest.raises(ValueError):
+            m.set_header(name, value)
+    assert m.to_bytes() == INVITE
+
+
+def test_messages_take_attributes_of_the_transport():
+    m = parse_message(INVITE)
+    m.source = ("192.0.2.1", 5060)
+    assert m.source == ("192.0.2.1", 5060)

@@ -41,6 +41,8 @@ def on_request(request):
             record("second", error=str(error))
     elif action == "raise":
         raise ValueError("handler bug")
+    elif action == "exit":
+        sys.exit(3)
     elif action == "silent":
         pass
     elif action == "async":
@@ -111,6 +113,12 @@ def test_a_handler_that_raises_gets_500_and_a_traceback(server):
     client.request("OPTIONS", extra="X-Action: async-raise")
     assert client.response().status == 500
     server.daemon.wait_log("KeyError")
+    workers = server.daemon.worker_pids()
+    client.request("OPTIONS", extra="X-Action: exit")     # sys.exit in a handler ends nothing
+    assert client.response().status == 500
+    client.request("OPTIONS")
+    assert client.response().status == 200
+    assert server.daemon.worker_pids() == workers
 
 
 def test_a_handler_that_does_not_reply_gets_500_and_a_warning(server):
@@ -218,3 +226,20 @@ def test_fix_nat_sends_the_response_where_the_request_came_from(server):
                 .replace(b";rport", b""))
     via = client.response().via[0]
     assert (via.host, via.port, via.received, via.rport) == ("10.0.0.9", 5080, "127.0.0.1", str(client.port))
+
+
+def test_an_invite_final_response_is_retransmitted_over_udp_until_its_ack(oversipd_daemon):
+    server = sip_daemon(oversipd_daemon)   # the recording script: INVITE -> 486
+    client = UdpClient(server)
+    invite = client.request("INVITE", branch="z9hG4bKtimerg", call_id="timer-g")
+    first = client.response()
+    again = client.response()            # Timer G: the same 486, T1 (0.5 s) later
+    assert first.status == 486 and again.to_bytes() == first.to_bytes()
+    ack = invite.replace(b"INVITE sip:", b"ACK sip:", 1).replace(b"CSeq: 1 INVITE", b"CSeq: 1 ACK")
+    ack = ack.replace(f"To: <sip:127.0.0.1:{server.port}>".encode(),
+                      f"To: <sip:127.0.0.1:{server.port}>;tag={first.to.tag}".encode())
+    client.send(ack)
+    # The next Timer G would fire 1 s after the first retransmission: none may come.
+    with pytest.raises(TimeoutError):
+        client.response(timeout=2.0)
+    assert [e["method"] for e in server.daemon.find("request")] == ["INVITE"]   # the ACK was absorbed

@@ -26,6 +26,7 @@ from .transaction import MAGIC_COOKIE, Match, State, TransactionTable, transacti
 # Our own Via branches start with this (the proxy adds them): seeing one of
 # ours with our sent-by in a received request is a loop (RFC 3261 §16.3).
 OUR_BRANCH_PREFIX = MAGIC_COOKIE + "osd"
+OUR_BRANCH_MARK = OUR_BRANCH_PREFIX.encode()
 # Timer G is armed to this granularity: one loop wake-up serves every
 # transaction due within it, instead of one per transaction.
 TIMER_GRANULARITY = 0.02
@@ -81,7 +82,7 @@ class SipCore(Logger):
             if not isinstance(message, Message):
                 counts[C.DROPPED] += 1   # a response: nothing of ours to match yet
                 return
-            top = message.via[0]
+            top = message.top_via
             method = message.method
             key = transaction_key(method, top.branch, (top.host, top.port),
                                   lambda: _rfc2543_fields(message))
@@ -99,7 +100,7 @@ class SipCore(Logger):
             return
         match, tx = self.table.match(key, method, to_tag)
         if match is Match.NEW:
-            self.new_request(message, method, key, source, address)
+            self.new_request(data, message, method, key, to_tag, source, address)
         elif match is Match.RETRANSMISSION:
             counts[C.RETRANSMITTED] += 1
             response = self.table.retransmission(tx)
@@ -113,7 +114,8 @@ class SipCore(Logger):
             counts[C.RETRANSMITTED] += 1
             self.table.ack(tx, self.loop.time())
 
-    def new_request(self, message: Message, method: str, key: Any, source: Source, address: Any) -> None:
+    def new_request(self, data: bytes, message: Message, method: str, key: Any, to_tag: str | None,
+                    source: Source, address: Any) -> None:
         if method == "ACK":
             # The ACK of a 2xx (or a stray one): a request of its own, never answered.
             self.run_handler(Request(message, source, address, None, self))
@@ -121,28 +123,27 @@ class SipCore(Logger):
         if method == "CANCEL":
             self.cancel(message, key, source, address)
             return
-        tx = self.table.create(key, method, source.reliable, message.to.tag)
+        tx = self.table.create(key, method, source.reliable, to_tag)
         request = Request(message, source, address, tx, self)
         tx.owner = request
-        refusal = self.refusal(message, method)
+        refusal = self.refusal(message, method, data)
         if refusal is not None:
             self.send_reply(request, *refusal)
             return
         self.run_handler(request)
 
-    def refusal(self, message: Message, method: str) -> tuple[int, str | None, list | None, bytes] | None:
+    def refusal(self, message: Message, method: str, data: bytes) -> tuple[int, str | None, list | None, bytes] | None:
         """What the core answers by itself: a loop (482), Max-Forwards 0 (483), Proxy-Require (420)."""
-        vias = message.via
-        if len(vias) > 1:
-            for via in vias:
+        if OUR_BRANCH_MARK in data:   # a bytes search spares making Via objects of every request
+            for via in message.via[1:]:
                 branch = via.branch
                 if branch and branch.startswith(OUR_BRANCH_PREFIX) and (via.host, via.port) in self.sent_by:
                     return 482, None, None, b""
         if message.max_forwards == 0 and method != "OPTIONS":
             return 483, None, None, b""
-        required = message.headers("proxy-require")
-        if required:
-            unsupported = [tag for tag in required if tag.lower() not in SUPPORTED_PROXY_REQUIRE]
+        if message.header("proxy-require") is not None:
+            unsupported = [tag for tag in message.headers("proxy-require")
+                           if tag.lower() not in SUPPORTED_PROXY_REQUIRE]
             if unsupported:
                 return 420, None, [("Unsupported", ", ".join(unsupported))], b""
         return None
@@ -163,7 +164,7 @@ class SipCore(Logger):
         """RFC 3261 §9.2: 200 to the CANCEL and 487 to its INVITE, if it is still pending; 481 without one."""
         tx = self.table.create(key, "CANCEL", source.reliable, message.to.tag)
         request = Request(message, source, address, tx, self)
-        top = message.via[0]
+        top = message.top_via
         invite_key = transaction_key("INVITE", top.branch, (top.host, top.port),
                                      lambda: _rfc2543_fields(message))
         invite = self.table.transactions.get(invite_key)
@@ -189,7 +190,7 @@ class SipCore(Logger):
             return
         try:
             result = handler(request)
-        except Exception as error:
+        except BaseException as error:   # SystemExit too: a handler must not end the worker
             self.handler_failed(request, error)
             return
         if result is not None and inspect.isawaitable(result):
@@ -228,7 +229,8 @@ class SipCore(Logger):
     def send_reply(self, request: Request, status: int, reason: str | None,
                    headers: list | None, body: bytes) -> None:
         message = request.message
-        if status != 100 and message.to.tag is None:
+        request_tag = message.to.tag
+        if status != 100 and request_tag is None:
             to_tag = request._to_tag or self.new_tag()
             request._to_tag = to_tag
         else:
@@ -242,7 +244,7 @@ class SipCore(Logger):
         if tx is not None:
             if status >= 300 and tx.is_invite and not tx.reliable:
                 tx.destination = (request.source, destination)
-            self.table.respond(tx, status, data, to_tag or message.to.tag, self.loop.time())
+            self.table.respond(tx, status, data, to_tag or request_tag, self.loop.time())
             if tx.state is State.COMPLETED and tx.is_invite and not tx.reliable:
                 self.arm_timer()
             elif self.timer is None and len(self.table):
@@ -265,7 +267,7 @@ class SipCore(Logger):
         address = request.address
         if request.source.reliable:
             return address
-        top = request.message.via[0]
+        top = request.message.top_via
         if top.rport is not None:
             return address
         port = top.port or 5060
@@ -280,7 +282,7 @@ class SipCore(Logger):
         """
         request._destination = None   # fix_nat may change where responses go
         message = request.message
-        top = message.via[0]
+        top = message.top_via
         ip, port = request.address[0], request.address[1]
         moved = top.host != ip or (top.port or 5060) != port
         add_rport = top.rport == "" or (force_rport and moved)
@@ -332,7 +334,7 @@ class SipCore(Logger):
 
 
 def _rfc2543_fields(message: Message) -> tuple[Any, ...]:
-    return (str(message.ruri), message.from_.tag, message.call_id, message.cseq, str(message.via[0]))
+    return (str(message.ruri), message.from_.tag, message.call_id, message.cseq, str(message.top_via))
 
 
 def _reason(error: ParseError) -> str:

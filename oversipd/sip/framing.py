@@ -35,11 +35,16 @@ _START_LINE_RE = re.compile(rb"[A-Za-z0-9\-.!%*_+`'~]+ [^ \r\n]+ SIP/|SIP/")
 class StreamFramer:
     """Cut a byte stream into messages; one framer per connection."""
 
-    __slots__ = ("max_message_size", "_buffer")
+    # _searched, _start_checked and _total remember what is known of the message
+    # being received, so that a peer sending it a byte at a time costs linear work.
+    __slots__ = ("max_message_size", "_buffer", "_searched", "_start_checked", "_total")
 
     def __init__(self, max_message_size: int) -> None:
         self.max_message_size = max_message_size
         self._buffer = bytearray()
+        self._searched = 0            # bytes searched for the end of the header block
+        self._start_checked = False   # the start line looked like SIP
+        self._total: int | None = None  # the message's length, once its header block is in
 
     @property
     def buffered(self) -> int:
@@ -72,17 +77,36 @@ class StreamFramer:
         return out
 
     def _next_message(self, buffer: bytearray) -> bytes | None:
+        total = self._total
+        if total is None:
+            total = self._header_block(buffer)
+            if total is None:
+                return None
+        if len(buffer) < total:
+            return None
+        message = bytes(buffer[:total])
+        del buffer[:total]
+        self._searched = 0
+        self._start_checked = False
+        self._total = None
+        return message
+
+    def _header_block(self, buffer: bytearray) -> int | None:
+        """The length of the message the buffer starts with, once its header block is in."""
         limit = self.max_message_size
-        end = buffer.find(b"\r\n\r\n")
+        searched = self._searched
+        end = buffer.find(b"\r\n\r\n", max(0, searched - 3))
         if end < 0:
+            if not self._start_checked:
+                line_end = buffer.find(b"\r\n", max(0, searched - 1))
+                if line_end >= 0:
+                    self._check_start_line(buffer, line_end)
+            self._searched = len(buffer)
             if len(buffer) > limit:
                 raise FramingError(513, "Message Too Large")
-            line_end = buffer.find(b"\r\n")
-            if line_end >= 0 and not _START_LINE_RE.match(buffer, 0, line_end):
-                raise FramingError(400, "Bad Request")
             return None
-        if not _START_LINE_RE.match(buffer, 0, end):
-            raise FramingError(400, "Bad Request")
+        if not self._start_checked:
+            self._check_start_line(buffer, end)
         head = bytes(buffer[:end])
         if b"\r\n " in head or b"\r\n\t" in head:
             head = _FOLD_RE.sub(b" ", head)
@@ -96,8 +120,10 @@ class StreamFramer:
         total = end + 4 + int(m.group(1))
         if total > limit:
             raise FramingError(513, "Message Too Large")
-        if len(buffer) < total:
-            return None
-        message = bytes(buffer[:total])
-        del buffer[:total]
-        return message
+        self._total = total
+        return total
+
+    def _check_start_line(self, buffer: bytearray, stop: int) -> None:
+        if not _START_LINE_RE.match(buffer, 0, stop):
+            raise FramingError(400, "Bad Request")
+        self._start_checked = True

@@ -8,8 +8,9 @@ survives the round trip.
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Union
+from typing import Callable, Union
 
 from .errors import ParseError
 from .uri import NameAddr, SipUri, Via, check_via, parse_name_addr, parse_uri, parse_via
@@ -28,7 +29,6 @@ _COMPACT = {
     "y": "identity", "a": "accept-contact", "j": "reject-contact", "d": "request-disposition",
     "n": "identity-info",
 }
-_LONG_TO_COMPACT = {long: short for short, long in _COMPACT.items()}
 
 # Headers whose values are comma-separated lists (RFC 3261 §7.3.1 and extensions);
 # headers not listed here (Subject, Date, WWW-Authenticate, unknown ones...) are
@@ -94,9 +94,7 @@ _LOOSE_REQUEST_LINE_RE = re.compile(
     r"([A-Za-z0-9\-.!%*_+`'~]+) +(.*?) +(SIP/[0-9]+\.[0-9]+) *\Z")
 _STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?\Z", re.S)
 _CSEQ_RE = re.compile(r"([0-9]{1,30})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)\Z")
-_DIGITS_RE = re.compile(r"[0-9]{1,10}\Z")
 _CALL_ID_RE = re.compile(r"[!-~\x80-\U0010ffff]+\Z")
-_NAME_RE = re.compile(r"[!-9;-~]+")
 _FOLD_RE = re.compile(r"\r\n[ \t]+")
 _MAX_CSEQ = 2 ** 31 - 1
 
@@ -161,7 +159,7 @@ def _value_of(line: str) -> str:
 def _make_line(name: str, value: object) -> str:
     value = str(value).strip(" \t")
     if "\r" in value or "\n" in value or ":" in name or "\r" in name or "\n" in name:
-        raise ValueError(f"a header name cannot hold ':' nor either CR or LF: {name!r}: {value!r}")
+        raise ValueError(f"no CR or LF in a header, no ':' in its name: {name!r}: {value!r}")
     return f"{name}: {value}"
 
 
@@ -194,13 +192,13 @@ def _keys_of(lines: list[str], found: dict[str, list[str]] | None = None) -> lis
 
 
 # --- typed values of the headers a response needs, from their values ---------------------
-def _one(values: list[str], what: str) -> str:
-    if len(values) != 1:
+def _one(values: list[str] | None, what: str) -> str:
+    if values is None or len(values) != 1:
         raise ParseError(f"{'Missing' if not values else 'Multiple'} {what}")
     return values[0]
 
 
-def _via_texts_of(values: list[str]) -> list[str]:
+def _via_texts_of(values: list[str] | None) -> list[str]:
     """Each Via value (lines split at their commas), all checked, the top one first."""
     if not values:
         raise ParseError("Missing Via")
@@ -227,22 +225,22 @@ def _vias_of(values: list[str]) -> list[Via]:
     return vias
 
 
-def _address_of(values: list[str], what: str) -> NameAddr:
+def _address_of(values: list[str] | None, what: str) -> NameAddr:
     try:
         return parse_name_addr(_one(values, what))
     except ParseError as exc:
         raise ParseError(exc.reason if exc.reason.endswith(what) else f"Bad {what}") from None
 
 
-def _call_id_of(values: list[str]) -> str:
+def _call_id_of(values: list[str] | None) -> str:
     value = _one(values, "Call-ID")
     if _CALL_ID_RE.match(value) is None:
         raise ParseError("Bad Call-ID")
     return value
 
 
-def _cseq_of(values: list[str]) -> tuple[int, str]:
-    """(number, method); raises ParseError after caching nothing, see parse_message."""
+def _cseq_of(values: list[str] | None) -> tuple[int, str]:
+    """(number, method) of a well-formed CSeq; the caller checks the number's range."""
     value = _one(values, "CSeq")
     number, _, method = value.partition(" ")
     if not (number.isascii() and number.isdigit() and len(number) < 11
@@ -254,7 +252,7 @@ def _cseq_of(values: list[str]) -> tuple[int, str]:
     return int(number), method
 
 
-def _max_forwards_of(values: list[str]) -> int | None:
+def _max_forwards_of(values: list[str] | None) -> int | None:
     if not values:
         return None
     text = values[0]
@@ -281,8 +279,7 @@ class Message:
 
     # __dict__: the transport layer may hang its own attributes on a message.
     __slots__ = ("_keys", "_lines", "_body", "_raw", "_via", "_top_via", "_via_texts", "_from",
-                 "_to", "_call_id",
-                 "_cseq_pair", "_max_forwards", "_content_length", "__dict__")
+                 "_to", "_call_id", "_cseq_pair", "_max_forwards", "_content_length", "__dict__")
 
     def _init_headers(self, headers: list[tuple[str, str]] | None, body: bytes) -> None:
         headers = headers or ()
@@ -478,11 +475,13 @@ class Message:
 
     @property
     def cseq(self) -> int:
-        return self._cseq()[0]
+        pair = self._cseq_pair
+        return (pair or self._cseq())[0]
 
     @property
     def cseq_method(self) -> str:
-        return self._cseq()[1]
+        pair = self._cseq_pair
+        return (pair or self._cseq())[1]
 
     @property
     def max_forwards(self) -> int | None:
@@ -546,7 +545,7 @@ class Request(Message):
 
     @property
     def ruri(self) -> SipUri:
-        """The Request-URI (None only in a request refused for a bad one)."""
+        """The Request-URI (None only in a request refused because it did not parse)."""
         return self._ruri  # type: ignore[return-value]
 
     @ruri.setter
@@ -577,6 +576,8 @@ class Request(Message):
                 lines.append(line)
         response._keys[:0] = keys
         response._lines[:0] = lines
+        if "content-length" not in response._keys:
+            response.append_header("Content-Length", len(response._body))
         return response
 
     def __eq__(self, other: object) -> bool:
@@ -648,7 +649,8 @@ def _start(first: str) -> tuple[Request | Response, str | None, str | None]:
         return response, None, None
     line_error = None
     parts = first.split(" ")
-    if len(parts) == 3 and _TOKEN_RE.match(parts[0]) is not None:
+    if len(parts) == 3 and ((parts[0].isalpha() and parts[0].isascii())
+                            or _TOKEN_RE.match(parts[0]) is not None):
         method, ruri_text, version = parts
     else:
         # Extra spaces: still a request a 400 can answer, once its headers parsed.
@@ -666,67 +668,106 @@ def _start(first: str) -> tuple[Request | Response, str | None, str | None]:
 
 
 def _check_request(request: Request, ruri_text: str, line_error: str | None) -> None:
-    """What makes a request with parseable dialog headers still deserve a 400 (or 505, 416)."""
+    """What makes a request with parseable dialog headers still deserve a 400 (or 505, 416).
+
+    The Request-URI is parsed first, so that `ruri` is set whenever it parses.
+    """
+    try:
+        request._ruri = ruri = parse_uri(ruri_text)
+    except ParseError:
+        ruri = None
     if line_error is not None:
         raise ParseError(line_error)
+    if request._cseq_pair[0] > _MAX_CSEQ:  # type: ignore[index]
+        # A well-formed CSeq out of range: still copied as it is into a 400.
+        raise ParseError("Bad CSeq")  # RFC 3261 §8.1.1.5: less than 2**31
     if request.version != "SIP/2.0":
         if _VERSION_RE.match(request.version):
             raise ParseError("Version Not Supported", status=505)
         raise ParseError("Bad SIP version")
     if request._cseq_pair[1] != request.method:  # type: ignore[index]
         raise ParseError("CSeq method does not match the request's")
-    try:
-        request._ruri = ruri = parse_uri(ruri_text)
-    except ParseError:
-        raise ParseError("Bad Request-URI") from None
+    if ruri is None:
+        raise ParseError("Bad Request-URI")
     if ruri.opaque is not None:
         raise ParseError("Unsupported URI Scheme", status=416)
     if ruri._htext:
         raise ParseError("Bad Request-URI")  # RFC 3261 §19.1.1: no headers here
 
 
-def parse_message(data: bytes) -> Union[Request, Response]:
-    """Parse one datagram (or one message framed off a stream) into a Request or Response."""
-    if not isinstance(data, bytes):
-        data = bytes(data)
+def _scan_python(data: bytes, known: dict[str, str], compact: dict[str, str],
+                 checked: frozenset[str]) -> tuple | str:
+    """Cut the header block into lines and name them (what _speedups.scan does in C).
+
+    Returns (start, end, start line, header lines, their keys, the values of the
+    `checked` headers by key, whether lines were folded), or the reason it cannot.
+    """
     start = 0
     while data.startswith(b"\r\n", start):
-        start += 2
+        start += 2  # RFC 3261 §7.5: CRLFs before the start line are ignored
     end = data.find(b"\r\n\r\n", start)
     if end < 0:
-        raise ParseError("No end of header block")
+        return "No end of header block"
     head = data[start:end].decode(_ENCODING, _ERRORS)
     lines = head.split("\r\n")
     folded = "\r\n " in head or "\r\n\t" in head
     if folded:
         lines = _merge_folded(lines)
-    msg, ruri_text, line_error = _start(lines[0])
+    first = lines[0]
     del lines[0]
     found: dict[str, list[str]] = {}
-    msg._keys = _keys_of(lines, found)
+    try:
+        keys = _keys_of(lines, found)
+    except ParseError as exc:
+        return exc.reason
+    return start, end, first, lines, keys, found, folded
+
+
+try:
+    from ._speedups import scan as _scan
+except ImportError:  # not built: the same in Python
+    _scan = _scan_python
+if os.environ.get("OVERSIPD_SIP_PURE_PYTHON"):
+    _scan = _scan_python
+
+
+def parse_message(data: bytes) -> Union[Request, Response]:
+    """Parse one datagram (or one message framed off a stream) into a Request or Response."""
+    return _parse(data, _scan)
+
+
+def _parse(data: bytes, scan: Callable) -> Union[Request, Response]:
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    scanned = scan(data, _KNOWN_NAMES, _COMPACT, _CHECKED)
+    if type(scanned) is str:
+        raise ParseError(scanned)
+    start, end, first, lines, keys, found, folded = scanned
+    msg, ruri_text, line_error = _start(first)
+    msg._keys = keys
     msg._lines = lines
     if folded:
         for values in found.values():
             values[:] = [_FOLD_RE.sub(" ", value).strip(" \t") for value in values]
 
     # Without these no response can be built: a ParseError here carries no request.
-    msg._via_texts = texts = _via_texts_of(found.get("via", ()))  # type: ignore[arg-type]
+    get = found.get
+    msg._via_texts = texts = _via_texts_of(get("via"))
     msg._top_via = parse_via(texts[0])
     msg._via = None
-    msg._from = _address_of(found.get("from", ()), "From")  # type: ignore[arg-type]
-    msg._to = _address_of(found.get("to", ()), "To")  # type: ignore[arg-type]
-    msg._call_id = _call_id_of(found.get("call-id", ()))  # type: ignore[arg-type]
-    msg._cseq_pair = _cseq_of(found.get("cseq", ()))  # type: ignore[arg-type]
+    msg._from = _address_of(get("from"), "From")
+    msg._to = _address_of(get("to"), "To")
+    msg._call_id = _call_id_of(get("call-id"))
+    msg._cseq_pair = _cseq_of(get("cseq"))
     msg._max_forwards = msg._content_length = _UNSET
     request = msg if ruri_text is not None else None
     try:
-        if msg._cseq_pair[0] > _MAX_CSEQ:
-            # A well-formed CSeq out of range: still copied as it is into a 400.
-            raise ParseError("Bad CSeq")  # RFC 3261 §8.1.1.5: less than 2**31
         if request is not None:
             _check_request(request, ruri_text, line_error)  # type: ignore[arg-type]
-            request._max_forwards = _max_forwards_of(found.get("max-forwards", ()))  # type: ignore[arg-type]
-        lengths = found.get("content-length")
+            request._max_forwards = _max_forwards_of(get("max-forwards"))
+        elif msg._cseq_pair[0] > _MAX_CSEQ:
+            raise ParseError("Bad CSeq")
+        lengths = get("content-length")
         length = None if lengths is None else _content_length_of(lengths)
         msg._content_length = _UNSET if length is None else length
     except ParseError as exc:

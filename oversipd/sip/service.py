@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 _log = Logger("SIP")
 _counters: Counters | None = None
+WILDCARDS = ("0.0.0.0", "::")
+# A listener bound to 0.0.0.0 or [::] is reached through every address of
+# the machine: destination_myself() takes those (read once, in the master).
+_interface_addresses: dict[str, tuple[str, ...]] = {}
 
 
 # --- in the master ---------------------------------------------------------------
@@ -40,6 +44,8 @@ def prepare_master(settings: "Settings") -> None:
     if settings.sip is None:
         return
     sockets.open_groups(settings.sip, settings.listen, listeners.master_sockets())
+    if any(settings.listen[name].host in WILDCARDS for name in settings.sip.listen):
+        _interface_addresses.update(_machine_addresses())
     path = counters_path(settings.core.pid_file)
     try:
         _counters = Counters(path)
@@ -82,6 +88,8 @@ class WorkerSip:
         sockets.close_other_slots(self.slot_id)
         udp = sockets.slot_sockets(self.slot_id)
         local = [_local_address(name, udp) for name in sip.listen]
+        local += [(host, port) for wildcard, port in local if wildcard in WILDCARDS
+                  for host in _interface_addresses.get(wildcard, ())]
         self.core = core = SipCore(sip, local, _counters.row(self.slot_id), self.loop)
         for name in sip.listen:
             if name in udp:
@@ -109,3 +117,18 @@ def _local_address(name: str, udp: dict[str, socket.socket]) -> tuple[str, int]:
     sock = udp.get(name) or listeners.master_sockets()[name]
     address = sock.getsockname()
     return address[0], address[1]
+
+
+def _machine_addresses() -> dict[str, tuple[str, ...]]:
+    """Wildcard -> the machine's addresses of that family."""
+    import ipaddress
+
+    import psutil
+
+    found: dict[str, set[str]] = {"0.0.0.0": set(), "::": set()}
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            wildcard = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}.get(address.family)
+            if wildcard is not None:
+                found[wildcard].add(str(ipaddress.ip_address(address.address.split("%")[0])))
+    return {wildcard: tuple(sorted(hosts)) for wildcard, hosts in found.items()}

@@ -75,14 +75,14 @@ def _split_params(text: str) -> dict[str, str | None]:
     return params
 
 
-def _last_param(text: str, name: str) -> str | None:
-    """The value of `;name=value` in plain parameter text (no quotes, no LWS), or None
-    when it is absent or a flag: what _split_params(text).get(name) gives, quicker."""
+def _last_param(text: str, name: str, needle: str) -> str | None:
+    """The value of `;name=value` (needle: ";name=") in plain parameter text (no quotes,
+    no LWS), or None when it is absent or a flag: _split_params(text).get(name), quicker."""
     lowered = text.lower()
-    at = lowered.rfind(f";{name}=")
+    at = lowered.rfind(needle)
     if at < 0:
-        return _split_params(text).get(name) if f";{name}" in lowered else None
-    start = at + len(name) + 2
+        return _split_params(text).get(name) if needle[:-1] in lowered else None
+    start = at + len(needle)
     end = text.find(";", start)
     return text[start:] if end < 0 else text[start:end]
 
@@ -313,7 +313,7 @@ class NameAddr:
     def tag(self) -> str | None:
         ptext = self._ptext
         if self._params is None and '"' not in ptext and " " not in ptext and "\t" not in ptext:
-            return _last_param(ptext, "tag")
+            return _last_param(ptext, "tag", ";tag=") if ptext else None
         return self.params.get("tag")
 
     @tag.setter
@@ -427,7 +427,7 @@ class Via:
     def branch(self) -> str | None:
         ptext = self._ptext
         if self._params is None and '"' not in ptext and " " not in ptext and "\t" not in ptext:
-            return _last_param(ptext, "branch")
+            return _last_param(ptext, "branch", ";branch=") if ptext else None
         return self.params.get("branch")
 
     @property
