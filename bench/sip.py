@@ -27,7 +27,6 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from pathlib import Path
 from .report import cpu_model
 from .sip_search import Run, Search
 from .sip_servers import (OVERSIPD_CONF_TEMPLATE, OVERSIPD_OPTIONS_SCRIPT, HOST, Kamailio, Oversipd,
-                          ServerError, SipServer)
+                          ServerError, SipServer, port_free)
 from .sipp_client import OPTIONS_UAC, PROXY_UAC, Uas, run_uac, udp_rcvbuf_errors
 
 DEFAULT_BASE_PORT = 23000
@@ -82,17 +81,6 @@ class Ports:
             if port_free(port):
                 return port
         raise SystemExit(f"bench-sip: no free port in {self.base}-{self.base + 199}")
-
-
-def port_free(port: int) -> bool:
-    """Neither a UDP nor a TCP socket holds the port on loopback."""
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as probe:
-            try:
-                probe.bind((HOST, port))
-            except OSError:
-                return False
-    return True
 
 
 def wait_bound(port: int, uas: Uas, timeout: float = 10.0) -> None:

@@ -31,6 +31,20 @@ STOP_TIMEOUT = 15.0
 HOST = "127.0.0.1"
 
 
+def port_free(port: int) -> bool:
+    """Neither a UDP socket nor a TCP listener holds the port on loopback (connections of a
+    stopped server left in TIME_WAIT do not count: the next one binds with SO_REUSEADDR)."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            if kind == socket.SOCK_STREAM:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                return False
+    return True
+
+
 class ServerError(RuntimeError):
     """A server that would not start; the message says which and why."""
 
@@ -60,6 +74,11 @@ class SipServer:
     # --- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
+        # Kamailio binds with SO_REUSEADDR: next to a stray server on its port it
+        # would start, and share the datagrams with it.
+        if not port_free(self.port):
+            raise ServerError(f"{self.name}: port {self.port} is in use (a server left from another run?); "
+                              "pick others with --base-port")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.prepare()
         self.starts += 1
