@@ -162,6 +162,22 @@ bench-db: $(BENCH_DB_STAMP) mariadb-server postgresql-server
 bench-sip-parse: $(BENCH_STAMP)
 	$(BENCH_PY) bench/sip_parse.py $(BENCH_SIP_PARSE_ARGS)
 
+# --- SIP (issues 10, 11): oversipd next to Kamailio, SIPp as the client ----------
+# Debian's kamailio, installed when missing (sipp comes from the sip-tester
+# target above).  The benchmark runs Kamailio itself, in the foreground: the
+# package's own service is neither needed nor started by it.
+.PHONY: kamailio-server bench-sip
+kamailio-server:
+	@command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kamailio; }
+
+# The highest OPTIONS/s and calls/s with 0 failures, and CPU per message (about
+# 10 minutes on 2 cores); writes its section of docs/BENCHMARKS.md.  A short
+# smoke: BENCH_ARGS="--duration 3 --rounds 1 --probe-duration 2".
+bench-sip: $(BENCH_STAMP) sip-tester kamailio-server
+	PATH="$$PATH:/usr/sbin" BENCH_COMMAND="make bench-sip$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
+	  $(BENCH_PY) -m bench.sip --write docs/BENCHMARKS.md --json bench/results/sip.json $(BENCH_ARGS)
+
 # --- install / uninstall (issue 3) ------------------------------------------
 # `make install` puts oversipd in its own virtual environment under
 # $(PREFIX)/lib/oversipd, on $(INSTALL_PYTHON): the service must not run on

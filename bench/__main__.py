@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .figures import Bench, Options
+from .markdown import keep_sections
 from .report import machine_facts, table
 
 QUICK = {"runs": 5, "respawn_runs": 10, "idle_seconds": 3.0}
@@ -86,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     if args.write:
         args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(report)
+        # The sections other benchmarks own (make bench-sip's) stay.
+        old = args.write.read_text() if args.write.exists() else ""
+        args.write.write_text(keep_sections(old, report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(bench.samples.values, indent=1))
