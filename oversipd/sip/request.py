@@ -169,7 +169,18 @@ class Request:
         return self._core.is_local(_normal_host(host), uri.port)
 
     def loose_route(self) -> bool:
-        """RFC 3261 §16.4: remove a top Route that points to us; True when one did."""
+        """RFC 3261 §16.4: remove the top Route values that point to us; True when one did.
+
+        Two in a row are ours when we record-routed twice (a request that
+        changed transport here, RFC 5658): both go.
+        """
+        removed = False
+        while self._top_route_is_ours():
+            self.message.pop_header_value("Route")
+            removed = True
+        return removed
+
+    def _top_route_is_ours(self) -> bool:
         routes = self.message.headers("route")
         if not routes:
             return False
@@ -177,10 +188,7 @@ class Request:
             uri = parse_name_addr(routes[0]).uri
         except Exception:
             return False
-        if uri.host is None or not self._core.is_local(_normal_host(uri.host), uri.port):
-            return False
-        self.message.pop_header_value("Route")
-        return True
+        return uri.host is not None and self._core.is_local(_normal_host(uri.host), uri.port)
 
     def fix_nat(self) -> None:
         """RFC 3581: `received` and `rport` on the top Via, so responses go where the request came from."""
