@@ -247,3 +247,20 @@ def test_with_two_workers_every_response_reaches_the_worker_holding_its_transact
     events = server.daemon.wait_events("success", count=len(clients))
     assert {e["worker"] for e in server.daemon.find("request")} == {1, 2}
     assert sorted(e["call_id"] for e in events) == sorted(f"opt-{n}" for n in range(len(clients)))
+
+
+def test_a_request_changing_transport_gets_two_record_routes_and_register_gets_path(oversipd_daemon, peer):
+    server = proxy_daemon(oversipd_daemon)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=CLIENT_TIMEOUT) as tcp:
+        local_port = tcp.getsockname()[1]
+        tcp.sendall(request_bytes("INVITE", port=peer.port, via_port=local_port, transport="TCP",
+                                  call_id="call-tcp-udp"))
+        invite = peer.receive_method("INVITE")
+        assert invite.headers("record-route") == [f"<sip:127.0.0.1:{server.port};lr>",
+                                                  f"<sip:127.0.0.1:{server.port};transport=tcp;lr>"]
+        peer.answer(invite, 486)
+    client = UdpClient(server)
+    client.send(request_bytes("REGISTER", port=peer.port, via_port=client.port))
+    register = peer.receive_method("REGISTER")
+    assert register.headers("path") == [f"<sip:127.0.0.1:{server.port};lr>"]
+    assert register.headers("record-route") == []

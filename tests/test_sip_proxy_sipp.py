@@ -11,14 +11,14 @@ import collections
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
+from dns_server import DnsZone
 from listen_helpers import free_port
 from sip_helpers import SIPP, SIPP_DIR, run_sipp, sip_daemon, sipp_counts
-from dns_server import DnsZone
+
 
 pytestmark = pytest.mark.skipif(SIPP is None, reason="sipp is missing: `make test` installs sip-tester")
 
@@ -62,8 +62,7 @@ class Callee:
         self.port = free_port("tcp", "udp")
         self.process = subprocess.Popen(
             [SIPP, "-sf", str(SIPP_DIR / scenario), "-t", transport, "-i", "127.0.0.1", "-p", str(self.port),
-             "-m", str(calls), "-nostdin", "-timeout", "60s", "-timeout_error", "-trace_err",
-             "-error_file", f"/tmp/sipp-uas-{self.port}.log"],
+             "-m", str(calls), "-nostdin", "-timeout", "60s", "-timeout_error"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
         self.wait_listening()
 
@@ -121,8 +120,8 @@ def assert_callbacks_ran_once_each(daemon, calls: int) -> None:
     assert daemon.find("failure") == [] and daemon.find("error") == []
 
 
-# The caller uses a socket per call (un, tn): its calls spread over both
-# workers, while the callee's one socket sends all its responses to one.
+# The caller uses a socket per call (un, tn): over UDP its calls spread over
+# both workers, while the callee's one socket sends all its responses to one.
 @pytest.mark.parametrize("caller, callee", [("un", "u1"), ("tn", "t1"), ("un", "t1")],
                          ids=["udp", "tcp", "udp-in-tcp-out"])
 def test_calls_go_through_and_in_dialog_requests_follow_the_record_route(oversipd_daemon, callees,
@@ -135,7 +134,8 @@ def test_calls_go_through_and_in_dialog_requests_follow_the_record_route(oversip
     status, output = uas.finish()
     assert status == 0, output[-3000:]
     assert_callbacks_ran_once_each(server.daemon, CALLS)
-    assert {e["worker"] for e in server.daemon.find("success")} == {1, 2}
+    if caller == "un":   # 20 source ports hash onto both slots (TCP: whichever worker accepts)
+        assert {e["worker"] for e in server.daemon.find("success")} == {1, 2}
 
 
 def test_a_cancelled_call_ends_487(oversipd_daemon, callees):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..logger import Logger
 from . import counters as C
-from .client_transaction import ClientTable, ClientTransaction, Timeout, Verdict, make_ack
+from .client_transaction import ClientTable, ClientTransaction, Verdict, make_ack
 from .dns import DnsError, Rfc3263Resolver, Target
 from .message import Request as Message, Response, parse_message
 from .proxy_settings import DnsSettings, ProxySettings
@@ -147,10 +147,14 @@ class ProxyEngine(Logger):
     def route(self, proxy: Proxy, request: "Request", uri: SipUri | None) -> "asyncio.Future[Any]":
         future: asyncio.Future[Any] = self.loop.create_future()
         if request.message.method == "ACK":
-            self.spawn(self.forward_ack(request, uri, future))
+            self.spawn(self.forward_ack(proxy, request, uri, future))
             return future
         if request._final_sent or request._proxy is not None:
             raise RuntimeError(f"{request!r} was already answered or routed")
+        if request.message.max_forwards == 0:   # RFC 3261 §16.3 step 2 (the core lets OPTIONS through)
+            request.reply(483)
+            _finish(future, (483, "Too Many Hops"))
+            return future
         forward = Forward(proxy, request, future)
         request._proxy = forward
         if request._destination is None:   # the Via stamped now: the copy sent down carries it
@@ -177,6 +181,9 @@ class ProxyEngine(Logger):
     async def try_next_target(self, forward: Forward) -> None:
         """Send to the next DNS target; a transport error moves on (dns_failover_on_503) or fails."""
         while forward.targets and not forward.done:
+            if forward.cancel_requested and forward.tx is None:
+                self.terminated_before_sending(forward)   # cancelled while DNS was asked
+                return
             target = forward.targets.pop(0)
             if await self.send_to(forward, target):
                 return
@@ -210,13 +217,14 @@ class ProxyEngine(Logger):
         self.arm_timer()
         return True
 
-    async def forward_ack(self, request: "Request", uri: SipUri | None, future: "asyncio.Future[Any]") -> None:
+    async def forward_ack(self, proxy: Proxy, request: "Request", uri: SipUri | None,
+                          future: "asyncio.Future[Any]") -> None:
         """The ACK of a 2xx travels end to end, statelessly: no transaction, no response."""
         message = parse_message(request.message.to_bytes())
         destination = uri or next_hop(message)
         lower_max_forwards(message)
         try:
-            targets = await self.resolver.resolve(_destination_of(destination), _DEFAULT_POLICY)
+            targets = await self.resolver.resolve(_destination_of(destination), proxy.settings)
             source, address = await self.transport_for(targets[0])
         except (DnsError, OSError) as error:
             self.log_system_info(f"an ACK for {destination} is dropped: {error}")
@@ -404,6 +412,11 @@ class ProxyEngine(Logger):
             self.send_cancel(forward)
         # else: RFC 3261 §9.1: a CANCEL waits for a provisional response
 
+    def terminated_before_sending(self, forward: Forward) -> None:
+        self.finish(forward, (487, "Request Terminated"))
+        if not forward.request._final_sent:
+            self.core.send_reply(forward.request, 487, None, None, b"")
+
     def send_cancel(self, forward: Forward) -> None:
         tx = forward.tx
         if tx is None or tx.final_received:
@@ -544,17 +557,6 @@ def lower_max_forwards(message: Message) -> None:
     message.set_header("Max-Forwards", str(69 if value is None else max(value - 1, 0)))
 
 
-class _Policy:
-    """What resolves an end-to-end ACK: the defaults of a profile."""
-
-    use_dns = True
-    use_naptr = True
-    use_srv = True
-    transport_preference = ("tcp", "udp")
-    dns_cache_time = 300.0
-
-
-_DEFAULT_POLICY = _Policy()
 _CALLBACK_NAMES = {"provisional": "provisional_response", "success": "success_response",
                    "failure": "failure_response", "canceled": "canceled",
                    "invite_timeout": "invite_timeout", "error": "error"}
