@@ -11,6 +11,7 @@ import collections
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -177,3 +178,15 @@ def test_a_503_fails_over_to_the_next_dns_target(oversipd_daemon, callees, dns_s
         status, output = callee.finish()
         assert status == 0, output[-3000:]
     assert_callbacks_ran_once_each(server.daemon, CALLS)
+
+
+def test_the_example_script_routes_calls_like_oversips_default_one(oversipd_daemon, callees):
+    script = (Path(__file__).resolve().parent.parent / "examples" / "proxy_server.py").read_text()
+    profile = {"do_record_routing": True, "use_dns": False}
+    server = sip_daemon(oversipd_daemon, script=script, workers=2,
+                        extra_tables={"proxy.proxy_out": profile, "proxy.proxy_in_dialog": profile})
+    uas = callees("proxy_call_uas.xml", calls=10)
+    result = call(server, f"127.0.0.1:{uas.port}", "udp", transport="un", calls=10)
+    assert sipp_counts(result) == (10, 0), result.stdout[-3000:]
+    status, output = uas.finish()
+    assert status == 0, output[-3000:]
