@@ -264,3 +264,20 @@ def test_a_request_changing_transport_gets_two_record_routes_and_register_gets_p
     register = peer.receive_method("REGISTER")
     assert register.headers("path") == [f"<sip:127.0.0.1:{server.port};lr>"]
     assert register.headers("record-route") == []
+
+
+def test_the_next_hop_is_a_loose_router_s_route_or_a_strict_router_taking_the_request_uri():
+    from oversipd.sip.proxy import next_hop
+
+    def message(routes: str):
+        return parse_message(("INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n"
+                              f"{routes}From: <sip:a@x>;tag=1\r\nTo: <sip:bob@example.com>\r\n"
+                              "Call-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").encode())
+    plain = message("")
+    assert str(next_hop(plain)) == "sip:bob@example.com"
+    loose = message("Route: <sip:10.0.0.5;lr>, <sip:10.0.0.6;lr>\r\n")
+    assert str(next_hop(loose)) == "sip:10.0.0.5;lr" and len(loose.headers("route")) == 2
+    strict = message("Route: <sip:10.0.0.7>, <sip:10.0.0.8;lr>\r\n")
+    assert str(next_hop(strict)) == "sip:10.0.0.7"
+    assert str(strict.ruri) == "sip:10.0.0.7"
+    assert strict.headers("route") == ["<sip:10.0.0.8;lr>", "<sip:bob@example.com>"]
