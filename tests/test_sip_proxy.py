@@ -7,7 +7,9 @@ Request-URI, which names the downstream socket.
 
 from __future__ import annotations
 
+import signal
 import socket
+import threading
 
 import pytest
 
@@ -281,3 +283,59 @@ def test_the_next_hop_is_a_loose_router_s_route_or_a_strict_router_taking_the_re
     assert str(next_hop(strict)) == "sip:10.0.0.7"
     assert str(strict.ruri) == "sip:10.0.0.7"
     assert strict.headers("route") == ["<sip:10.0.0.8;lr>", "<sip:bob@example.com>"]
+
+
+class AnsweringPeer(Peer):
+    """A downstream peer that answers every request it gets, retransmissions too, until closed."""
+
+    def __init__(self, status: int = 200) -> None:
+        super().__init__()
+        self.status = status
+        self.stopped = threading.Event()
+        self.sock.settimeout(0.1)   # how soon close() is noticed
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                data, source = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            request = parse_message(data)
+            if isinstance(request, Message) and request.method != "ACK":
+                self.sock.sendto(request.make_response(self.status, to_tag="uas1").to_bytes(), source)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        super().close()
+
+
+def options_from_many_ports(server, peer, count: int = 16, prefix: str = "opt") -> list[int]:
+    clients = [UdpClient(server) for _ in range(count)]
+    for number, client in enumerate(clients):
+        client.send(request_bytes("OPTIONS", port=peer.port, via_port=client.port, call_id=f"{prefix}-{number}"))
+    statuses = [client.response().status for client in clients]
+    for client in clients:
+        client.close()
+    return statuses
+
+
+def test_responses_reach_their_transaction_after_a_worker_respawn_and_a_new_generation(oversipd_daemon):
+    peer = AnsweringPeer()
+    try:
+        server = proxy_daemon(oversipd_daemon, workers=2, timer_F=10)
+        daemon = server.daemon
+        daemon.kill_worker(1)
+        daemon.wait_workers(2)
+        assert options_from_many_ports(server, peer, prefix="respawned") == [200] * 16
+        assert {e["worker"] for e in daemon.find("request")} == {1, 2}
+        mark = daemon.mark()
+        (daemon.modules_dir / "touch.py").write_text("# a new drop-in: a new generation of workers\n")
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log("reload done: generation 2 serves", since=mark)
+        assert options_from_many_ports(server, peer, prefix="new") == [200] * 16
+        assert len(daemon.wait_events("success", count=32)) == 32
+    finally:
+        peer.close()
