@@ -166,6 +166,14 @@ class ProxyEngine(Logger):
         return future
 
     async def start(self, forward: Forward, uri: SipUri | None) -> None:
+        try:
+            await self.resolve_and_send(forward, uri)
+        except Exception as error:   # a bug here must cost this request a 500, not leave it unanswered
+            self.log_system_error(f"routing {forward.request!r} failed:")
+            self.log_system_error(error)
+            self.fail(forward, 500, "Server Internal Error")
+
+    async def resolve_and_send(self, forward: Forward, uri: SipUri | None) -> None:
         message = parse_message(forward.request.message.to_bytes())   # upstream responses use the original
         forward.destination = uri or next_hop(message)
         lower_max_forwards(message)
@@ -201,7 +209,7 @@ class ProxyEngine(Logger):
             return True
         message = parse_message(forward.base)
         branch = self.new_branch()
-        self.add_our_headers(forward.request, message, target.transport, branch)
+        self.add_our_headers(forward, message, target.transport, branch)
         data = message.to_bytes()
         settings = forward.proxy.settings
         timeout = settings.timer_B if forward.is_invite else settings.timer_F
@@ -234,15 +242,15 @@ class ProxyEngine(Logger):
         self.send(source, address, message.to_bytes())
         _finish(future, None)
 
-    def add_our_headers(self, request: "Request", message: Message, transport: str, branch: str) -> None:
-        settings = request._proxy.proxy.settings if request._proxy is not None else None
-        if settings is not None and settings.do_record_routing:
+    def add_our_headers(self, forward: Forward, message: Message, transport: str, branch: str) -> None:
+        """Our Via; Record-Route (twice when the transport changes here) or, for REGISTER, Path."""
+        if forward.proxy.settings.do_record_routing:
             method = message.method
             in_dialog = message.to.tag is not None
             if method == "REGISTER":
                 message.insert_header("Path", self.our_route(transport))
             elif (method in RECORD_ROUTED_INITIAL and not in_dialog) or (method == "NOTIFY" and in_dialog):
-                incoming = request.transport
+                incoming = forward.request.transport
                 if incoming != transport:   # RFC 5658: one Record-Route per side
                     message.insert_header("Record-Route", self.our_route(incoming))
                 message.insert_header("Record-Route", self.our_route(transport))
