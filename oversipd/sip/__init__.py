@@ -11,3 +11,12 @@ __all__ = [
     "canonical_name", "parse_message", "reason_phrase", "NameAddr", "SipUri", "Via",
     "parse_name_addr", "parse_params", "parse_uri", "parse_via", "quote_display_name", "unescape",
 ]
+
+
+def __getattr__(name: str):
+    # `from oversipd.sip import Proxy` (SIP.md §10) without loading the proxy,
+    # its resolver and dnspython for a user of the message layer alone.
+    if name == "Proxy":
+        from .proxy import Proxy
+        return Proxy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -60,6 +60,7 @@ class SipCore(Logger):
         self._tag_prefix = os.urandom(4).hex()
         self._tag_count = 0
         self.local = local
+        self.proxy: Any = None   # the worker's ProxyEngine (oversipd.sip.proxy), set by the service
         self.apply_settings(settings)
 
     def apply_settings(self, settings: SipSettings) -> None:
@@ -80,7 +81,10 @@ class SipCore(Logger):
         try:
             message = parse_message(data)
             if not isinstance(message, Message):
-                counts[C.DROPPED] += 1   # a response: nothing of ours to match yet
+                if self.proxy is not None:
+                    self.proxy.receive_response(message, source, address)
+                else:
+                    counts[C.DROPPED] += 1   # a response, and no proxy to match it
                 return
             top = message.top_via
             method = message.method
@@ -173,7 +177,9 @@ class SipCore(Logger):
             return
         self.send_reply(request, 200, None, None, b"")
         pending = invite.owner
-        if pending is not None and not pending.replied:
+        if pending is not None and pending._proxy is not None:
+            self.proxy.cancel(pending._proxy, request)   # down the branch: its 487 comes back up
+        elif pending is not None and not pending.replied:
             self.send_reply(pending, 487, None, None, b"")
             pending._cancelled = True
 
@@ -211,14 +217,14 @@ class SipCore(Logger):
         self.handler_done(request)
 
     def handler_done(self, request: Request) -> None:
-        if not request._final_sent and request.message.method != "ACK":
+        if not request._final_sent and request.message.method != "ACK" and request._proxy is None:
             self.log_system_warn(f"SipEvents.on_request returned without replying to {request!r}: 500")
             self.send_reply(request, 500, None, None, b"")
 
     def handler_failed(self, request: Request, error: BaseException) -> None:
         self.log_system_error(f"SipEvents.on_request raised on {request!r}:")
         self.log_system_error(error)
-        if not request._final_sent and request.message.method != "ACK":
+        if not request._final_sent and request.message.method != "ACK" and request._proxy is None:
             try:
                 self.send_reply(request, 500, None, None, b"")
             except Exception as again:
@@ -240,11 +246,23 @@ class SipCore(Logger):
             self.stamp_via(request, force_rport=False)
             destination = request._destination = self.response_address(request)
         data = message.make_response(status, reason, to_tag=to_tag, headers=headers, body=body).to_bytes()
+        self.send_response(request, status, data, to_tag or request_tag, destination)
+
+    def forward_response(self, request: Request, response: Any) -> None:
+        """A response the proxy got for `request`, upstream through its server transaction."""
+        destination = request._destination
+        if destination is None:
+            self.stamp_via(request, force_rport=False)
+            destination = request._destination = self.response_address(request)
+        self.send_response(request, response.status, response.to_bytes(), response.to.tag, destination)
+
+    def send_response(self, request: Request, status: int, data: bytes, to_tag: str | None,
+                      destination: Any) -> None:
         tx = request.transaction
         if tx is not None:
             if status >= 300 and tx.is_invite and not tx.reliable:
                 tx.destination = (request.source, destination)
-            self.table.respond(tx, status, data, to_tag or request_tag, self.loop.time())
+            self.table.respond(tx, status, data, to_tag, self.loop.time())
             if tx.state is State.COMPLETED and tx.is_invite and not tx.reliable:
                 self.arm_timer()
             elif self.timer is None and len(self.table):
@@ -329,6 +347,8 @@ class SipCore(Logger):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.proxy is not None:
+            self.proxy.close()
         for task in list(self.tasks):
             task.cancel()
 

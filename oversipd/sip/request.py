@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING, Any
 
+from .uri import parse_name_addr
+
 if TYPE_CHECKING:
     from .core import SipCore, Source
     from .message import Request as Message
@@ -23,7 +25,7 @@ class Request:
     """One received request; `reply()` answers it once with a final response."""
 
     __slots__ = ("message", "source", "address", "transaction", "cvars", "_core", "_to_tag",
-                 "_final_sent", "_cancelled", "_destination")
+                 "_final_sent", "_cancelled", "_destination", "_proxy")
 
     def __init__(self, message: "Message", source: "Source", address: Any,
                  transaction: "ServerTransaction | None", core: "SipCore") -> None:
@@ -37,6 +39,7 @@ class Request:
         self._final_sent = False
         self._cancelled = False       # a CANCEL was answered 487 for us
         self._destination: Any = None  # where responses go; set (and the Via stamped) at the first reply
+        self._proxy: Any = None        # the proxy's Forward once route() took it
 
     # --- what came in -----------------------------------------------------------
 
@@ -164,6 +167,28 @@ class Request:
         if host is None:
             return False
         return self._core.is_local(_normal_host(host), uri.port)
+
+    def loose_route(self) -> bool:
+        """RFC 3261 §16.4: remove the top Route values that point to us; True when one did.
+
+        Two in a row are ours when we record-routed twice (a request that
+        changed transport here, RFC 5658): both go.
+        """
+        removed = False
+        while self._top_route_is_ours():
+            self.message.pop_header_value("Route")
+            removed = True
+        return removed
+
+    def _top_route_is_ours(self) -> bool:
+        routes = self.message.headers("route")
+        if not routes:
+            return False
+        try:
+            uri = parse_name_addr(routes[0]).uri
+        except Exception:
+            return False
+        return uri.host is not None and self._core.is_local(_normal_host(uri.host), uri.port)
 
     def fix_nat(self) -> None:
         """RFC 3581: `received` and `rport` on the top Via, so responses go where the request came from."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .. import listeners
 from ..logger import Logger
-from . import sockets
+from . import proxy, sockets
 from .core import SipCore   # imported in the master: a worker's start pays no import
 from .counters import Counters, counters_path
 from .transport import TcpListener, UdpListener
@@ -50,6 +50,7 @@ def prepare_master_state(settings: "Settings") -> None:
     """What the master keeps besides its sockets: also made anew after an exec (the sockets are handed over)."""
     global _counters
     assert settings.sip is not None
+    proxy.configure(settings.proxies, settings.dns)   # a server script may make its Proxy at import
     if any(settings.listen[name].host in WILDCARDS for name in settings.sip.listen):
         _interface_addresses.update(_machine_addresses())
     path = counters_path(settings.core.pid_file)
@@ -97,19 +98,27 @@ class WorkerSip:
         local += [(host, port) for wildcard, port in local if wildcard in WILDCARDS
                   for host in _interface_addresses.get(wildcard, ())]
         self.core = core = SipCore(sip, local, _counters.row(self.slot_id), self.loop)
-        for name in sip.listen:
+        by_transport: dict[str, tuple[str, int]] = {}
+        udp_listeners = {}
+        for name, address in zip(sip.listen, local):
             if name in udp:
-                self.listeners.append(UdpListener(name, udp[name], core, self.loop))
+                listener = udp_listeners[name] = UdpListener(name, udp[name], core, self.loop)
+                self.listeners.append(listener)
+                by_transport.setdefault("udp", address)
             else:
                 tcp = TcpListener(name, listeners.listen_socket(name), core, self.loop)
                 await tcp.start()
                 self.listeners.append(tcp)
+                by_transport.setdefault("tcp", address)
+        proxy.configure(self.settings.proxies, self.settings.dns)
+        core.proxy = proxy.ProxyEngine(core, self.slot_id, udp_listeners, by_transport, self.loop)
 
     def apply_settings(self, settings: "Settings") -> None:
         if self.core is not None and settings.sip is not None and self.settings.sip is not None \
                 and settings.sip.listen == self.settings.sip.listen:
             self.settings = settings
             self.core.apply_settings(settings.sip)
+            proxy.configure(settings.proxies, settings.dns)
 
     def stop_reading(self) -> None:
         """A newer generation serves: read no new request here.
@@ -122,6 +131,8 @@ class WorkerSip:
         """
         for listener in self.listeners:
             listener.stop_reading()
+        if self.core is not None and self.core.proxy is not None:
+            self.core.proxy.stop_reading()
 
     async def drain(self, grace: float) -> None:
         """Let the handlers in hand finish, for at most `grace` seconds."""

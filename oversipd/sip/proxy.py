@@ -1,0 +1,587 @@
+"""Transaction-stateful proxying (SIP.md §10): OverSIP's `Proxy` API and the worker's forwarding engine.
+
+`Proxy(profile)` is what a server script uses: callbacks and `route()`.
+`ProxyEngine` (one per worker, `core.proxy`) does the work: it copies the
+request, adds our Via (a branch naming this worker's slot), Record-Route
+or Path, lowers Max-Forwards, resolves the destination (RFC 3263), sends
+over UDP from the slot's own socket or over an outgoing TCP connection,
+keeps the client transaction (`client_transaction.py`) and matches the
+responses back: callbacks once each, then upstream through the server
+transaction.  Timer C and CANCEL belong here, not to the transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..logger import Logger
+from . import counters as C
+from .client_transaction import ClientTable, ClientTransaction, Verdict, make_ack
+from .dns import DnsError, Rfc3263Resolver, Target
+from .message import Request as Message, Response, parse_message
+from .proxy_settings import DnsSettings, ProxySettings
+from .relay import SlotRelay
+from .transport import TcpConnection
+from .uri import SipUri, parse_name_addr, parse_uri
+
+if TYPE_CHECKING:
+    from .core import SipCore
+    from .request import Request
+
+BRANCH_PREFIX = "z9hG4bKosd"    # the core's loop check knows it (core.OUR_BRANCH_PREFIX)
+RECORD_ROUTED_INITIAL = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
+TCP_CONNECT_TIMEOUT = 4.0
+# After a 2xx ends the INVITE client transaction, retransmissions of that 2xx
+# (the UAS resends it until the end-to-end ACK) still go upstream this long.
+ACCEPTED_LINGER = 32.0
+TIMER_GRANULARITY = 0.02
+TRANSPORT_ERROR = (503, "Transport Error")
+REQUEST_TIMEOUT = (408, "Request Timeout")
+
+_log = Logger("SIP proxy")
+_profiles: dict[str, ProxySettings] | None = None
+_dns: DnsSettings | None = None
+
+
+def configure(profiles: dict[str, ProxySettings], dns: DnsSettings | None) -> None:
+    """The [proxy.NAME] tables and [dns] a Proxy is made from (master and workers, at start and reload)."""
+    global _profiles, _dns
+    _profiles, _dns = dict(profiles), dns
+
+
+class Proxy:
+    """A server script's handle on one [proxy.NAME] profile (OverSIP's ::OverSIP::SIP::Proxy)."""
+
+    def __init__(self, profile: str) -> None:
+        if _profiles is None or profile not in _profiles:
+            raise KeyError(f"no [proxy.{profile}] table in the configuration")
+        self.settings = _profiles[profile]
+        self.callbacks: dict[str, Callable[..., Any]] = {}
+
+    def on_provisional_response(self, fn: Callable[[Response], Any]) -> Callable[[Response], Any]:
+        self.callbacks["provisional"] = fn
+        return fn
+
+    def on_success_response(self, fn: Callable[[Response], Any]) -> Callable[[Response], Any]:
+        self.callbacks["success"] = fn
+        return fn
+
+    def on_failure_response(self, fn: Callable[[Response], Any]) -> Callable[[Response], Any]:
+        self.callbacks["failure"] = fn
+        return fn
+
+    def on_canceled(self, fn: Callable[["Request"], Any]) -> Callable[["Request"], Any]:
+        self.callbacks["canceled"] = fn
+        return fn
+
+    def on_invite_timeout(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        self.callbacks["invite_timeout"] = fn
+        return fn
+
+    def on_error(self, fn: Callable[[int, str], Any]) -> Callable[[int, str], Any]:
+        self.callbacks["error"] = fn
+        return fn
+
+    def route(self, request: "Request", uri: SipUri | str | None = None) -> "asyncio.Future[Any]":
+        """Forward `request`; the future resolves to the final Response or a local (status, reason)."""
+        engine = request._core.proxy
+        if engine is None:
+            raise RuntimeError("this worker has no SIP proxy engine (no [sip] listeners?)")
+        return engine.route(self, request, parse_uri(uri) if isinstance(uri, str) else uri)
+
+
+class Forward:
+    """One routed request: its branches (one per DNS target tried), its upstream side, its outcome."""
+
+    __slots__ = ("proxy", "request", "future", "destination", "base", "targets", "tx", "provisional",
+                 "cancel_requested", "cancel_sent", "done", "timer_c")
+
+    def __init__(self, proxy: Proxy, request: "Request", future: "asyncio.Future[Any]") -> None:
+        self.proxy = proxy
+        self.request = request
+        self.future = future
+        self.destination: SipUri | None = None
+        self.base = b""                          # the request to send, before our Via and Record-Route
+        self.targets: list[Target] = []
+        self.tx: ClientTransaction | None = None  # the branch in progress
+        self.provisional = False
+        self.cancel_requested = False
+        self.cancel_sent = False
+        self.done = False                         # a final response (or local failure) went upstream
+        self.timer_c: asyncio.TimerHandle | None = None
+
+    @property
+    def is_invite(self) -> bool:
+        return self.request.message.method == "INVITE"
+
+
+class ProxyEngine(Logger):
+    """One per worker: its client transactions, outgoing TCP connections, resolver and relay."""
+
+    log_id = "SIP proxy"
+
+    def __init__(self, core: "SipCore", slot_id: int, udp: dict[str, Any], local: dict[str, tuple[str, int]],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.core = core
+        self.loop = loop
+        self.slot_id = slot_id
+        self.udp = udp                               # listener name -> UdpListener
+        self.local = local                           # "udp"/"tcp" -> (host, port) of our listener
+        self.clients = ClientTable()
+        self.resolver = Rfc3263Resolver(_dns or DnsSettings())
+        self.connections: set[TcpConnection] = set()   # what TcpConnection expects of its "server"
+        self.tcp: dict[tuple[str, int], TcpConnection] = {}
+        self.connecting: dict[tuple[str, int], asyncio.Future[TcpConnection]] = {}
+        self.accepted: dict[str, Forward] = {}
+        self.timer: asyncio.TimerHandle | None = None
+        self._branch_prefix = f"{BRANCH_PREFIX}{slot_id}."
+        self._branch_count = 0
+        self._branch_salt = os.urandom(4).hex()
+        self.relay = SlotRelay(slot_id, loop, self.relayed) if udp else None
+
+    # --- routing -----------------------------------------------------------------
+
+    def route(self, proxy: Proxy, request: "Request", uri: SipUri | None) -> "asyncio.Future[Any]":
+        future: asyncio.Future[Any] = self.loop.create_future()
+        if request.message.method == "ACK":
+            self.spawn(self.forward_ack(proxy, request, uri, future))
+            return future
+        if request._final_sent or request._proxy is not None:
+            raise RuntimeError(f"{request!r} was already answered or routed")
+        if request.message.max_forwards == 0:   # RFC 3261 §16.3 step 2 (the core lets OPTIONS through)
+            request.reply(483)
+            _finish(future, (483, "Too Many Hops"))
+            return future
+        forward = Forward(proxy, request, future)
+        request._proxy = forward
+        if request._destination is None:   # the Via stamped now: the copy sent down carries it
+            self.core.stamp_via(request, force_rport=False)
+            request._destination = self.core.response_address(request)
+        if forward.is_invite:
+            self.core.send_reply(request, 100, None, None, b"")
+        self.spawn(self.start(forward, uri))
+        return future
+
+    async def start(self, forward: Forward, uri: SipUri | None) -> None:
+        try:
+            await self.resolve_and_send(forward, uri)
+        except Exception as error:   # a bug here must cost this request a 500, not leave it unanswered
+            self.log_system_error(f"routing {forward.request!r} failed:")
+            self.log_system_error(error)
+            self.fail(forward, 500, "Server Internal Error")
+
+    async def resolve_and_send(self, forward: Forward, uri: SipUri | None) -> None:
+        message = parse_message(forward.request.message.to_bytes())   # upstream responses use the original
+        forward.destination = uri or next_hop(message)
+        lower_max_forwards(message)
+        forward.base = message.to_bytes()
+        try:
+            forward.targets = await self.resolver.resolve(_destination_of(forward.destination),
+                                                          forward.proxy.settings)
+        except DnsError as error:
+            self.fail(forward, error.status, error.reason)
+            return
+        await self.try_next_target(forward)
+
+    async def try_next_target(self, forward: Forward) -> None:
+        """Send to the next DNS target; a transport error moves on (dns_failover_on_503) or fails."""
+        while forward.targets and not forward.done:
+            if forward.cancel_requested and forward.tx is None:
+                self.terminated_before_sending(forward)   # cancelled while DNS was asked
+                return
+            target = forward.targets.pop(0)
+            if await self.send_to(forward, target):
+                return
+            if not forward.proxy.settings.dns_failover_on_503:
+                break
+        self.fail(forward, *TRANSPORT_ERROR)
+
+    async def send_to(self, forward: Forward, target: Target) -> bool:
+        try:
+            source, address = await self.transport_for(target)
+        except OSError as error:
+            self.log_system_info(f"cannot reach {target.transport}:{target.ip}:{target.port}: {error}")
+            return False
+        if forward.done:
+            return True
+        message = parse_message(forward.base)
+        branch = self.new_branch()
+        self.add_our_headers(forward, message, target.transport, branch)
+        data = message.to_bytes()
+        settings = forward.proxy.settings
+        timeout = settings.timer_B if forward.is_invite else settings.timer_F
+        tx = self.clients.create(branch, message, data, source.reliable, timeout, self.loop.time())
+        tx.owner = forward
+        tx.destination = (source, address)
+        forward.tx = tx
+        if not self.send(source, address, data):
+            self.clients.terminate(tx)
+            return False
+        if forward.is_invite:
+            self.arm_timer_c(forward)
+        self.arm_timer()
+        return True
+
+    async def forward_ack(self, proxy: Proxy, request: "Request", uri: SipUri | None,
+                          future: "asyncio.Future[Any]") -> None:
+        """The ACK of a 2xx travels end to end, statelessly: no transaction, no response."""
+        message = parse_message(request.message.to_bytes())
+        destination = uri or next_hop(message)
+        lower_max_forwards(message)
+        try:
+            targets = await self.resolver.resolve(_destination_of(destination), proxy.settings)
+            source, address = await self.transport_for(targets[0])
+        except (DnsError, OSError) as error:
+            self.log_system_info(f"an ACK for {destination} is dropped: {error}")
+            _finish(future, None)
+            return
+        message.insert_header("Via", self.our_via(targets[0].transport, self.new_branch()))
+        self.send(source, address, message.to_bytes())
+        _finish(future, None)
+
+    def add_our_headers(self, forward: Forward, message: Message, transport: str, branch: str) -> None:
+        """Our Via; Record-Route (twice when the transport changes here) or, for REGISTER, Path."""
+        if forward.proxy.settings.do_record_routing:
+            method = message.method
+            in_dialog = message.to.tag is not None
+            if method == "REGISTER":
+                message.insert_header("Path", self.our_route(transport))
+            elif (method in RECORD_ROUTED_INITIAL and not in_dialog) or (method == "NOTIFY" and in_dialog):
+                incoming = forward.request.transport
+                if incoming != transport:   # RFC 5658: one Record-Route per side
+                    message.insert_header("Record-Route", self.our_route(incoming))
+                message.insert_header("Record-Route", self.our_route(transport))
+        message.insert_header("Via", self.our_via(transport, branch))
+
+    def our_route(self, transport: str) -> str:
+        host, port = self.our_address(transport)
+        suffix = "" if transport == "udp" else f";transport={transport}"
+        return f"<sip:{host}:{port}{suffix};lr>"
+
+    def our_via(self, transport: str, branch: str) -> str:
+        host, port = self.our_address(transport)
+        return f"SIP/2.0/{transport.upper()} {host}:{port};branch={branch};rport"
+
+    def our_address(self, transport: str) -> tuple[str, int]:
+        host, port = self.local.get(transport) or next(iter(self.local.values()))
+        advertised = self.core.settings.advertised_host
+        if advertised:
+            host = advertised
+        return (f"[{host}]" if ":" in host else host), port
+
+    def new_branch(self) -> str:
+        self._branch_count += 1
+        return f"{self._branch_prefix}{self._branch_salt}{self._branch_count:x}"
+
+    # --- transports out -------------------------------------------------------------
+
+    async def transport_for(self, target: Target) -> tuple[Any, tuple[str, int]]:
+        address = (target.ip, target.port)
+        if target.transport == "udp":
+            return self.udp_listener(target.ip), address
+        if target.transport != "tcp":
+            raise OSError(f"transport {target.transport} is not supported")
+        return await self.tcp_connection(address), address
+
+    def udp_listener(self, ip: str) -> Any:
+        family = ipaddress.ip_address(ip).version
+        for listener in self.udp.values():
+            host = listener.sock.getsockname()[0]
+            if (":" in host) == (family == 6):
+                return listener
+        raise OSError(f"no UDP SIP listener of IPv{family}")
+
+    async def tcp_connection(self, address: tuple[str, int]) -> TcpConnection:
+        """The worker's connection to `address`, opened once and reused; responses come back on it."""
+        connection = self.tcp.get(address)
+        if connection is not None and connection.channel is not None and not connection.channel.is_closing():
+            return connection
+        pending = self.connecting.get(address)
+        if pending is None:
+            pending = self.connecting[address] = self.loop.create_future()
+            self.spawn(self.connect(address, pending))
+        return await asyncio.shield(pending)
+
+    async def connect(self, address: tuple[str, int], pending: "asyncio.Future[TcpConnection]") -> None:
+        try:
+            _, connection = await asyncio.wait_for(
+                self.loop.create_connection(lambda: OutgoingConnection(self, address), *address),
+                TCP_CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as error:
+            pending.set_exception(OSError(f"TCP connect to {address[0]}:{address[1]}: {error or 'timeout'}"))
+            pending.exception()   # retrieved: nobody may be waiting any more
+        else:
+            self.tcp[address] = connection
+            pending.set_result(connection)
+        finally:
+            self.connecting.pop(address, None)
+
+    def send(self, source: Any, address: Any, data: bytes) -> bool:
+        sent = source.send(data, address)
+        self.core.counts[C.SENT if sent else C.DROPPED] += 1
+        return sent
+
+    # --- responses in ----------------------------------------------------------------
+
+    def receive_response(self, response: Response, source: Any, address: Any) -> None:
+        tx = self.clients.match(response)
+        if tx is None:
+            self.stray_response(response, source, address)
+            return
+        verdict = self.clients.receive(tx, response.status, self.loop.time())
+        if verdict is Verdict.ABSORB:
+            if tx.ack is not None:    # the final response again: our ACK was lost
+                self.send(*tx.destination, tx.ack)
+            return
+        forward = tx.owner
+        if forward is None:
+            return   # the response to our CANCEL
+        response.pop_header_value("Via")
+        if response.status < 200:
+            self.provisional(forward, response)
+        else:
+            self.final(forward, tx, response)
+        self.arm_timer()
+
+    def stray_response(self, response: Response, source: Any, address: Any) -> None:
+        """A response without a transaction here: another slot's, a retransmitted 2xx, or none of ours."""
+        branch = response.top_via.branch or ""
+        slot = _slot_of(branch)
+        if slot is not None and slot != self.slot_id and source.transport == "udp" and self.relay is not None:
+            name = next((name for name, listener in self.udp.items() if listener is source), None)
+            if name is not None and self.relay.pass_on(slot, name, response.to_bytes(), address):
+                return
+        forward = self.accepted.get(branch)
+        if forward is not None and 200 <= response.status < 300:
+            response.pop_header_value("Via")
+            self.upstream_stateless(forward.request, response)
+            return
+        self.core.counts[C.DROPPED] += 1
+
+    def relayed(self, listener: str, datagram: bytes, address: tuple[str, int]) -> None:
+        source = self.udp.get(listener)
+        if source is not None:
+            self.core.receive(datagram, source, address)
+
+    def provisional(self, forward: Forward, response: Response) -> None:
+        forward.provisional = True
+        if forward.is_invite and not forward.done:
+            self.arm_timer_c(forward)   # RFC 3261 §16.7 step 2: a provisional response restarts Timer C
+        if forward.cancel_requested and not forward.cancel_sent:
+            self.send_cancel(forward)
+        if response.status == 100 or forward.done:
+            return   # 100 is hop by hop
+        self.run_callback(forward, "provisional", response)
+        if not forward.request._final_sent:
+            self.core.forward_response(forward.request, response)
+
+    def final(self, forward: Forward, tx: ClientTransaction, response: Response) -> None:
+        status = response.status
+        if tx.is_invite and status >= 300:
+            ack = make_ack(tx.request, response).to_bytes()   # hop by hop (RFC 3261 §17.1.1.3)
+            tx.ack = ack
+            self.send(*tx.destination, ack)
+        if tx is not forward.tx:
+            return   # an earlier branch, given up
+        if tx.is_invite and status < 300:
+            self.accept(tx.key[0], forward)
+        if forward.done:
+            if tx.is_invite and status < 300:   # a 2xx after our 408 still reaches the caller (RFC 3261 §16.7)
+                self.upstream_stateless(forward.request, response)
+            return
+        if status == 503 and forward.targets and forward.proxy.settings.dns_failover_on_503 \
+                and not forward.cancel_requested:
+            self.log_system_info(f"503 from {tx.destination[1]}: trying the next DNS target")
+            self.spawn(self.try_next_target(forward))
+            return
+        self.run_callback(forward, "success" if status < 300 else "failure", response)
+        self.finish(forward, response)
+        self.core.forward_response(forward.request, response)
+
+    def upstream_stateless(self, request: "Request", response: Response) -> None:
+        self.send(request.source, request._destination, response.to_bytes())
+
+    def accept(self, branch: str, forward: Forward) -> None:
+        self.accepted[branch] = forward
+        self.loop.call_later(ACCEPTED_LINGER, self.accepted.pop, branch, None)
+
+    # --- CANCEL, timeouts, failures ------------------------------------------------------
+
+    def cancel(self, forward: Forward, cancel: "Request") -> None:
+        """A CANCEL from upstream (answered 200 by the core): down the pending branch, which ends 487."""
+        if forward.done or forward.cancel_requested:
+            return
+        forward.cancel_requested = True
+        self.run_callback(forward, "canceled", cancel)
+        if forward.provisional:
+            self.send_cancel(forward)
+        # else: RFC 3261 §9.1: a CANCEL waits for a provisional response
+
+    def terminated_before_sending(self, forward: Forward) -> None:
+        self.finish(forward, (487, "Request Terminated"))
+        if not forward.request._final_sent:
+            self.core.send_reply(forward.request, 487, None, None, b"")
+
+    def send_cancel(self, forward: Forward) -> None:
+        tx = forward.tx
+        if tx is None or tx.final_received:
+            return
+        forward.cancel_sent = True
+        request = tx.request
+        headers = [("Via", request.headers("via")[0])]
+        headers += [("Route", value) for value in request.headers("route")]
+        headers += [("Max-Forwards", "70"), ("From", request.header("from") or ""),
+                    ("To", request.header("to") or ""), ("Call-ID", request.call_id),
+                    ("CSeq", f"{request.cseq} CANCEL"), ("Content-Length", "0")]
+        cancel = Message("CANCEL", request.ruri.copy(), headers)
+        data = cancel.to_bytes()
+        source, address = tx.destination
+        ctx = self.clients.create(tx.key[0], cancel, data, tx.reliable,
+                                  forward.proxy.settings.timer_F, self.loop.time())
+        ctx.destination = tx.destination
+        self.send(source, address, data)
+        self.arm_timer()
+
+    def arm_timer_c(self, forward: Forward) -> None:
+        if forward.timer_c is not None:
+            forward.timer_c.cancel()
+        forward.timer_c = self.loop.call_later(forward.proxy.settings.timer_C, self.timer_c_fired, forward)
+
+    def timer_c_fired(self, forward: Forward) -> None:
+        forward.timer_c = None
+        if forward.done:
+            return
+        if forward.provisional:
+            self.send_cancel(forward)   # the branch is given up downstream too
+        self.fail(forward, *REQUEST_TIMEOUT, invite_timeout=True)
+
+    def fail(self, forward: Forward, status: int, reason: str, invite_timeout: bool = False) -> None:
+        """No final response to forward: a timeout, a transport or a DNS error."""
+        if forward.done:
+            return
+        if invite_timeout and forward.is_invite:
+            self.run_callback(forward, "invite_timeout")
+        else:
+            self.run_callback(forward, "error", status, reason)
+        self.finish(forward, (status, reason))
+        if not forward.request._final_sent:
+            self.core.send_reply(forward.request, status, reason, None, b"")
+
+    def finish(self, forward: Forward, outcome: Any) -> None:
+        forward.done = True
+        if forward.timer_c is not None:
+            forward.timer_c.cancel()
+            forward.timer_c = None
+        _finish(forward.future, outcome)
+
+    def run_callback(self, forward: Forward, name: str, *args: Any) -> None:
+        """A callback that raises is logged; the response goes on upstream all the same."""
+        callback = forward.proxy.callbacks.get(name)
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception as error:
+            self.log_system_error(f"the proxy's on_{_CALLBACK_NAMES[name]} callback raised:")
+            self.log_system_error(error)
+
+    # --- timers ---------------------------------------------------------------------------
+
+    def arm_timer(self) -> None:
+        deadline = self.clients.next_deadline()
+        if deadline is None:
+            return
+        at = max(deadline, self.loop.time() + TIMER_GRANULARITY)
+        if self.timer is not None:
+            if self.timer.when() <= at:
+                return
+            self.timer.cancel()
+        self.timer = self.loop.call_at(at, self.on_timer)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        resend, timeouts = self.clients.expire(self.loop.time())
+        for tx, data in resend:
+            self.send(*tx.destination, data)
+        for tx, _ in timeouts:
+            forward = tx.owner
+            if forward is not None and tx is forward.tx:
+                self.fail(forward, *REQUEST_TIMEOUT, invite_timeout=True)
+        self.arm_timer()
+
+    # --- life ---------------------------------------------------------------------------------
+
+    def spawn(self, coroutine: Any) -> None:
+        task = self.loop.create_task(coroutine)
+        self.core.tasks.add(task)
+        task.add_done_callback(self.core.tasks.discard)
+
+    def stop_reading(self) -> None:
+        if self.relay is not None:   # the next generation's worker of this slot binds the name
+            self.relay.close()
+            self.relay = None
+
+    def close(self) -> None:
+        self.stop_reading()
+        if self.timer is not None:
+            self.timer.cancel()
+        for connection in list(self.tcp.values()):
+            connection.abort()
+
+
+class OutgoingConnection(TcpConnection):
+    """A TCP connection the proxy opened: framed and read like an accepted one."""
+
+    def __init__(self, engine: ProxyEngine, address: tuple[str, int]) -> None:
+        super().__init__(engine)   # type: ignore[arg-type]   # the engine has core, loop, connections
+        self.engine = engine
+        self.address = address
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.engine.tcp.get(self.address) is self:
+            del self.engine.tcp[self.address]
+
+
+def next_hop(message: Message) -> SipUri:
+    """RFC 3261 §16.6 steps 6-7: a loose router's Route URI; a strict router becomes the Request-URI."""
+    routes = message.headers("route")
+    if not routes:
+        return message.ruri
+    top = parse_name_addr(routes[0]).uri
+    if "lr" in top.params:
+        return top
+    message.pop_header_value("Route")   # a strict router: it gets the Request-URI's place
+    message.append_header("Route", f"<{message.ruri}>")
+    message.ruri = top
+    return top
+
+
+def lower_max_forwards(message: Message) -> None:
+    value = message.max_forwards
+    message.set_header("Max-Forwards", str(69 if value is None else max(value - 1, 0)))
+
+
+_CALLBACK_NAMES = {"provisional": "provisional_response", "success": "success_response",
+                   "failure": "failure_response", "canceled": "canceled",
+                   "invite_timeout": "invite_timeout", "error": "error"}
+
+
+def _destination_of(uri: SipUri) -> Any:
+    from .dns import SipDestination
+    return SipDestination(uri.scheme, (uri.host or "").strip("[]"), uri.port, uri.transport)
+
+
+def _slot_of(branch: str) -> int | None:
+    if not branch.startswith(BRANCH_PREFIX):
+        return None
+    digits, dot, _ = branch[len(BRANCH_PREFIX):].partition(".")
+    return int(digits) if dot and digits.isdigit() else None
+
+
+def _finish(future: "asyncio.Future[Any]", outcome: Any) -> None:
+    if not future.done():
+        future.set_result(outcome)
