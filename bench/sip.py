@@ -36,7 +36,8 @@ from pathlib import Path
 
 from .report import cpu_model
 from .sip_search import Run, Search
-from .sip_servers import (OVERSIPD_CONF_TEMPLATE, OVERSIPD_OPTIONS_SCRIPT, HOST, Kamailio, Oversipd,
+from .sip_servers import (OVERSIPD_CONF_TEMPLATE, OVERSIPD_OPTIONS_SCRIPT, OVERSIPD_PROXY_CONF_TEMPLATE,
+                          OVERSIPD_PROXY_SCRIPT, HOST, Kamailio, Oversipd,
                           ServerError, SipServer, port_free)
 from .sipp_client import OPTIONS_UAC, PROXY_UAC, Uas, run_uac, udp_rcvbuf_errors
 
@@ -211,8 +212,7 @@ def oversipd_skip_reason(args: argparse.Namespace, role: str, workdir: Path) -> 
     if "oversipd" not in args.servers:
         return "not asked for (--servers)"
     if role == "proxy" and args.oversipd_proxy_script is None:
-        return ("oversipd cannot proxy yet (issue 11); give its proxy server script with "
-                "--oversipd-proxy-script (and --oversipd-proxy-conf)")
+        return "no proxy server script (--oversipd-proxy-script)"
     if not args.oversipd.exists():
         return f"no oversipd at {args.oversipd}"
     # `oversipd check` on the bench config tells whether this oversipd speaks SIP.
@@ -378,9 +378,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="the oversipd command (default: this Python's)")
     parser.add_argument("--oversipd-options-script", type=Path, default=OVERSIPD_OPTIONS_SCRIPT,
                         help="server script that answers OPTIONS 200")
-    parser.add_argument("--oversipd-proxy-script", type=Path, default=None,
-                        help="server script that proxies every request (none yet: the row is skipped)")
-    parser.add_argument("--oversipd-proxy-conf", type=Path, default=OVERSIPD_CONF_TEMPLATE,
+    parser.add_argument("--oversipd-proxy-script", type=Path, default=OVERSIPD_PROXY_SCRIPT,
+                        help="server script that proxies every request (OverSIP's default routing)")
+    parser.add_argument("--oversipd-proxy-conf", type=Path, default=OVERSIPD_PROXY_CONF_TEMPLATE,
                         help="config template for oversipd as a proxy (@PORT@, @WORKERS@, @SCRIPT@ filled in)")
     parser.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT, help="200 loopback ports from here")
     parser.add_argument("--write", type=Path, metavar="MARKDOWN",

@@ -25,6 +25,8 @@ from .figures import cpu_seconds
 BENCH = Path(__file__).resolve().parent
 KAMAILIO_CONFIGS = {"options": BENCH / "kamailio" / "options.cfg", "proxy": BENCH / "kamailio" / "proxy.cfg"}
 OVERSIPD_CONF_TEMPLATE = BENCH / "oversipd-sip.conf"
+OVERSIPD_PROXY_CONF_TEMPLATE = BENCH / "oversipd-sip-proxy.conf"
+OVERSIPD_PROXY_SCRIPT = BENCH.parent / "examples" / "proxy_server.py"
 OVERSIPD_OPTIONS_SCRIPT = BENCH / "oversipd_options.py"
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
