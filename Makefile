@@ -182,4 +182,4 @@ service-test-deps:
 SOAK_SECONDS ?= 120
 .PHONY: soak
 soak: $(STAMP)
-	PYTHONPATH=tests $(PY) -m soak --seconds $(SOAK_SECONDS) $(if $(SOAK_SEED),--seed $(SOAK_SEED))
+	PYTHONPATH=tests $(PY) -m soak --seconds $(SOAK_SECONDS) $(if $(SOAK_SEED),--seed $(SOAK_SEED)) $(if $(SOAK_TRACE),--trace)
