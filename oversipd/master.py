@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import oversipd
 
-from . import control, listeners, logger, privileges
+from . import altstack, control, listeners, logger, privileges
 from .control import Channel
 from .errors import CRASH_LOOP_MESSAGE, EXIT_FATAL, EXIT_OK, WORKER_EXIT_FATAL, ConfigError, HaltServer
 from .heartbeat import MAX_INTERVAL, HeartbeatBoard
@@ -119,6 +119,7 @@ class Master(Logger):
         # Inherited by every worker: SIGABRT for a stuck reactor puts each
         # thread's Python stack in the log before the process dies.
         faulthandler.enable(all_threads=True)
+        self.install_signal_stack()
         # Objects made so far are never collected in the workers: freezing
         # them keeps the collector from touching (and copying) their pages.
         gc.freeze()
@@ -129,6 +130,13 @@ class Master(Logger):
             self.run_due_work(time.monotonic())
         self.log_system_info(f"stopped, exit status {self.stop_request.status}")
         return self.stop_request.status
+
+    def install_signal_stack(self) -> None:
+        """Room for every signal handler nested at once (oversipd/altstack.py); workers inherit it."""
+        try:
+            altstack.install()
+        except (OSError, AttributeError) as error:
+            self.log_system_warn(f"keeping faulthandler's small signal stack: {error}")
 
     def install_signal_handlers(self) -> None:
         self.selector.register(self.signal_r, selectors.EVENT_READ, self.read_signals)
