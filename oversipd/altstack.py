@@ -55,15 +55,6 @@ def stack_size(libc: ctypes.CDLL) -> int:
     return -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
 
 
-def current() -> tuple[int, int]:
-    """(address, size) of this thread's alternate signal stack; (0, 0) when there is none."""
-    libc = _libc()
-    old = _StackT()
-    if libc.sigaltstack(None, ctypes.byref(old)) != 0:
-        raise OSError(ctypes.get_errno(), "sigaltstack")
-    return (old.ss_sp or 0, old.ss_size) if not old.ss_flags & 2 else (0, 0)  # 2: SS_DISABLE
-
-
 def install() -> None:
     """Give this thread's signal handlers the large, guarded alternate stack (once per process).
 
