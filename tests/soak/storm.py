@@ -19,7 +19,6 @@ worker killed by a signal (the SIGSEGV of issue 14) fails the storm.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import signal
