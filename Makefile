@@ -257,7 +257,10 @@ service-test-deps:
 
 # The fault campaign (docs/RELIABILITY.md): `make soak SOAK_SECONDS=120 SOAK_SEED=N`;
 # a failing run prints the seed and step to replay.
+# The fork storm (tests/soak/storm.py, issue 14) runs first: STORM_CYCLES forks.
 SOAK_SECONDS ?= 120
+STORM_CYCLES ?= 300
 .PHONY: soak
 soak: $(STAMP)
-	PYTHONPATH=tests $(PY) -m soak --seconds $(SOAK_SECONDS) $(if $(SOAK_SEED),--seed $(SOAK_SEED))
+	PYTHONPATH=tests $(PY) -m soak.storm --cycles $(STORM_CYCLES) $(if $(SOAK_SEED),--seed $(SOAK_SEED))
+	PYTHONPATH=tests $(PY) -m soak --seconds $(SOAK_SECONDS) $(if $(SOAK_SEED),--seed $(SOAK_SEED)) $(if $(SOAK_TRACE),--trace)

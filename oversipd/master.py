@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import oversipd
 
-from . import control, fingerprint, generations, listeners, logger, privileges, process, reexec
+from . import altstack, control, fingerprint, generations, listeners, logger, privileges, process, reexec
 from .control import Channel
 from .errors import CRASH_LOOP_MESSAGE, EXIT_FATAL, EXIT_OK, WORKER_EXIT_FATAL, ConfigError, HaltServer
 from .fingerprint import Fingerprint
@@ -160,6 +160,7 @@ class Master(Logger):
         # Inherited by every worker: SIGABRT for a stuck reactor puts each
         # thread's Python stack in the log before the process dies.
         faulthandler.enable(all_threads=True)
+        self.install_signal_stack()
         # Objects made so far are never collected in the workers: freezing
         # them keeps the collector from touching (and copying) their pages.
         gc.freeze()
@@ -173,6 +174,13 @@ class Master(Logger):
             self.run_due_work(time.monotonic())
         self.log_system_info(f"stopped, exit status {self.stop_request.status}")
         return self.stop_request.status
+
+    def install_signal_stack(self) -> None:
+        """Room for every signal handler nested at once (oversipd/altstack.py); workers inherit it."""
+        try:
+            altstack.install()
+        except (OSError, AttributeError) as error:
+            self.log_system_warn(f"keeping faulthandler's small signal stack: {error}")
 
     def install_signal_handlers(self) -> None:
         self.selector.register(self.signal_r, selectors.EVENT_READ, self.read_signals)
@@ -938,8 +946,9 @@ class Master(Logger):
     def run_after_exec(self, failure: str | None) -> int:
         """The new image's start: fork the next generation (unless importing its code failed), then serve."""
         self.install_signal_handlers()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.handled_signals)  # blocked across the exec
         faulthandler.enable(all_threads=True)
+        self.install_signal_stack()  # before any handler may run: signals pending across the exec come at once
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.handled_signals)  # blocked across the exec
         self.reap_workers()  # a worker that died just before the exec: its SIGCHLD went to the old image
         self.log_system_notice(f"running oversipd {oversipd.__version__} after the exec (pid {os.getpid()}); "
                                f"generation {self.generation} serves with {len(self.slots)} worker(s) meanwhile")

@@ -21,11 +21,11 @@ class Result:
     violation: str = ""
 
 
-def run_campaign(seed: int, seconds: float, say: Callable[[str], None] = print) -> Result:
+def run_campaign(seed: int, seconds: float, say: Callable[[str], None] = print, trace: bool = False) -> Result:
     """A whole soak: returns the result after printing the counts (and the violation, if any)."""
     directory = Path(tempfile.mkdtemp(prefix="oversipd-soak-"))
     directory.chmod(0o755)
-    soak = Soak(seed, seconds, directory, say)
+    soak = Soak(seed, seconds, directory, say, trace)
     began = time.monotonic()
     say(f"soak: seed {seed}, {seconds:g} s of faults, in {directory}")
     try:

@@ -49,12 +49,22 @@ class Lifetime:
     checks: int = 0
 
 
+@dataclass(frozen=True)
+class MasterSample:
+    """The master's resources, read at one settled instant (Soak.settled_sample)."""
+
+    extra: int   # open fds minus one control channel per worker
+    fds: int
+    rss: int
+
+
 class Soak:
     """A seeded sequence of faults against one daemon directory."""
 
     def __init__(self, seed: int, seconds: float, directory: Path,
-                 say: Callable[[str], None] = print) -> None:
+                 say: Callable[[str], None] = print, trace: bool = False) -> None:
         self.seed = seed
+        self.trace = trace  # say each step as it starts
         self.seconds = seconds
         self.directory = directory
         self.say = say
@@ -247,21 +257,15 @@ class Soak:
             if not observe.is_running(pid):
                 self.settle(pid)
         self.check_log()
-        self.check_master_resources(workers)
+        self.check_master_resources()
         self.lifetime.checks += 1
 
     def converge(self) -> observe.Workers:
         """Wait until exactly `target` workers run, in slots 1..target, each past on_started."""
-        expected = list(range(1, self.target + 1))
-
         def settled() -> observe.Workers | None:
             self.require_master()
             workers = self.workers()
-            if (sorted(workers.slots) != expected or workers.duplicates or workers.untitled
-                    or workers.zombies or workers.stopped):
-                return None
-            ready = {e["pid"] for e in self.events("ready")}
-            return workers if workers.pids <= ready else None
+            return workers if self.converged(workers) else None
 
         workers = observe.poll_until(settled, CONVERGE_TIMEOUT)
         if not workers:
@@ -269,6 +273,13 @@ class Soak:
                                  f"{CONVERGE_TIMEOUT:g} s: {self.workers()}")
         self.checked("live worker count converges to the configured count")
         return workers
+
+    def converged(self, workers: observe.Workers) -> bool:
+        """Exactly `target` titled workers in slots 1..target, none leaving, each past on_started."""
+        if (sorted(workers.slots) != list(range(1, self.target + 1)) or workers.duplicates
+                or workers.untitled or workers.zombies or workers.stopped):
+            return False
+        return workers.pids <= {e["pid"] for e in self.events("ready")}
 
     def settle(self, pid: int) -> None:
         """A dead worker: exactly one on_terminated, or a kill the master logged."""
@@ -346,32 +357,61 @@ class Soak:
         starts = [i for i, line in enumerate(lines) if observe.TRACEBACK_START in line]
         return "\n".join(lines[max(0, starts[-1] - 3):starts[-1] + 14]) if starts else ""
 
-    def check_master_resources(self, workers: observe.Workers) -> None:
-        """Open fds (minus one control channel per worker) back to their first count; RSS sampled."""
+    def check_master_resources(self) -> None:
+        """Open fds (minus one control channel per worker) back to their first count; RSS sampled.
+
+        Judged on a settled sample (settled_sample), the one the poll saw:
+        reading the count again afterwards would race the next respawn.
+        """
         life = self.lifetime
+        seen: list[MasterSample] = []
 
-        def fds_and_rss() -> tuple[int, int, int]:
-            try:
-                master = psutil.Process(life.master_pid)
-                fds = master.num_fds()
-                return fds - len(self.workers().slots), fds, master.memory_info().rss
-            except psutil.NoSuchProcess:
-                raise self.violation("the master vanished") from None
+        def back_to_baseline() -> MasterSample | None:
+            sample = self.settled_sample()
+            if sample is None:
+                return None
+            seen[:] = [sample]
+            if life.fds_per_master is None:
+                life.fds_per_master = sample.extra
+            # A reload in progress holds the configuration file open for a moment.
+            return sample if sample.extra == life.fds_per_master else None
 
-        if life.fds_per_master is None:
-            life.fds_per_master = fds_and_rss()[0]
-        # A reload in progress holds the configuration file open for a moment.
-        observe.poll_until(lambda: fds_and_rss()[0] == life.fds_per_master, EVENT_TIMEOUT)
-        extra, fds, rss = fds_and_rss()
-        if extra != life.fds_per_master:
+        sample = observe.poll_until(back_to_baseline, EVENT_TIMEOUT)
+        if not sample:
+            if not seen:
+                raise self.violation(f"the master and its workers never held still for {EVENT_TIMEOUT:g} s "
+                                     f"(a spawn or a death always in progress): {self.workers()}")
             files = [f"{n} -> {os.readlink(f'/proc/{life.master_pid}/fd/{n}')}"
                      for n in sorted(os.listdir(f"/proc/{life.master_pid}/fd"), key=int)]
-            raise self.violation(f"the master holds {extra} fds besides its channels, "
-                                 f"was {life.fds_per_master}: {files}; workers: {self.workers()}"
-                                 + observe.socket_peers(files))
+            raise self.violation(f"the master holds {seen[0].extra} fds besides its channels, "
+                                 f"was {life.fds_per_master} (settled sample: {seen[0]}); now: {files}; "
+                                 f"workers: {self.workers()}" + observe.socket_peers(files))
         self.checked("the master's open fds stay flat")
-        self.max_fds = max(self.max_fds, fds)
-        life.rss.append(rss)
+        self.max_fds = max(self.max_fds, sample.fds)
+        life.rss.append(sample.rss)
+
+    def settled_sample(self) -> MasterSample | None:
+        """The master's fds and RSS, read while no spawn and no death is in progress; else None.
+
+        A spawn holds both ends of a new socketpair until the fork returns,
+        and a dead worker's channel stays open until the master reaps it:
+        counts taken then are no leak.  So the sample counts only when the
+        workers are converged and the same before and after the reading,
+        and the master sleeps (in its loop, not inside a spawn) as it starts.
+        """
+        before = self.workers()
+        if not self.converged(before):
+            return None
+        try:
+            master = psutil.Process(self.lifetime.master_pid)
+            if master.status() != psutil.STATUS_SLEEPING:
+                return None
+            fds, rss = master.num_fds(), master.memory_info().rss
+        except psutil.NoSuchProcess:
+            raise self.violation("the master vanished") from None
+        if self.workers() != before:
+            return None
+        return MasterSample(extra=fds - len(before.slots), fds=fds, rss=rss)
 
     def check_rss_flat(self) -> None:
         rss = self.lifetime.rss
@@ -390,11 +430,14 @@ class Soak:
         """Start, inject faults until `seconds` have passed, stop; Violation on the first failure."""
         self.start_daemon()
         self.check_step()
-        deadline = time.monotonic() + self.seconds
+        started = time.monotonic()
+        deadline = started + self.seconds
         while time.monotonic() < deadline:
             self.step += 1
             fault = choose(self)
             self.fault_name = fault.__name__
+            if self.trace:
+                self.say(f"step {self.step} at {time.monotonic() - started:.1f} s: {self.fault_name}")
             fault(self)
             self.check_step()
         self.step += 1
