@@ -5,7 +5,7 @@ before the soak, and tests/test_faults_soak.py runs a short one.
 
 One daemon runs the soak's modules and server script (tests/soak/probe.py)
 with 2 workers.  Each cycle:
-1. a burst: the master is stopped (SIGSTOP), gets 4 to 7 distinct signals
+1. a burst: the master is stopped (SIGSTOP), gets 4 to 6 distinct signals
    it handles, and is continued, so that they arrive at once and their
    handlers run nested (what overflowed the alternate signal stack);
 2. SIGTTIN; as soon as the master logs it, SIGUSR1 (sometimes SIGHUP too)
@@ -39,8 +39,9 @@ EVENT_TIMEOUT = 20.0
 FULL_STOP_EVERY = 40          # cycles between two full stops, on average (each one costs a restart)
 MAX_ON_STARTED_DELAY = 0.05   # seconds on_started may await
 # Handled by the master without stopping it or changing the worker count
-# (SIGCONT would discard a pending SIGTTIN or SIGTTOU).
-BURST_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM,
+# (SIGCONT would discard a pending SIGTTIN or SIGTTOU).  Not SIGUSR2: it
+# starts a new generation, during which TTIN/TTOU wait for the swap's end.
+BURST_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGWINCH, signal.SIGALRM,
                  signal.SIGPIPE, signal.SIGCHLD)
 
 
