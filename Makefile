@@ -121,6 +121,9 @@ $(BENCH_STAMP): bench/requirements.txt setup.cfg setup.py pyproject.toml $(wildc
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements.txt
+	# oversipd's dependencies as setup.cfg lists them, then oversipd itself anew
+	# (its version does not change with its sources).
+	$(BENCH_VENV)/bin/pip install --quiet .
 	$(BENCH_VENV)/bin/pip install --quiet --no-deps --force-reinstall .
 	rm -rf build
 	touch $(BENCH_STAMP)
