@@ -9,6 +9,15 @@ abstract Unix namespace, named after the master's pid and the slot (no
 file to clean up, gone with the process).  A worker respawned in that slot
 binds the name again; what arrives in between is lost as any UDP datagram
 may be, and the peer's retransmissions cover it.
+
+A Unix datagram socket's receive queue holds only net.unix.max_dgram_qlen
+datagrams (10 by default), so a burst of responses for a busy slot does not
+fit: a non-blocking send then fails with EAGAIN.  Those responses must not
+be dropped (the UAS's 200 retransmissions start at T1, when ours of the
+INVITE do too, and a UAS may take our retransmitted INVITE for a new one).
+So each other slot gets a socket connected to its name, the kernel tells us
+when its queue has room again (poll on a connected Unix datagram socket
+looks at the peer's queue), and what did not fit waits here, in order.
 """
 
 from __future__ import annotations
@@ -16,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections import deque
 from typing import Callable
 
 from ..logger import Logger
 
 RETRY_BIND = 0.5      # seconds: a retiring worker of our slot may still hold the name
 MAX_RELAYED = 65536 + 512
+MAX_PENDING = 4096    # datagrams waiting for one slot's queue; beyond, that slot is stuck: drop
 
 _log = Logger("SIP")
 
@@ -43,6 +54,7 @@ class SlotRelay:
         self.sock.setblocking(False)
         self.bound = False
         self.retry: asyncio.TimerHandle | None = None
+        self.peers: dict[int, _PeerSlot] = {}   # other slots we pass on to: slot -> connected socket
         self.bind()
 
     def bind(self) -> None:
@@ -71,17 +83,82 @@ class SlotRelay:
                 _log.log_system_error(error)
 
     def pass_on(self, slot_id: int, listener: str, datagram: bytes, address: tuple) -> bool:
-        head = f"{listener} {address[0]} {address[1]}\n".encode()
+        """Send it to that slot, or queue it behind what waits for room there; False: not passed on."""
+        data = f"{listener} {address[0]} {address[1]}\n".encode() + datagram
+        peer = self.peers.get(slot_id)
+        if peer is not None and peer.pending:
+            return peer.queue(data)      # behind the others: order kept
+        for _ in range(2):               # a second try after reconnecting to a respawned worker
+            peer = peer or self.connect(slot_id)
+            if peer is None:
+                return False             # that slot's worker is gone or respawning: the peer retransmits
+            try:
+                peer.sock.send(data)
+                return True
+            except (BlockingIOError, InterruptedError):
+                return peer.queue(data)  # its queue is full: wait until the kernel says there is room
+            except OSError:              # its worker died; a new one may have bound the name since
+                self.forget(slot_id)
+                peer = None
+        return False
+
+    def connect(self, slot_id: int) -> "_PeerSlot | None":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)
         try:
-            self.sock.sendto(head + datagram, relay_name(self.master_pid, slot_id))
-            return True
+            sock.connect(relay_name(self.master_pid, slot_id))
         except OSError:
-            return False   # that slot's worker is gone or respawning: the peer retransmits
+            sock.close()
+            return None
+        peer = self.peers[slot_id] = _PeerSlot(sock, self.loop)
+        return peer
+
+    def forget(self, slot_id: int) -> None:
+        peer = self.peers.pop(slot_id, None)
+        if peer is not None:
+            peer.close()
 
     def close(self) -> None:
         if self.retry is not None:
             self.retry.cancel()
+        for slot_id in list(self.peers):
+            self.forget(slot_id)
         if self.bound:
             self.loop.remove_reader(self.sock.fileno())
             self.bound = False
+        self.sock.close()
+
+
+class _PeerSlot:
+    """Our socket connected to another slot's name, and what waits for room in its queue."""
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self.sock = sock
+        self.loop = loop
+        self.pending: deque[bytes] = deque()
+
+    def queue(self, data: bytes) -> bool:
+        if len(self.pending) >= MAX_PENDING:
+            return False
+        if not self.pending:
+            self.loop.add_writer(self.sock.fileno(), self.flush)
+        self.pending.append(data)
+        return True
+
+    def flush(self) -> None:
+        while self.pending:
+            try:
+                self.sock.send(self.pending[0])
+            except (BlockingIOError, InterruptedError):
+                return                   # still full: the kernel wakes us again
+            except OSError:              # that worker died: the peers retransmit what it had
+                self.pending.clear()
+                break
+            self.pending.popleft()
+        self.loop.remove_writer(self.sock.fileno())
+
+    def close(self) -> None:
+        if self.pending:
+            self.loop.remove_writer(self.sock.fileno())
+            self.pending.clear()
         self.sock.close()
