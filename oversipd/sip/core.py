@@ -21,6 +21,7 @@ from .errors import ParseError
 from .message import Request as Message, parse_message
 from .request import Request
 from .settings import SipSettings
+from .timers import TableTimer
 from .transaction import MAGIC_COOKIE, Match, State, TransactionTable, transaction_key
 
 # Our own Via branches start with this (the proxy adds them): seeing one of
@@ -29,7 +30,6 @@ OUR_BRANCH_PREFIX = MAGIC_COOKIE + "osd"
 OUR_BRANCH_MARK = OUR_BRANCH_PREFIX.encode()
 # Timer G is armed to this granularity: one loop wake-up serves every
 # transaction due within it, instead of one per transaction.
-TIMER_GRANULARITY = 0.02
 NO_HANDLER = "no SipEvents.on_request handler: every request gets 500"
 SUPPORTED_PROXY_REQUIRE: frozenset[str] = frozenset()
 
@@ -53,7 +53,7 @@ class SipCore(Logger):
         self.loop = loop
         self.counts = counts                   # this slot's row of counters (memoryview of Q)
         self.table = TransactionTable()
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer = TableTimer(loop, self.on_timer)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.warned_no_handler = False
         self.parser_bug_logged = False
@@ -265,7 +265,7 @@ class SipCore(Logger):
             self.table.respond(tx, status, data, to_tag, self.loop.time())
             if tx.state is State.COMPLETED and tx.is_invite and not tx.reliable:
                 self.arm_timer()
-            elif self.timer is None and len(self.table):
+            elif not self.timer.armed and len(self.table):
                 self.arm_timer()
         if status >= 200:
             request._final_sent = True
@@ -324,18 +324,9 @@ class SipCore(Logger):
     # --- timers ------------------------------------------------------------------
 
     def arm_timer(self) -> None:
-        deadline = self.table.next_deadline()
-        if deadline is None:
-            return
-        at = max(deadline, self.loop.time() + TIMER_GRANULARITY)
-        if self.timer is not None:
-            if self.timer.when() <= at:
-                return
-            self.timer.cancel()
-        self.timer = self.loop.call_at(at, self.on_timer)
+        self.timer.arm(self.table.next_deadline())
 
     def on_timer(self) -> None:
-        self.timer = None
         for tx, data in self.table.expire(self.loop.time()):
             if tx.destination is not None:
                 source, address = tx.destination
@@ -344,9 +335,7 @@ class SipCore(Logger):
         self.arm_timer()
 
     def close(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.timer.cancel()
         if self.proxy is not None:
             self.proxy.close()
         for task in list(self.tasks):

@@ -24,6 +24,7 @@ from .dns import DnsError, Rfc3263Resolver, Target
 from .message import Request as Message, Response, parse_message
 from .proxy_settings import DnsSettings, ProxySettings
 from .relay import SlotRelay
+from .timers import TableTimer
 from .transport import TcpConnection
 from .uri import SipUri, parse_name_addr, parse_uri
 
@@ -37,7 +38,6 @@ TCP_CONNECT_TIMEOUT = 4.0
 # After a 2xx ends the INVITE client transaction, retransmissions of that 2xx
 # (the UAS resends it until the end-to-end ACK) still go upstream this long.
 ACCEPTED_LINGER = 32.0
-TIMER_GRANULARITY = 0.02
 TRANSPORT_ERROR = (503, "Transport Error")
 REQUEST_TIMEOUT = (408, "Request Timeout")
 
@@ -136,7 +136,7 @@ class ProxyEngine(Logger):
         self.tcp: dict[tuple[str, int], TcpConnection] = {}
         self.connecting: dict[tuple[str, int], asyncio.Future[TcpConnection]] = {}
         self.accepted: dict[str, Forward] = {}
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer = TableTimer(loop, self.on_timer)
         self._branch_prefix = f"{BRANCH_PREFIX}{slot_id}."
         self._branch_count = 0
         self._branch_salt = os.urandom(4).hex()
@@ -491,18 +491,9 @@ class ProxyEngine(Logger):
     # --- timers ---------------------------------------------------------------------------
 
     def arm_timer(self) -> None:
-        deadline = self.clients.next_deadline()
-        if deadline is None:
-            return
-        at = max(deadline, self.loop.time() + TIMER_GRANULARITY)
-        if self.timer is not None:
-            if self.timer.when() <= at:
-                return
-            self.timer.cancel()
-        self.timer = self.loop.call_at(at, self.on_timer)
+        self.timer.arm(self.clients.next_deadline())
 
     def on_timer(self) -> None:
-        self.timer = None
         resend, timeouts = self.clients.expire(self.loop.time())
         for tx, data in resend:
             self.send(*tx.destination, data)
@@ -526,8 +517,7 @@ class ProxyEngine(Logger):
 
     def close(self) -> None:
         self.stop_reading()
-        if self.timer is not None:
-            self.timer.cancel()
+        self.timer.cancel()
         for connection in list(self.tcp.values()):
             connection.abort()
 
