@@ -536,8 +536,8 @@ class Master(Logger):
                     slot.abort_sent_at = float("inf")
             elif timeout and now - self.board.last_beat(slot.cell) >= timeout:
                 self.log_system_crit(f"{slot.label}: reactor unresponsive "
-                                     f"for {timeout:g} s (worker_timeout; last heartbeat "
-                                     f"{now - self.board.last_beat(slot.cell):.3f} s ago); sending SIGABRT")
+                                     f"for {timeout:g} s (worker_timeout); sending SIGABRT "
+                                     f"(last heartbeat {now - self.board.last_beat(slot.cell):.3f} s ago)")
                 self.signal_worker(slot, signal.SIGABRT)
                 slot.abort_sent_at = now
 
