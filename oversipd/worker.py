@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Any, Awaitable, Callable, NoReturn
+from typing import Any, NoReturn
 
 import oversipd
 
@@ -27,15 +27,8 @@ IGNORED_IN_WORKER = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR
                      signal.SIGPIPE)
 DEFAULT_IN_WORKER = (signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM)
 
-# What a worker of an old generation does, once the new generation serves,
-# before it stops (control.RETIRE): each hook stops taking new work and
-# returns once the work it holds is done.  The master's graceful_timeout
-# bounds the whole.  The worker's own SIP listeners retire before these
-# hooks run: an old worker reads no new request but lets the handlers in
-# hand finish (issue 12, point 5); with no SIP and no hook, retiring is stopping.
-RetireHook = Callable[[], Awaitable[None]]
-retire_hooks: list[RetireHook] = []
-RETIRE_MARGIN = 1.0  # seconds left for on_terminated when a retiring worker's SIP work runs late
+# Seconds that a retiring worker's SIP work leaves for its on_terminated within graceful_timeout.
+RETIRE_MARGIN = 1.0
 
 
 def reset_signals_after_fork() -> None:
@@ -218,20 +211,12 @@ class Worker(Logger):
             self.channel.send(control.RELOADED)
 
     async def retire(self) -> None:
-        """A newer generation serves: finish the work held (SIP, retire_hooks), then stop (error=False)."""
+        """A newer generation serves: read no new request, finish those in hand, then stop (error=False)."""
         if self.sip is not None:
             self.sip.stop_reading()
             self.log_system_info("retiring: no new SIP request is read here")
             # A margin under graceful_timeout: the master's SIGKILL would skip on_terminated.
             await self.sip.drain(grace=max(0.0, self.settings.core.graceful_timeout - RETIRE_MARGIN))
-        for hook in list(retire_hooks):
-            try:
-                await hook()
-            except BaseException as error:
-                if is_cancellation(error):
-                    raise
-                self.log_system_crit(f"retire hook {describe(hook)} raised:")
-                self.log_system_crit(error)
         self.request_stop(False)
 
     async def user_reload(self) -> None:
