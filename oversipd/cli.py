@@ -169,10 +169,15 @@ def serve(args: argparse.Namespace, settings: Settings, report: "StartupReport |
                             insecure_modules=args.insecure_modules, argv=argv, daemonized=report is not None)
             return master.run()
         finally:
-            if settings.sip is not None:
-                from .sip import service as sip_service
-                sip_service.close_master()
-            listeners.close_listeners()
+            close_master_sockets(settings)
+
+
+def close_master_sockets(settings: Settings | None) -> None:
+    """The master's listening sockets, the per-slot SIP ones with them, as it exits."""
+    if settings is not None and settings.sip is not None:
+        from .sip import service as sip_service
+        sip_service.close_master()
+    listeners.close_listeners()
 
 
 def resume(handover: reexec.Handover) -> int:
@@ -213,10 +218,7 @@ def resume(handover: reexec.Handover) -> int:
             failure = load_failure_line(error)
         return master.run_after_exec(failure)
     finally:
-        if settings is not None and settings.sip is not None:
-            from .sip import service as sip_service
-            sip_service.close_master()
-        listeners.close_listeners()
+        close_master_sockets(settings)
         if pid_file is not None:
             pid_file.release()
 
