@@ -523,6 +523,10 @@ class Master(Logger):
         slot.respawn_at = time.monotonic() + delay
         slot.transition(SlotState.WAITING, f"respawn in {delay:g} s")
 
+    def silence(self, slot: WorkerSlot, now: float) -> float:
+        """Seconds since the worker of `slot` last beat its heartbeat cell."""
+        return now - self.board.last_beat(slot.cell)
+
     def murder_unresponsive_workers(self, now: float) -> None:
         """SIGABRT (faulthandler prints the traceback) a stuck reactor, then SIGKILL it."""
         timeout = self.settings.core.worker_timeout
@@ -534,10 +538,10 @@ class Master(Logger):
                     self.log_system_crit(f"{slot.label} survived SIGABRT; SIGKILL")
                     self.signal_worker(slot, signal.SIGKILL)
                     slot.abort_sent_at = float("inf")
-            elif timeout and now - self.board.last_beat(slot.cell) >= timeout:
+            elif timeout and (silence := self.silence(slot, now)) >= timeout:
                 self.log_system_crit(f"{slot.label}: reactor unresponsive "
                                      f"for {timeout:g} s (worker_timeout); sending SIGABRT "
-                                     f"(last heartbeat {now - self.board.last_beat(slot.cell):.3f} s ago)")
+                                     f"(last heartbeat {silence:.3f} s ago)")
                 self.signal_worker(slot, signal.SIGABRT)
                 slot.abort_sent_at = now
 
@@ -555,14 +559,13 @@ class Master(Logger):
         interval = self.notifier.watchdog_interval or 1.0
         self.next_watchdog = now + interval
         limit = HEARTBEAT_MISSES * self.board.interval(self.settings.core.worker_timeout)
-        silent = [s for s in self.live_slots()
-                  if not s.handed_over and now - self.board.last_beat(s.cell) >= limit]
+        silent = [s for s in self.live_slots() if not s.handed_over and self.silence(s, now) >= limit]
         if not silent:
             self.notifier.watchdog()
             return
         for slot in silent:
             self.log_system_warn(f"{slot.label} missed its heartbeat for "
-                                 f"{now - self.board.last_beat(slot.cell):.1f} s: systemd watchdog not petted")
+                                 f"{self.silence(slot, now):.1f} s: systemd watchdog not petted")
 
     # --- stopping -----------------------------------------------------------
 
