@@ -1,11 +1,13 @@
 """The master<->worker control channel: one SOCK_SEQPACKET socketpair per worker.
 
-A message is one packet: a pickled (kind, argument) pair.  EOF on either
-end means the other process is gone.
+A message is one packet: a pickled (kind, argument) pair, which may carry
+one descriptor (SCM_RIGHTS: a worker hands the master a connection to
+keep, oversipd.kept).  EOF on either end means the other process is gone.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import socket
 from typing import Any
@@ -18,6 +20,8 @@ RETIRE = "retire"            # argument: None; a newer generation serves: finish
 # worker -> master
 STARTED = "started"
 RELOADED = "reloaded"
+KEEP = "keep"                # argument: a key; the packet carries the descriptor to keep
+RELEASE = "release"          # argument: the key of a kept descriptor, which the master closes
 
 MAX_PACKET = 1 << 20
 
@@ -38,27 +42,40 @@ class Channel:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, kind: str, argument: Any = None) -> bool:
+    def send(self, kind: str, argument: Any = None, fd: int | None = None) -> bool:
         """Send without blocking; False when the peer is gone or not reading."""
+        packet = pickle.dumps((kind, argument), pickle.HIGHEST_PROTOCOL)
         try:
-            self.sock.send(pickle.dumps((kind, argument), pickle.HIGHEST_PROTOCOL))
+            if fd is None:
+                self.sock.send(packet)
+            else:
+                socket.send_fds(self.sock, [packet], [fd])
             return True
         except (BlockingIOError, BrokenPipeError, ConnectionResetError, OSError):
             return False
 
     def receive(self) -> list[tuple[str, Any]] | None:
-        """Every message waiting now; None on EOF (the peer is gone)."""
-        messages = []
+        """Every message waiting now; None on EOF (the peer is gone).
+
+        A message that carried a descriptor comes as (kind, (argument, socket)).
+        """
+        messages: list[tuple[str, Any]] = []
         while True:
             try:
-                packet = self.sock.recv(MAX_PACKET)
+                # CLOEXEC: a received descriptor must not leak into an exec'd image.
+                packet, fds, _, _ = socket.recv_fds(self.sock, MAX_PACKET, 1, socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 return messages
             except (ConnectionResetError, OSError):
                 return None if not messages else messages
             if not packet:
+                for fd in fds:
+                    os.close(fd)
                 return None if not messages else messages
-            messages.append(pickle.loads(packet))
+            kind, argument = pickle.loads(packet)
+            if fds:
+                argument = (argument, socket.socket(fileno=fds[0]))
+            messages.append((kind, argument))
 
     def close(self) -> None:
         self.sock.close()

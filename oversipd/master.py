@@ -27,12 +27,13 @@ from typing import Any, Callable, Sequence
 
 import oversipd
 
-from . import altstack, control, fingerprint, generations, listeners, logger, privileges, process, reexec
+from . import altstack, control, fingerprint, generations, kept, listeners, logger, privileges, process, reexec
 from .control import Channel
 from .errors import CRASH_LOOP_MESSAGE, EXIT_FATAL, EXIT_OK, WORKER_EXIT_FATAL, ConfigError, HaltServer
 from .fingerprint import Fingerprint
 from .generations import CodeSnapshot, Swap, SwapPhase
 from .heartbeat import MAX_INTERVAL, HeartbeatBoard
+from .kept import KeptDescriptors
 from .logger import Logger
 from .settings import MAX_WORKERS, Overrides, Settings, load_settings
 from .slots import FIRST_BACKOFF, SlotState, WorkerSlot
@@ -145,6 +146,8 @@ class Master(Logger):
         }
         self.handled_signals = [*self.dispatch, *IGNORED_SIGNALS]
         self.ignored_logged_at: dict[int, float] = {}
+        # Connections workers asked us to keep across their death (SIP flows).
+        self.kept = KeptDescriptors()
         # The per-slot UDP SIP sockets (oversipd.sip.sockets), imported only
         # for a SIP configuration: the SIP package costs start-up time.
         self.sip_sockets: Any = None
@@ -331,6 +334,9 @@ class Master(Logger):
         elif slot in self.leaving:
             self.leaving.remove(slot)
         self.release_unused_sip_sockets(slot.slot_id)
+        # What it kept waits only for a respawn of this slot (oversipd.kept).
+        if not any(s.slot_id == slot.slot_id and s.state is SlotState.WAITING for s in self.all_slots()):
+            self.kept.release_orphans(slot.slot_id)
 
     def manage_workers(self) -> None:
         """Spawn or retire workers until the count matches target_workers."""
@@ -365,7 +371,9 @@ class Master(Logger):
             self.sip_sockets.ensure_slot(slot.slot_id)  # its UDP SIP sockets, kept across respawns
         master_end, worker_end = Channel.pair()
         self.board.beat(slot.cell)
-        inherited = [master_end.fileno(), *self.masters_fds()]
+        adoptable = self.kept.orphans_of(slot.slot_id)
+        adopted = {sock.fileno() for sock in adoptable.values()}
+        inherited = [master_end.fileno(), *(fd for fd in self.masters_fds() if fd not in adopted)]
         # Block our signals across the fork: a signal landing in the child
         # before it resets its handlers would wake the master's pipe.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.handled_signals)
@@ -380,10 +388,12 @@ class Master(Logger):
             self.schedule_respawn(slot, max(slot.respawn_delay(), FIRST_BACKOFF))
             return False
         if pid == 0:
+            kept.start_in_worker(worker_end, adoptable)
             worker_main(slot.slot_id, worker_end, self.settings, self.board, inherited, slot.generation)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         worker_end.close()
         slot.forked(pid, master_end)
+        self.kept.hand_orphans(slot.slot_id, pid)
         self.selector.register(master_end.sock, selectors.EVENT_READ,
                                lambda: self.read_worker_messages(slot))
         return True
@@ -392,7 +402,8 @@ class Master(Logger):
         """The master's own descriptors, which a forked child must close (PITFALLS: master death)."""
         check = [self.swap.check_fd] if self.swap is not None and self.swap.check_fd is not None else []
         return [self.signal_r, self.signal_w, self.selector.fileno(), *self.private_fds,
-                *self.notifier.filenos(), *check, *(s.channel.fileno() for s in self.all_slots() if s.channel)]
+                *self.notifier.filenos(), *check, *(s.channel.fileno() for s in self.all_slots() if s.channel),
+                *self.kept.filenos()]
 
     def release_unused_sip_sockets(self, slot_id: int) -> None:
         """A slot's UDP SIP sockets close once no worker of any generation holds that slot (what queued there is lost)."""
@@ -414,13 +425,21 @@ class Master(Logger):
         except ProcessLookupError:
             pass  # already dead; SIGCHLD is on its way
 
-    def read_worker_messages(self, slot: WorkerSlot) -> None:
+    def read_worker_messages(self, slot: WorkerSlot, last_words: bool = False) -> None:
+        """What the worker says; `last_words`: it is dead, only what it kept or released still counts."""
         messages = slot.channel.receive() if slot.channel else None
         if messages is None:  # EOF: the worker is exiting; SIGCHLD will tell how
             self.unregister_channel(slot)
             return
-        for kind, _ in messages:
-            if kind == control.STARTED:
+        for kind, argument in messages:
+            if kind == control.KEEP:
+                key, sock = argument
+                self.kept.keep(slot.pid, key, sock)
+            elif kind == control.RELEASE:
+                self.kept.release(slot.pid, argument)
+            elif last_words:
+                continue
+            elif kind == control.STARTED:
                 self.worker_started(slot)
             elif kind == control.RELOADED:
                 self.worker_reloaded(slot)
@@ -470,6 +489,8 @@ class Master(Logger):
         what = f"{slot.label} {how}"
         had_started = slot.started_at is not None
         in_next_generation = self.next_slots.get(slot.slot_id) is slot
+        self.read_worker_messages(slot, last_words=True)   # the connections it released before dying
+        self.kept.orphan(slot.pid, slot.slot_id)
         self.unregister_channel(slot)
         quick = slot.died(time.monotonic())
         self.awaiting_reload.discard(slot.slot_id)

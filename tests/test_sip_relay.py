@@ -27,13 +27,21 @@ class Receiver:
         self.got: list[tuple[str, bytes, tuple[str, int]]] = []
         self.expected = expected
         self.all_in = loop.create_future()
-        self.relay = SlotRelay(slot_id, loop, self.deliver)
+        self.relay = SlotRelay(slot_id, loop, self)
         assert self.relay.bound
 
-    def deliver(self, listener: str, datagram: bytes, address: tuple[str, int]) -> None:
+    def relayed(self, listener: str, datagram: bytes, address: tuple[str, int]) -> None:
         self.got.append((listener, datagram, address))
         if len(self.got) == self.expected and not self.all_in.done():
             self.all_in.set_result(None)
+
+
+class Ignoring:
+    """A sending slot's end: nothing is passed to it in these tests."""
+
+    def relayed(self, *_: object) -> None: ...
+    def send_on_flow(self, *_: object) -> None: ...
+    def flow_gone(self, *_: object) -> None: ...
 
 
 @pytest.fixture
@@ -55,7 +63,7 @@ def datagram(n: int) -> bytes:
 
 
 def test_a_burst_for_a_busy_slot_arrives_whole_and_in_order(loop, slots):
-    sender = SlotRelay(slots[0], loop, lambda *_: None)
+    sender = SlotRelay(slots[0], loop, Ignoring())
     receiver = Receiver(slots[1], loop, BURST)
     try:
         # The receiving worker is busy: its loop does not run while the burst is passed on.
@@ -69,7 +77,7 @@ def test_a_burst_for_a_busy_slot_arrives_whole_and_in_order(loop, slots):
 
 
 def test_a_slot_without_a_worker_is_not_passed_on(loop, slots):
-    sender = SlotRelay(slots[0], loop, lambda *_: None)
+    sender = SlotRelay(slots[0], loop, Ignoring())
     try:
         assert not sender.pass_on(slots[1], "sip_udp", datagram(0), PEER)
     finally:
@@ -77,7 +85,7 @@ def test_a_slot_without_a_worker_is_not_passed_on(loop, slots):
 
 
 def test_a_respawned_worker_of_the_slot_gets_what_follows(loop, slots):
-    sender = SlotRelay(slots[0], loop, lambda *_: None)
+    sender = SlotRelay(slots[0], loop, Ignoring())
     first = Receiver(slots[1], loop, 1)
     try:
         assert sender.pass_on(slots[1], "sip_udp", datagram(0), PEER)

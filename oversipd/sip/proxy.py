@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..logger import Logger
 from . import counters as C
-from .client_transaction import ClientTable, ClientTransaction, Verdict, make_ack
+from .client_transaction import ClientTable, ClientTransaction, Verdict, client_key, make_ack
 from .dns import DnsError, Rfc3263Resolver, Target
+from .flows import FLOW_FAILED, FlowTable, FlowTarget, RelayedFlow, token as flow_token
 from .message import Request as Message, Response, parse_message
 from .proxy_settings import DnsSettings, ProxySettings
 from .relay import SlotRelay
@@ -39,6 +40,7 @@ TCP_CONNECT_TIMEOUT = 4.0
 # (the UAS resends it until the end-to-end ACK) still go upstream this long.
 ACCEPTED_LINGER = 32.0
 TRANSPORT_ERROR = (503, "Transport Error")
+FLOW_SOURCE = "flow:"   # a relayed response that came in over a flow: "flow:SLOT:FLOW-ID"
 REQUEST_TIMEOUT = (408, "Request Timeout")
 
 _log = Logger("SIP proxy")
@@ -124,7 +126,7 @@ class ProxyEngine(Logger):
     log_id = "SIP proxy"
 
     def __init__(self, core: "SipCore", slot_id: int, udp: dict[str, Any], local: dict[str, tuple[str, int]],
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, flows: FlowTable | None = None) -> None:
         self.core = core
         self.loop = loop
         self.slot_id = slot_id
@@ -140,7 +142,8 @@ class ProxyEngine(Logger):
         self._branch_prefix = f"{BRANCH_PREFIX}{slot_id}."
         self._branch_count = 0
         self._branch_salt = os.urandom(4).hex()
-        self.relay = SlotRelay(slot_id, loop, self.relayed) if udp else None
+        self.flows = flows or FlowTable()             # the clients' connections this worker holds
+        self.relay: SlotRelay | None = SlotRelay(slot_id, loop, self)
 
     # --- routing -----------------------------------------------------------------
 
@@ -178,6 +181,11 @@ class ProxyEngine(Logger):
         forward.destination = uri or next_hop(message)
         lower_max_forwards(message)
         forward.base = message.to_bytes()
+        flow = forward.request._flow if uri is None else None
+        if flow is not None:   # a Route with our flow token: over that client's connection, no DNS
+            forward.targets = [FlowTarget(*flow)]
+            await self.try_next_target(forward)
+            return
         try:
             forward.targets = await self.resolver.resolve(_destination_of(forward.destination),
                                                           forward.proxy.settings)
@@ -188,6 +196,7 @@ class ProxyEngine(Logger):
 
     async def try_next_target(self, forward: Forward) -> None:
         """Send to the next DNS target; a transport error moves on (dns_failover_on_503) or fails."""
+        failure = TRANSPORT_ERROR
         while forward.targets and not forward.done:
             if forward.cancel_requested and forward.tx is None:
                 self.terminated_before_sending(forward)   # cancelled while DNS was asked
@@ -195,9 +204,10 @@ class ProxyEngine(Logger):
             target = forward.targets.pop(0)
             if await self.send_to(forward, target):
                 return
+            failure = getattr(target, "failure", TRANSPORT_ERROR)
             if not forward.proxy.settings.dns_failover_on_503:
                 break
-        self.fail(forward, *TRANSPORT_ERROR)
+        self.fail(forward, *failure)
 
     async def send_to(self, forward: Forward, target: Target) -> bool:
         try:
@@ -247,19 +257,24 @@ class ProxyEngine(Logger):
         if forward.proxy.settings.do_record_routing:
             method = message.method
             in_dialog = message.to.tag is not None
+            # A client's connection: the Route toward it names its flow (oversipd.sip.flows).
+            flow = forward.request.source.flow_id if forward.request.transport == "tcp" else None
             if method == "REGISTER":
-                message.insert_header("Path", self.our_route(transport))
+                message.insert_header("Path", self.our_route(transport, flow, outbound=flow is not None))
             elif (method in RECORD_ROUTED_INITIAL and not in_dialog) or (method == "NOTIFY" and in_dialog):
                 incoming = forward.request.transport
                 if incoming != transport:   # RFC 5658: one Record-Route per side
-                    message.insert_header("Record-Route", self.our_route(incoming))
-                message.insert_header("Record-Route", self.our_route(transport))
+                    message.insert_header("Record-Route", self.our_route(incoming, flow))
+                    flow = None
+                message.insert_header("Record-Route", self.our_route(transport, flow))
         message.insert_header("Via", self.our_via(transport, branch))
 
-    def our_route(self, transport: str) -> str:
+    def our_route(self, transport: str, flow: int | None = None, outbound: bool = False) -> str:
+        """Our Route URI; with the flow token of a client's connection as its user part (RFC 5626 §5.3)."""
         host, port = self.our_address(transport)
+        user = "" if flow is None else flow_token(self.slot_id, flow) + "@"
         suffix = "" if transport == "udp" else f";transport={transport}"
-        return f"<sip:{host}:{port}{suffix};lr>"
+        return f"<sip:{user}{host}:{port}{suffix};lr{';ob' if outbound else ''}>"
 
     def our_via(self, transport: str, branch: str) -> str:
         host, port = self.our_address(transport)
@@ -278,7 +293,9 @@ class ProxyEngine(Logger):
 
     # --- transports out -------------------------------------------------------------
 
-    async def transport_for(self, target: Target) -> tuple[Any, tuple[str, int]]:
+    async def transport_for(self, target: Target | FlowTarget) -> tuple[Any, Any]:
+        if isinstance(target, FlowTarget):
+            return self.flow_source(target)
         address = (target.ip, target.port)
         if target.transport == "udp":
             return self.udp_listener(target.ip), address
@@ -319,6 +336,37 @@ class ProxyEngine(Logger):
         finally:
             self.connecting.pop(address, None)
 
+    def flow_source(self, target: FlowTarget) -> tuple[Any, Any]:
+        """The connection of a flow: ours, or another slot's reached over the relay."""
+        if target.slot_id != self.slot_id:
+            return RelayedFlow(self, target), ("flow", target.flow_id)
+        connection = self.flows.get(target.flow_id)
+        if connection is None:
+            raise OSError("the client's connection (its flow) is gone")
+        return connection, connection.peer
+
+    def pass_to_flow(self, target: FlowTarget, request: bytes) -> bool:
+        return self.relay is not None and self.relay.pass_to_flow(target.slot_id, target.flow_id, request)
+
+    def send_on_flow(self, flow_id: int, origin_slot: int, request: bytes) -> None:
+        """Another slot's request for a flow of ours: out over it, or tell that slot it is gone."""
+        connection = self.flows.get(flow_id)
+        if connection is not None and connection.send(request, connection.peer):
+            return
+        message = parse_message(request)
+        if message.method != "ACK" and self.relay is not None:   # an ACK has no transaction to fail
+            self.relay.tell_flow_gone(origin_slot, message.top_via.branch or "", message.method)
+
+    def flow_gone(self, branch: str, method: str) -> None:
+        """The flow a request of ours was passed to is gone: 430 upstream (SIP.md §10)."""
+        tx = self.clients.transactions.get(client_key(branch, method))
+        if tx is None:
+            return
+        self.clients.terminate(tx)
+        forward = tx.owner
+        if forward is not None and tx is forward.tx:
+            self.fail(forward, *FLOW_FAILED)
+
     def send(self, source: Any, address: Any, data: bytes) -> bool:
         sent = source.send(data, address)
         self.core.counts[C.SENT if sent else C.DROPPED] += 1
@@ -350,8 +398,8 @@ class ProxyEngine(Logger):
         """A response without a transaction here: another slot's, a retransmitted 2xx, or none of ours."""
         branch = response.top_via.branch or ""
         slot = _slot_of(branch)
-        if slot is not None and slot != self.slot_id and source.transport == "udp" and self.relay is not None:
-            name = next((name for name, listener in self.udp.items() if listener is source), None)
+        if slot is not None and slot != self.slot_id and self.relay is not None:
+            name = self.relay_name_of(source)
             if name is not None and self.relay.pass_on(slot, name, response.to_bytes(), address):
                 return
         forward = self.accepted.get(branch)
@@ -361,10 +409,22 @@ class ProxyEngine(Logger):
             return
         self.core.counts[C.DROPPED] += 1
 
-    def relayed(self, listener: str, datagram: bytes, address: tuple[str, int]) -> None:
-        source = self.udp.get(listener)
+    def relay_name_of(self, source: Any) -> str | None:
+        """How the slot a response is passed to names where it came in: a UDP listener, or a flow."""
+        if source.transport == "udp":
+            return next((name for name, listener in self.udp.items() if listener is source), None)
+        flow_id = getattr(source, "flow_id", None)
+        return None if flow_id is None else f"{FLOW_SOURCE}{self.slot_id}:{flow_id}"
+
+    def relayed(self, listener: str, message: bytes, address: tuple[str, int]) -> None:
+        """A response another slot's worker passed on: received here as if it had come in there."""
+        if listener.startswith(FLOW_SOURCE):
+            slot_id, _, flow_id = listener[len(FLOW_SOURCE):].partition(":")
+            source: Any = RelayedFlow(self, FlowTarget(int(slot_id), int(flow_id)))
+        else:
+            source = self.udp.get(listener)
         if source is not None:
-            self.core.receive(datagram, source, address)
+            self.core.receive(message, source, address)
 
     def provisional(self, forward: Forward, response: Response) -> None:
         forward.provisional = True

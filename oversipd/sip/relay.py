@@ -1,4 +1,13 @@
-"""Hands a UDP response to the worker that holds its client transaction.
+"""Passes SIP messages between the workers of one daemon.
+
+Three kinds travel here, each a datagram with one header line:
+
+* a response for another slot's client transaction (below), from UDP or
+  from a flow (a client's TCP connection, oversipd.sip.flows);
+* a request to send over a flow that another slot's worker holds;
+* the answer that such a flow is gone, for the client transaction's worker.
+
+Why responses need it:
 
 Linux picks the socket of a reuseport group by a hash of the incoming
 datagram's 4-tuple, whichever slot sent the request: the responses of a
@@ -26,10 +35,13 @@ import asyncio
 import os
 import socket
 from collections import deque
-from typing import Callable
+from typing import Protocol
 
 from ..logger import Logger
 
+KIND_MESSAGE = b"M"   # M listener ip port \n message: receive it as if it had come in there
+KIND_FLOW = b"F"      # F flow-id origin-slot \n request: send it over that flow of ours
+KIND_GONE = b"X"      # X branch method \n: the flow of that request is gone (430)
 RETRY_BIND = 0.5      # seconds: a retiring worker of our slot may still hold the name
 MAX_RELAYED = 65536 + 512
 MAX_PENDING = 4096    # datagrams waiting for one slot's queue; beyond, that slot is stuck: drop
@@ -41,14 +53,21 @@ def relay_name(master_pid: int, slot_id: int) -> bytes:
     return f"\0oversipd-{master_pid}-sip-slot-{slot_id}".encode()
 
 
+class Receiver(Protocol):
+    """What a worker does with what other workers pass on (the proxy engine)."""
+
+    def relayed(self, listener: str, message: bytes, address: tuple[str, int]) -> None: ...
+    def send_on_flow(self, flow_id: int, origin_slot: int, request: bytes) -> None: ...
+    def flow_gone(self, branch: str, method: str) -> None: ...
+
+
 class SlotRelay:
     """This worker's end: receives what others pass on, passes on what belongs to others."""
 
-    def __init__(self, slot_id: int, loop: asyncio.AbstractEventLoop,
-                 deliver: Callable[[str, bytes, tuple[str, int]], None]) -> None:
+    def __init__(self, slot_id: int, loop: asyncio.AbstractEventLoop, receiver: Receiver) -> None:
         self.slot_id = slot_id
         self.loop = loop
-        self.deliver = deliver            # (listener name, datagram, peer address)
+        self.receiver = receiver
         self.master_pid = os.getppid()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
@@ -75,16 +94,37 @@ class SlotRelay:
                 return
             except OSError:
                 return
-            head, _, datagram = data.partition(b"\n")
+            head, _, payload = data.partition(b"\n")
             try:
-                name, ip, port = head.decode().split(" ")
-                self.deliver(name, datagram, (ip, int(port)))
+                self.dispatch(head[:1], head[2:].decode().split(" "), payload)
             except Exception as error:   # a relayed message must cost itself only
                 _log.log_system_error(error)
 
-    def pass_on(self, slot_id: int, listener: str, datagram: bytes, address: tuple) -> bool:
+    def dispatch(self, kind: bytes, fields: list[str], payload: bytes) -> None:
+        if kind == KIND_MESSAGE:
+            name, ip, port = fields
+            self.receiver.relayed(name, payload, (ip, int(port)))
+        elif kind == KIND_FLOW:
+            flow_id, origin = fields
+            self.receiver.send_on_flow(int(flow_id), int(origin), payload)
+        elif kind == KIND_GONE:
+            branch, method = fields
+            self.receiver.flow_gone(branch, method)
+
+    def pass_on(self, slot_id: int, listener: str, message: bytes, address: tuple) -> bool:
+        """A message for that slot's worker to receive as if it had come in on `listener` from `address`."""
+        return self.send(slot_id, KIND_MESSAGE, f"{listener} {address[0]} {address[1]}", message)
+
+    def pass_to_flow(self, slot_id: int, flow_id: int, request: bytes) -> bool:
+        """A request for that slot's worker to send over its flow `flow_id`."""
+        return self.send(slot_id, KIND_FLOW, f"{flow_id} {self.slot_id}", request)
+
+    def tell_flow_gone(self, slot_id: int, branch: str, method: str) -> bool:
+        return self.send(slot_id, KIND_GONE, f"{branch} {method}", b"")
+
+    def send(self, slot_id: int, kind: bytes, head: str, payload: bytes) -> bool:
         """Send it to that slot, or queue it behind what waits for room there; False: not passed on."""
-        data = f"{listener} {address[0]} {address[1]}\n".encode() + datagram
+        data = kind + b" " + head.encode() + b"\n" + payload
         peer = self.peers.get(slot_id)
         if peer is not None and peer.pending:
             return peer.queue(data)      # behind the others: order kept

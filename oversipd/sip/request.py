@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING, Any
 
+from . import flows
 from .uri import parse_name_addr
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ class Request:
     """One received request; `reply()` answers it once with a final response."""
 
     __slots__ = ("message", "source", "address", "transaction", "cvars", "_core", "_to_tag",
-                 "_final_sent", "_cancelled", "_destination", "_proxy")
+                 "_final_sent", "_cancelled", "_destination", "_proxy", "_flow")
 
     def __init__(self, message: "Message", source: "Source", address: Any,
                  transaction: "ServerTransaction | None", core: "SipCore") -> None:
@@ -40,6 +41,7 @@ class Request:
         self._cancelled = False       # a CANCEL was answered 487 for us
         self._destination: Any = None  # where responses go; set (and the Via stamped) at the first reply
         self._proxy: Any = None        # the proxy's Forward once route() took it
+        self._flow: tuple[int, int] | None = None   # (slot, flow id) named by a Route loose_route() removed
 
     # --- what came in -----------------------------------------------------------
 
@@ -172,23 +174,31 @@ class Request:
         """RFC 3261 §16.4: remove the top Route values that point to us; True when one did.
 
         Two in a row are ours when we record-routed twice (a request that
-        changed transport here, RFC 5658): both go.
+        changed transport here, RFC 5658): both go.  A removed Route that
+        carries the flow token of a client's connection sends the request
+        there (SIP.md §10), unless it came in over that very connection:
+        then it is on its way from that client (RFC 5626 §5.3).
         """
         removed = False
-        while self._top_route_is_ours():
+        while (uri := self._top_route_if_ours()) is not None:
             self.message.pop_header_value("Route")
             removed = True
+            flow = flows.decode(uri.user)
+            if flow is not None and flow[1] != getattr(self.source, "flow_id", None):
+                self._flow = flow
         return removed
 
-    def _top_route_is_ours(self) -> bool:
+    def _top_route_if_ours(self) -> "SipUri | None":
         routes = self.message.headers("route")
         if not routes:
-            return False
+            return None
         try:
             uri = parse_name_addr(routes[0]).uri
         except Exception:
-            return False
-        return uri.host is not None and self._core.is_local(_normal_host(uri.host), uri.port)
+            return None
+        if uri.host is not None and self._core.is_local(_normal_host(uri.host), uri.port):
+            return uri
+        return None
 
     def fix_nat(self) -> None:
         """RFC 3581: `received` and `rport` on the top Via, so responses go where the request came from."""

@@ -12,11 +12,12 @@ import asyncio
 import socket
 from typing import TYPE_CHECKING
 
-from .. import listeners
+from .. import kept, listeners
 from ..logger import Logger
 from . import proxy, sockets
 from .core import SipCore   # imported in the master: a worker's start pays no import
 from .counters import Counters, counters_path
+from .flows import FlowTable
 from .transport import TcpListener, UdpListener
 
 if TYPE_CHECKING:
@@ -100,18 +101,38 @@ class WorkerSip:
         self.core = core = SipCore(sip, local, _counters.row(self.slot_id), self.loop)
         by_transport: dict[str, tuple[str, int]] = {}
         udp_listeners = {}
+        tcp_listeners = {}
+        flows = FlowTable()
         for name, address in zip(sip.listen, local):
             if name in udp:
                 listener = udp_listeners[name] = UdpListener(name, udp[name], core, self.loop)
                 self.listeners.append(listener)
                 by_transport.setdefault("udp", address)
             else:
-                tcp = TcpListener(name, listeners.listen_socket(name), core, self.loop)
+                tcp = tcp_listeners[name] = TcpListener(name, listeners.listen_socket(name), core, self.loop, flows)
                 await tcp.start()
                 self.listeners.append(tcp)
                 by_transport.setdefault("tcp", address)
         proxy.configure(self.settings.proxies, self.settings.dns)
-        core.proxy = proxy.ProxyEngine(core, self.slot_id, udp_listeners, by_transport, self.loop)
+        core.proxy = proxy.ProxyEngine(core, self.slot_id, udp_listeners, by_transport, self.loop, flows)
+        await self.adopt_flows(tcp_listeners)
+
+    async def adopt_flows(self, tcp_listeners: dict[str, TcpListener]) -> None:
+        """The connections this slot's dead worker held: read on here, the peers saw nothing."""
+        adopted = 0
+        for (name, flow_id), sock in kept.adopt().items():
+            listener = tcp_listeners.get(name)
+            if listener is None:
+                sock.close()
+                continue
+            try:
+                await listener.adopt(sock, flow_id)
+                adopted += 1
+            except OSError as error:
+                _log.log_system_info(f"a TCP connection of this slot's previous worker is lost: {error}")
+                sock.close()
+        if adopted:
+            _log.log_system_notice(f"adopted {adopted} TCP connection(s) of this slot's previous worker")
 
     def apply_settings(self, settings: "Settings") -> None:
         if self.core is not None and settings.sip is not None and self.settings.sip is not None \

@@ -4,7 +4,8 @@ UDP: the worker reads its slot's socket (oversipd.sip.sockets) with
 `add_reader` and a `recvfrom` loop, one datagram one message, and sends
 responses from that same socket.  TCP: every worker accepts on the
 shared listening socket; a connection and all its messages stay with the
-worker that accepted it.
+worker that accepted it (and with the worker respawned in its slot: an
+accepted connection is a flow, oversipd.sip.flows).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class TcpConnection(asyncio.Protocol):
 
     transport_kind = "tcp"
     reliable = True
+    flow_id: int | None = None   # an accepted connection's flow (oversipd.sip.flows); ours have none
 
     def __init__(self, server: "TcpListener") -> None:
         self.server = server
@@ -184,19 +186,44 @@ class TcpConnection(asyncio.Protocol):
         self.channel = None
 
 
+class AcceptedConnection(TcpConnection):
+    """A connection a client opened to us: a flow, reachable from every worker while it lasts."""
+
+    def __init__(self, server: "TcpListener", flow_id: int | None = None) -> None:
+        super().__init__(server)
+        self.flow_id = flow_id   # given when adopted from this slot's dead worker
+        self.server: TcpListener = server
+
+    def connection_made(self, channel: asyncio.BaseTransport) -> None:
+        super().connection_made(channel)
+        self.flow_id = self.server.flows.opened(self, self.server.name, self.flow_id)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        sock = self.channel.get_extra_info("socket") if self.channel is not None else None
+        if self.flow_id is not None:
+            self.server.flows.closed(self.flow_id, sock)
+        super().connection_lost(exc)
+
+
 class TcpListener:
     """The shared listening socket of one TCP SIP listener, served by this worker."""
 
-    def __init__(self, name: str, sock: socket.socket, core: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, name: str, sock: socket.socket, core: Any, loop: asyncio.AbstractEventLoop,
+                 flows: Any) -> None:
         self.name = name
         self.sock = sock
         self.core = core
         self.loop = loop
+        self.flows = flows   # this worker's FlowTable
         self.connections: set[TcpConnection] = set()
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self.server = await self.loop.create_server(lambda: TcpConnection(self), sock=self.sock)
+        self.server = await self.loop.create_server(lambda: AcceptedConnection(self), sock=self.sock)
+
+    async def adopt(self, sock: socket.socket, flow_id: int) -> None:
+        """A connection this slot's dead worker accepted, kept open by the master."""
+        await self.loop.connect_accepted_socket(lambda: AcceptedConnection(self, flow_id), sock=sock)
 
     def stop_reading(self) -> None:
         """No new connection is accepted here; those accepted go on."""

@@ -1,0 +1,106 @@
+"""Descriptors the master keeps for a worker, so that they outlive it.
+
+A worker hands the master a duplicate of a connection it wants to survive
+its own death (the SIP flows of RFC 5626: a client behind NAT can be
+reached only over the connection it opened).  When that worker dies in an
+unexpected way and its slot is respawned, the new worker inherits the
+master's duplicates across the fork and adopts them: the connection never
+closed, the peer saw nothing.
+
+The rules that keep a connection from being read by two processes or held
+open by one that no longer wants it:
+
+* A worker that closes a kept connection tells the master (RELEASE), which
+  closes its duplicate: only then does the peer see the connection end.
+* Every forked child closes the master's duplicates, except the new worker
+  of a slot, which adopts the orphans of that slot (the kept connections of
+  its dead predecessor) and nothing else.
+* A worker that stops, retires or leaves (not a crash) takes its kept
+  connections with it: it closes them, and the master closes what is left
+  once it is gone and its slot is not respawned.
+* Duplicates are CLOEXEC: the master's exec into an upgraded core drops
+  them, as the new generation it starts replaces every worker anyway.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Hashable
+
+from . import control
+from .control import Channel
+
+
+class KeptDescriptors:
+    """The master's side: kept sockets by owner (worker pid), and the orphans of dead owners by slot."""
+
+    def __init__(self) -> None:
+        self.owned: dict[int, dict[Hashable, socket.socket]] = {}
+        self.orphans: dict[int, dict[Hashable, socket.socket]] = {}
+
+    def keep(self, owner: int, key: Hashable, sock: socket.socket) -> None:
+        previous = self.owned.setdefault(owner, {}).pop(key, None)
+        if previous is not None:
+            previous.close()
+        self.owned[owner][key] = sock
+
+    def release(self, owner: int, key: Hashable) -> None:
+        sock = self.owned.get(owner, {}).pop(key, None)
+        if sock is not None:
+            sock.close()
+
+    def orphan(self, owner: int, slot_id: int) -> None:
+        """The owner died: the next worker of its slot adopts what it kept, if the slot is respawned."""
+        self.orphans.setdefault(slot_id, {}).update(self.owned.pop(owner, {}))
+
+    def release_orphans(self, slot_id: int) -> None:
+        for sock in self.orphans.pop(slot_id, {}).values():
+            sock.close()
+
+    def hand_orphans(self, slot_id: int, new_owner: int) -> None:
+        """After the fork of the slot's new worker, which adopted them."""
+        orphans = self.orphans.pop(slot_id, {})
+        if orphans:
+            self.owned.setdefault(new_owner, {}).update(orphans)
+
+    def orphans_of(self, slot_id: int) -> dict[Hashable, socket.socket]:
+        return self.orphans.get(slot_id, {})
+
+    def filenos(self) -> list[int]:
+        kept = [*self.owned.values(), *self.orphans.values()]
+        return [sock.fileno() for by_key in kept for sock in by_key.values()]
+
+    def __len__(self) -> int:
+        return sum(len(by_key) for by_key in (*self.owned.values(), *self.orphans.values()))
+
+
+# --- in a worker -------------------------------------------------------------------
+
+_channel: Channel | None = None
+_adoptable: dict[Hashable, socket.socket] = {}
+
+
+def start_in_worker(channel: Channel, adoptable: dict[Hashable, socket.socket]) -> None:
+    """Called in the new worker right after the fork: its channel, and its dead predecessor's connections."""
+    global _channel, _adoptable
+    _channel = channel
+    _adoptable = dict(adoptable)
+
+
+def keep(key: Hashable, sock: Any) -> bool:
+    """Hand the master a duplicate of `sock`; False when it could not take it (it then dies with us)."""
+    if _channel is None:
+        return False
+    return _channel.send(control.KEEP, key, fd=sock.fileno())
+
+
+def release(key: Hashable) -> None:
+    if _channel is not None:
+        _channel.send(control.RELEASE, key)
+
+
+def adopt() -> dict[Hashable, socket.socket]:
+    """The connections this worker inherited from its dead predecessor (once: the caller owns them)."""
+    global _adoptable
+    adopted, _adoptable = _adoptable, {}
+    return adopted

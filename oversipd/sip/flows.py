@@ -1,0 +1,138 @@
+"""Flows (RFC 5626 style): a client's TCP connection, reachable later from any worker.
+
+A client behind NAT can be reached only over the connection it opened.
+Each accepted TCP connection is a flow: a random 64-bit id, registered in
+the worker that accepted it and handed to the master to keep
+(oversipd.kept), so that it survives that worker's crash and is adopted by
+the worker respawned in the slot.  The proxy writes a flow token naming the
+slot and the flow into the user part of its Record-Route or Path; a later
+request routed through that Route leaves over the connection: directly when
+this worker holds it, else passed to the slot's worker over the relay
+(oversipd.sip.relay), which writes it on the connection, or answers that
+the flow is gone (then 430 Flow Failed upstream).  The client's responses
+come back on the connection to the slot's worker and are relayed, by their
+Via branch, to the worker that holds the client transaction.
+
+The token is authenticated with a secret the master makes at import (every
+worker inherits it): a forged or stale token is not a flow, so a request
+cannot be steered into someone else's connection.  The exec into an
+upgraded core makes a new secret; the connections close with the old
+generation then anyway.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import kept
+
+TOKEN_PREFIX = "ovf"
+FLOW_FAILED = (430, "Flow Failed")
+_PACKED = struct.Struct(">HQ")        # slot, flow id
+_MAC_BYTES = 8
+_SECRET = os.urandom(32)
+
+
+def new_flow_id() -> int:
+    return int.from_bytes(os.urandom(8), "big")
+
+
+def token(slot_id: int, flow_id: int) -> str:
+    packed = _PACKED.pack(slot_id, flow_id)
+    mac = hmac.new(_SECRET, packed, hashlib.sha256).digest()[:_MAC_BYTES]
+    return TOKEN_PREFIX + base64.urlsafe_b64encode(packed + mac).decode()
+
+
+def decode(user: str | None) -> tuple[int, int] | None:
+    """(slot, flow id) named by a URI's user part, or None when it is not a token of ours."""
+    if not user or not user.startswith(TOKEN_PREFIX):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(user[len(TOKEN_PREFIX):])
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) != _PACKED.size + _MAC_BYTES:
+        return None
+    packed, mac = raw[:_PACKED.size], raw[_PACKED.size:]
+    if not hmac.compare_digest(mac, hmac.new(_SECRET, packed, hashlib.sha256).digest()[:_MAC_BYTES]):
+        return None
+    slot_id, flow_id = _PACKED.unpack(packed)
+    return slot_id, flow_id
+
+
+@dataclass(frozen=True)
+class FlowTarget:
+    """Where a request routed by a flow token goes: a connection held by slot `slot_id`'s worker."""
+
+    slot_id: int
+    flow_id: int
+    transport: str = "tcp"
+    failure: tuple[int, str] = field(default=FLOW_FAILED)
+
+    @property
+    def ip(self) -> str:      # for the log lines that name a target
+        return "flow"
+
+    @property
+    def port(self) -> int:
+        return self.slot_id
+
+
+class FlowTable:
+    """The flows this worker holds: flow id -> accepted connection."""
+
+    def __init__(self) -> None:
+        self.connections: dict[int, Any] = {}
+        self.keys: dict[int, tuple[str, int]] = {}
+
+    def opened(self, connection: Any, listener: str, flow_id: int | None) -> int:
+        """A connection accepted here (`flow_id` None) or adopted from a dead predecessor."""
+        adopted = flow_id is not None
+        flow_id = new_flow_id() if flow_id is None else flow_id
+        self.connections[flow_id] = connection
+        key = self.keys[flow_id] = (listener, flow_id)
+        if not adopted:   # the master holds a duplicate of an adopted one already
+            kept.keep(key, connection.channel.get_extra_info("socket"))
+        return flow_id
+
+    def closed(self, flow_id: int, sock: Any) -> None:
+        """Closed here on purpose (or by the peer): end it for the master's duplicate too."""
+        self.connections.pop(flow_id, None)
+        key = self.keys.pop(flow_id, None)
+        if sock is not None:
+            try:
+                # The master's duplicate would hold the connection open: the
+                # peer must see it end now, whatever happens to our message.
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if key is not None:
+            kept.release(key)
+
+    def get(self, flow_id: int) -> Any:
+        connection = self.connections.get(flow_id)
+        if connection is None or connection.channel is None or connection.channel.is_closing():
+            return None
+        return connection
+
+
+class RelayedFlow:
+    """A flow held by another slot's worker, as a place to send to: what is sent goes over the relay."""
+
+    transport = "tcp"
+    reliable = True
+
+    def __init__(self, engine: Any, target: FlowTarget) -> None:
+        self.engine = engine
+        self.target = target
+
+    def send(self, data: bytes, address: Any) -> bool:
+        return self.engine.pass_to_flow(self.target, data)

@@ -1,0 +1,279 @@
+"""SIP.md §10: a client over TCP stays reachable over its own connection, whichever worker routes to it.
+
+The client sits behind a "NAT": it registers over a TCP connection it
+opened and answers only there (its Contact names an address nobody can
+reach).  The registrar and the callers are UDP sockets of the test; the
+callers send from many ports so that, with 2 workers, both workers route
+requests for the client, while only one of them accepted its connection.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+
+import psutil
+import pytest
+
+from oversipd.sip.message import Request as Message, parse_message
+
+from sip_helpers import CLIENT_TIMEOUT, StreamReader, UdpClient, request_bytes, sip_daemon
+from test_sip_proxy import Peer
+
+FLOW_SCRIPT = """
+from oversipd import SipEvents
+from oversipd.sip import Proxy
+from oversipd.testing import record
+
+@SipEvents.on_request
+def on_request(request):
+    record("request", method=request.sip_method, call_id=request.call_id, transport=request.transport)
+    request.loose_route()
+    proxy = Proxy("proxy_out")
+    call_id = request.call_id
+    proxy.on_error(lambda status, reason: record("error", call_id=call_id, status=status, reason=reason))
+    proxy.route(request)
+"""
+
+PROFILE = {"do_record_routing": True, "use_dns": False, "timer_B": 3, "timer_F": 3}
+UNREACHABLE_CONTACT = "sip:natted@192.0.2.1:5999;transport=tcp"   # TEST-NET-1: nobody answers there
+MAX_CALLERS = 48   # ports tried until both workers routed to the client (2**-47 to miss by chance)
+
+
+class NattedClient:
+    """A TCP client that registered through the proxy and answers 200 to what reaches it over its connection."""
+
+    def __init__(self, server) -> None:
+        self.sock = socket.create_connection((server.host, server.port), timeout=CLIENT_TIMEOUT)
+        self.port = self.sock.getsockname()[1]
+        self.reader = StreamReader(self.sock)
+        self.received: list[Message] = []
+        self.answering: threading.Thread | None = None
+
+    def register(self, registrar: Peer, server) -> Message:
+        """REGISTER through the proxy; the registrar answers 200; return what the registrar got."""
+        self.sock.sendall(request_bytes("REGISTER", port=registrar.port, via_port=self.port, transport="TCP",
+                                        extra=f"Contact: <{UNREACHABLE_CONTACT}>"))
+        at_registrar = registrar.receive_method("REGISTER")
+        registrar.answer(at_registrar, 200)
+        response = parse_message(self.reader.message())
+        assert response.status == 200
+        return at_registrar
+
+    def answer_everything(self) -> None:
+        self.answering = threading.Thread(target=self.serve, daemon=True)
+        self.answering.start()
+
+    def serve(self) -> None:
+        self.sock.settimeout(None)
+        while True:
+            try:
+                request = parse_message(self.reader.message())
+            except (EOFError, OSError):
+                return
+            self.received.append(request)
+            self.sock.sendall(request.make_response(200, to_tag="natted").to_bytes())
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.answering is not None:
+            self.answering.join(CLIENT_TIMEOUT)
+
+
+@pytest.fixture
+def flow_server(oversipd_daemon):
+    return sip_daemon(oversipd_daemon, script=FLOW_SCRIPT, workers=2,
+                      extra_tables={"proxy.proxy_out": PROFILE})
+
+
+@pytest.fixture
+def registrar():
+    peer = Peer()
+    yield peer
+    peer.close()
+
+
+def path_of(registered: Message) -> str:
+    path = registered.header("path")
+    assert path is not None
+    return path
+
+
+def message_for_client(route: str, caller_port: int, call_id: str) -> bytes:
+    """A MESSAGE to the client's (unreachable) Contact, with the Route the registrar got in Path."""
+    lines = [f"MESSAGE {UNREACHABLE_CONTACT} SIP/2.0",
+             f"Via: SIP/2.0/UDP 127.0.0.1:{caller_port};branch=z9hG4bK{call_id};rport",
+             f"Route: {route}",
+             "From: <sip:caller@example.com>;tag=c1",
+             f"To: <{UNREACHABLE_CONTACT}>",
+             f"Call-ID: {call_id}",
+             "CSeq: 1 MESSAGE",
+             "Max-Forwards: 70",
+             "Content-Length: 0"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def message_from_new_port(server, route: str, call_id: str) -> int:
+    """The final status a MESSAGE for the client gets, sent from a fresh UDP port."""
+    caller = UdpClient(server)
+    try:
+        caller.send(message_for_client(route, caller.port, call_id))
+        while True:
+            response = caller.response()
+            if response.status >= 200:
+                return response.status
+    finally:
+        caller.close()
+
+
+def messages_until_both_workers_routed(server, route: str, prefix: str) -> list[int]:
+    """Statuses of MESSAGEs sent from new ports until each of the 2 workers routed at least one."""
+    daemon = server.daemon
+    statuses = []
+    for number in range(MAX_CALLERS):
+        statuses.append(message_from_new_port(server, route, f"{prefix}-{number}"))
+        workers = {e["worker"] for e in daemon.find("request", method="MESSAGE") if e["call_id"].startswith(prefix)}
+        if workers == {1, 2}:
+            return statuses
+    raise AssertionError(f"{MAX_CALLERS} callers all reached the same worker")
+
+
+def owner_of_connection(daemon) -> int:
+    """The slot whose worker accepted the client's connection: the one that got its REGISTER."""
+    (event,) = daemon.find("request", method="REGISTER")
+    return event["worker"]
+
+
+def master_holds_connection(daemon, client_port: int) -> bool:
+    return any(c.raddr and c.raddr[1] == client_port for c in psutil.Process(daemon.pid).net_connections("tcp"))
+
+
+def wait_until_closed(client_port: int) -> None:
+    """Until the daemon's end of the client's connection left ESTABLISHED and CLOSE_WAIT: it closed it.
+
+    The kernel's socket table has no change event to wait on: polled.
+    """
+    def still_open() -> bool:
+        return any(c.raddr and c.raddr[1] == client_port
+                   and c.status in (psutil.CONN_ESTABLISHED, psutil.CONN_CLOSE_WAIT)
+                   for c in psutil.net_connections("tcp"))
+    deadline = time.monotonic() + CLIENT_TIMEOUT
+    while still_open():
+        assert time.monotonic() < deadline, "the daemon never closed its end of the client's connection"
+        time.sleep(0.01)
+
+
+def test_register_gets_a_path_with_a_flow_token_and_the_outbound_flag(flow_server, registrar):
+    client = NattedClient(flow_server)
+    try:
+        path = path_of(client.register(registrar, flow_server))
+        # Reached from the registrar's side (UDP here); the token names the client's connection.
+        assert path.startswith("<sip:ovf") and path.endswith(f"@127.0.0.1:{flow_server.port};lr;ob>")
+    finally:
+        client.close()
+
+
+def test_requests_for_a_natted_client_reach_it_over_its_connection_from_either_worker(flow_server, registrar):
+    daemon = flow_server.daemon
+    client = NattedClient(flow_server)
+    try:
+        route = path_of(client.register(registrar, flow_server))
+        client.answer_everything()
+        assert master_holds_connection(daemon, client.port)   # kept, to outlive its worker
+        statuses = messages_until_both_workers_routed(flow_server, route, "both")
+        assert statuses == [200] * len(statuses)
+        assert len(client.received) == len(statuses)
+        assert all(request.ruri.host == "192.0.2.1" for request in client.received)
+    finally:
+        client.close()
+
+
+def test_the_connection_survives_a_crash_of_the_worker_that_accepted_it(flow_server, registrar):
+    daemon = flow_server.daemon
+    client = NattedClient(flow_server)
+    try:
+        route = path_of(client.register(registrar, flow_server))
+        client.answer_everything()
+        owner = owner_of_connection(daemon)
+        mark = daemon.mark()
+        daemon.kill_worker(owner)
+        daemon.wait_log("adopted 1 TCP connection(s) of this slot's previous worker", since=mark)
+        statuses = messages_until_both_workers_routed(flow_server, route, "respawned")
+        assert statuses == [200] * len(statuses)
+        assert client.answering is not None and client.answering.is_alive()   # never saw an EOF
+    finally:
+        client.close()
+
+
+def test_a_request_for_a_closed_connection_gets_430_from_either_worker(flow_server, registrar):
+    daemon = flow_server.daemon
+    client = NattedClient(flow_server)
+    route = path_of(client.register(registrar, flow_server))
+    client.close()
+    wait_until_closed(client.port)
+    statuses = messages_until_both_workers_routed(flow_server, route, "gone")
+    assert statuses == [430] * len(statuses)
+    assert not master_holds_connection(daemon, client.port)   # its duplicate was released too
+    assert {e["status"] for e in daemon.find("error")} == {430}
+
+
+def test_a_forged_flow_token_is_not_a_flow(flow_server, registrar):
+    client = NattedClient(flow_server)
+    try:
+        route = path_of(client.register(registrar, flow_server))
+        client.answer_everything()
+        token = route[len("<sip:"):route.index("@")]
+        forged = route.replace(token, token[:-4] + ("AAAA" if token[-4:] != "AAAA" else "BBBB"))
+        status = message_from_new_port(flow_server, forged, "forged")
+        assert status != 200 and client.received == []   # routed by its Request-URI: nobody there
+    finally:
+        client.close()
+
+
+def test_an_in_dialog_request_follows_the_record_route_back_over_the_callers_connection(flow_server, registrar):
+    callee = registrar   # a UDP peer all the same
+    client = NattedClient(flow_server)
+    try:
+        client.sock.sendall(request_bytes("INVITE", port=callee.port, via_port=client.port, transport="TCP",
+                                          call_id="dialog", extra=f"Contact: <{UNREACHABLE_CONTACT}>"))
+        invite = callee.receive_method("INVITE")
+        callee.answer(invite, 200)
+        while parse_message(client.reader.message()).status < 200:
+            pass   # 100 Trying
+        route_set = invite.headers("record-route")
+        assert len(route_set) == 2 and "ovf" in route_set[1] and ";transport=tcp" in route_set[1]
+        client.answer_everything()
+        bye = (f"BYE {UNREACHABLE_CONTACT} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP 127.0.0.1:{callee.port};branch=z9hG4bKbye1;rport\r\n"
+               + "".join(f"Route: {value}\r\n" for value in route_set)
+               + f"From: {invite.header('to')};tag=uas1\r\nTo: {invite.header('from')}\r\n"
+               "Call-ID: dialog\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+        callee.sock.sendto(bye.encode(), (flow_server.host, flow_server.port))
+        while True:
+            response = parse_message(callee.sock.recv(65535))
+            if response.status >= 200:
+                break
+        assert response.status == 200
+        assert [request.method for request in client.received] == ["BYE"]
+    finally:
+        client.close()
+
+
+def test_a_new_generation_closes_the_old_workers_connections_and_the_master_keeps_none(flow_server, registrar):
+    daemon = flow_server.daemon
+    client = NattedClient(flow_server)
+    try:
+        client.register(registrar, flow_server)
+        mark = daemon.mark()
+        (daemon.modules_dir / "touch.py").write_text("# a new drop-in: a new generation of workers\n")
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log("reload done: generation 2 serves", since=mark)
+        client.sock.settimeout(CLIENT_TIMEOUT)
+        with pytest.raises(EOFError):   # closed, not left open by the master's duplicate
+            client.reader.message()
+        wait_until_closed(client.port)
+        assert not master_holds_connection(daemon, client.port)
+    finally:
+        client.close()
