@@ -77,6 +77,10 @@ class NattedClient:
             self.sock.sendall(request.make_response(200, to_tag="natted").to_bytes())
 
     def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)   # wakes the answering thread's recv; close() alone does not
+        except OSError:
+            pass
         self.sock.close()
         if self.answering is not None:
             self.answering.join(CLIENT_TIMEOUT)
@@ -204,6 +208,45 @@ def test_the_connection_survives_a_crash_of_the_worker_that_accepted_it(flow_ser
         assert statuses == [200] * len(statuses)
         assert client.answering is not None and client.answering.is_alive()   # never saw an EOF
     finally:
+        client.close()
+
+
+SLOW_START = """
+import asyncio
+from oversipd import SystemEvents
+
+@SystemEvents.on_started
+async def slow_start():
+    await asyncio.sleep(0.5)   # the SIP listeners, and the slot's relay, start after this
+"""
+
+
+def test_a_request_for_a_respawning_workers_connection_waits_for_it(oversipd_daemon, registrar):
+    server = sip_daemon(oversipd_daemon, script=FLOW_SCRIPT, workers=2, modules={"slow_start": SLOW_START},
+                        extra_tables={"proxy.proxy_out": PROFILE})
+    daemon = server.daemon
+    client = NattedClient(server)
+    callers = [UdpClient(server) for _ in range(16)]
+    try:
+        route = path_of(client.register(registrar, server))
+        client.answer_everything()
+        mark = daemon.mark()
+        daemon.kill_worker(owner_of_connection(daemon))
+        daemon.wait_log("killed by SIGKILL; respawned", since=mark)
+        # Those that reach the other worker now find no one holding the flow's slot for 0.5 s.
+        for number, caller in enumerate(callers):
+            caller.send(message_for_client(route, caller.port, f"window-{number}"))
+        statuses = []
+        for caller in callers:
+            response = caller.response()
+            while response.status < 200:
+                response = caller.response()
+            statuses.append(response.status)
+        assert statuses == [200] * len(callers)
+        assert {e["worker"] for e in daemon.find("request", method="MESSAGE")} == {1, 2}
+    finally:
+        for caller in callers:
+            caller.close()
         client.close()
 
 

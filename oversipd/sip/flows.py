@@ -128,7 +128,10 @@ class RelayedFlow:
     """A flow held by another slot's worker, as a place to send to: what is sent goes over the relay."""
 
     transport = "tcp"
-    reliable = True
+    # The hop to the holding worker is a datagram that dies with that worker
+    # if it crashes before reading it: retransmitted as over UDP (the client
+    # absorbs a duplicate over TCP like any retransmission).
+    reliable = False
 
     def __init__(self, engine: Any, target: FlowTarget) -> None:
         self.engine = engine

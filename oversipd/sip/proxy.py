@@ -40,6 +40,10 @@ TCP_CONNECT_TIMEOUT = 4.0
 # (the UAS resends it until the end-to-end ACK) still go upstream this long.
 ACCEPTED_LINGER = 32.0
 TRANSPORT_ERROR = (503, "Transport Error")
+# A flow's slot that nobody holds is being respawned (milliseconds) or gone:
+# a request for it waits this long for the new worker before it gets 430.
+FLOW_HOLDER_WAIT = 1.0
+FLOW_RETRY = 0.02
 FLOW_SOURCE = "flow:"   # a relayed response that came in over a flow: "flow:SLOT:FLOW-ID"
 REQUEST_TIMEOUT = (408, "Request Timeout")
 
@@ -143,7 +147,15 @@ class ProxyEngine(Logger):
         self._branch_count = 0
         self._branch_salt = os.urandom(4).hex()
         self.flows = flows or FlowTable()             # the clients' connections this worker holds
-        self.relay: SlotRelay | None = SlotRelay(slot_id, loop, self)
+        self.relay: SlotRelay | None = None           # bound by start_relay()
+
+    def start_relay(self) -> None:
+        """Take this slot's relay name: from now on other workers pass on what is ours.
+
+        Called once the flows of the slot's dead predecessor are adopted: a
+        request passed on for one of them meanwhile waits (pass_to_flow).
+        """
+        self.relay = SlotRelay(self.slot_id, self.loop, self)
 
     # --- routing -----------------------------------------------------------------
 
@@ -345,8 +357,18 @@ class ProxyEngine(Logger):
             raise OSError("the client's connection (its flow) is gone")
         return connection, connection.peer
 
-    def pass_to_flow(self, target: FlowTarget, request: bytes) -> bool:
-        return self.relay is not None and self.relay.pass_to_flow(target.slot_id, target.flow_id, request)
+    def pass_to_flow(self, target: FlowTarget, request: bytes, waited: float = 0.0) -> bool:
+        """To the worker holding the flow; while nobody holds its slot (a respawn), try again for a while."""
+        relay = self.relay
+        if relay is not None and relay.pass_to_flow(target.slot_id, target.flow_id, request):
+            return True
+        if relay is None or waited >= FLOW_HOLDER_WAIT:
+            message = parse_message(request)
+            if message.method != "ACK":
+                self.flow_gone(message.top_via.branch or "", message.method)
+        else:
+            self.loop.call_later(FLOW_RETRY, self.pass_to_flow, target, request, waited + FLOW_RETRY)
+        return True   # sent as far as the transaction knows: flow_gone ends it if it never gets there
 
     def send_on_flow(self, flow_id: int, origin_slot: int, request: bytes) -> None:
         """Another slot's request for a flow of ours: out over it, or tell that slot it is gone."""

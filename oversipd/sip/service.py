@@ -116,6 +116,7 @@ class WorkerSip:
         proxy.configure(self.settings.proxies, self.settings.dns)
         core.proxy = proxy.ProxyEngine(core, self.slot_id, udp_listeners, by_transport, self.loop, flows)
         await self.adopt_flows(tcp_listeners)
+        core.proxy.start_relay()
 
     async def adopt_flows(self, tcp_listeners: dict[str, TcpListener]) -> None:
         """The connections this slot's dead worker held: read on here, the peers saw nothing."""
