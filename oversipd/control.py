@@ -17,11 +17,13 @@ STOP = "stop"                # argument: error flag for on_terminated
 RELOAD = "reload"            # argument: the new Settings
 USER_RELOAD = "user_reload"  # argument: None
 RETIRE = "retire"            # argument: None; a newer generation serves: finish up, then stop
+ADOPT = "adopt"              # argument: (key, unread bytes); the packet carries a connection to read on
 # worker -> master
 STARTED = "started"
 RELOADED = "reloaded"
 KEEP = "keep"                # argument: a key; the packet carries the descriptor to keep
 RELEASE = "release"          # argument: the key of a kept descriptor, which the master closes
+HAND_OVER = "hand_over"      # argument: (key, unread bytes); a retiring worker's kept connection for its successor
 
 MAX_PACKET = 1 << 20
 

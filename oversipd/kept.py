@@ -15,7 +15,12 @@ open by one that no longer wants it:
 * Every forked child closes the master's duplicates, except the new worker
   of a slot, which adopts the orphans of that slot (the kept connections of
   its dead predecessor) and nothing else.
-* A worker that stops, retires or leaves (not a crash) takes its kept
+* A worker that retires because a new generation serves hands each kept
+  connection to its slot's worker of that generation (HAND_OVER; the
+  master passes its duplicate on with ADOPT), with the bytes it had read
+  but not yet framed; with no such worker, the master closes its duplicate
+  and the connection ends when the retiring worker exits.
+* A worker that stops or leaves (not a crash) takes its kept
   connections with it: it closes them, and the master closes what is left
   once it is gone and its slot is not respawned.
 * Duplicates are CLOEXEC: the master's exec into an upgraded core drops
@@ -63,6 +68,13 @@ class KeptDescriptors:
         if orphans:
             self.owned.setdefault(new_owner, {}).update(orphans)
 
+    def transfer(self, owner: int, key: Hashable, new_owner: int) -> socket.socket | None:
+        """A retiring owner's connection now belongs to its successor; None if it was not kept."""
+        sock = self.owned.get(owner, {}).pop(key, None)
+        if sock is not None:
+            self.owned.setdefault(new_owner, {})[key] = sock
+        return sock
+
     def orphans_of(self, slot_id: int) -> dict[Hashable, socket.socket]:
         return self.orphans.get(slot_id, {})
 
@@ -97,6 +109,11 @@ def keep(key: Hashable, sock: Any) -> bool:
 def release(key: Hashable) -> None:
     if _channel is not None:
         _channel.send(control.RELEASE, key)
+
+
+def hand_over(key: Hashable, unread: bytes) -> bool:
+    """A retiring worker: pass this kept connection on to the successor in its slot."""
+    return _channel is not None and _channel.send(control.HAND_OVER, (key, unread))
 
 
 def adopt() -> dict[Hashable, socket.socket]:

@@ -437,12 +437,25 @@ class Master(Logger):
                 self.kept.keep(slot.pid, key, sock)
             elif kind == control.RELEASE:
                 self.kept.release(slot.pid, argument)
+            elif kind == control.HAND_OVER:
+                self.hand_over_connection(slot, *argument)
             elif last_words:
                 continue
             elif kind == control.STARTED:
                 self.worker_started(slot)
             elif kind == control.RELOADED:
                 self.worker_reloaded(slot)
+
+    def hand_over_connection(self, slot: WorkerSlot, key: Any, unread: bytes) -> None:
+        """A retiring worker's kept connection goes to its slot's worker of the serving generation."""
+        successor = self.slots.get(slot.slot_id)
+        if successor is None or successor is slot or not successor.alive or successor.channel is None \
+                or successor.state is SlotState.STOPPING:
+            self.kept.release(slot.pid, key)   # it ends when the retiring worker exits
+            return
+        sock = self.kept.transfer(slot.pid, key, successor.pid)
+        if sock is not None and not successor.channel.send(control.ADOPT, (key, unread), fd=sock.fileno()):
+            self.kept.release(successor.pid, key)
 
     def unregister_channel(self, slot: WorkerSlot) -> None:
         if slot.channel is not None:

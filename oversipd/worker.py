@@ -142,6 +142,16 @@ class Worker(Logger):
                 self.spawn(self.reload(argument))
             elif kind == control.USER_RELOAD:
                 self.spawn(self.user_reload())
+            elif kind == control.ADOPT:
+                (key, unread), sock = argument
+                self.adopt_connection(key, unread, sock)
+
+    def adopt_connection(self, key: Any, unread: bytes, sock: Any) -> None:
+        """A connection the retiring worker of our slot handed over (oversipd.kept)."""
+        if self.sip is None:
+            sock.close()
+            return
+        self.spawn(self.sip.adopt_handed_over(key, unread, sock))
 
     def request_stop(self, error: bool) -> None:
         if self.stop_requested is not None and not self.stop_requested.done():

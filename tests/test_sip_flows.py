@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -152,6 +153,31 @@ def owner_of_connection(daemon) -> int:
 
 def master_holds_connection(daemon, client_port: int) -> bool:
     return any(c.raddr and c.raddr[1] == client_port for c in psutil.Process(daemon.pid).net_connections("tcp"))
+
+
+def wait_until(condition, what: str) -> None:
+    """Poll `condition` (the socket tables and the event list have no change event to block on here)."""
+    deadline = time.monotonic() + CLIENT_TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def unread_by_daemon(client_port: int) -> int:
+    """Bytes waiting in the receive queue of the daemon's end of the client's connection (/proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port = int(fields[2].split(":")[1], 16)
+        if remote_port == client_port:
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"no connection from port {client_port}")
+
+
+def relay_names_bound(daemon) -> set[int]:
+    """The slots whose relay name (oversipd.sip.relay) is bound: abstract names in /proc/net/unix."""
+    prefix = f"@oversipd-{daemon.pid}-sip-slot-"
+    return {int(line.split()[-1][len(prefix):]) for line in Path("/proc/net/unix").read_text().splitlines()
+            if line.split()[-1].startswith(prefix)}
 
 
 def wait_until_closed(client_port: int) -> None:
@@ -304,20 +330,32 @@ def test_an_in_dialog_request_follows_the_record_route_back_over_the_callers_con
         client.close()
 
 
-def test_a_new_generation_closes_the_old_workers_connections_and_the_master_keeps_none(flow_server, registrar):
+def test_a_new_generation_reads_on_the_old_workers_connections_from_where_they_stopped(flow_server, registrar):
     daemon = flow_server.daemon
     client = NattedClient(flow_server)
     try:
-        client.register(registrar, flow_server)
+        route = path_of(client.register(registrar, flow_server))
+        # Half a REGISTER before the reload, the rest after: the old worker read the
+        # first half, the new one must get it with the connection.
+        second = request_bytes("REGISTER", port=registrar.port, via_port=client.port, transport="TCP",
+                               call_id="split", extra=f"Contact: <{UNREACHABLE_CONTACT}>")
+        client.sock.sendall(second[:60])
+        wait_until(lambda: unread_by_daemon(client.port) == 0, "the old worker reading the first half")
         mark = daemon.mark()
         (daemon.modules_dir / "touch.py").write_text("# a new drop-in: a new generation of workers\n")
         daemon.signal(signal.SIGHUP)
         daemon.wait_log("reload done: generation 2 serves", since=mark)
-        client.sock.settimeout(CLIENT_TIMEOUT)
-        with pytest.raises(EOFError):   # closed, not left open by the master's duplicate
-            client.reader.message()
-        wait_until_closed(client.port)
-        assert not master_holds_connection(daemon, client.port)
+        # The new workers take their slots' relay names once the old ones let go.
+        wait_until(lambda: relay_names_bound(daemon) == {1, 2}, "generation 2 holding the relay names")
+        client.sock.sendall(second[60:])
+        at_registrar = registrar.receive_method("REGISTER")
+        assert at_registrar.call_id == "split"
+        registrar.answer(at_registrar, 200)
+        assert parse_message(client.reader.message()).status == 200
+        client.answer_everything()
+        statuses = messages_until_both_workers_routed(flow_server, route, "new-generation")
+        assert statuses == [200] * len(statuses)
+        assert master_holds_connection(daemon, client.port)   # kept for generation 2 now
     finally:
         client.close()
 

@@ -103,8 +103,12 @@ class FlowTable:
             kept.keep(key, connection.channel.get_extra_info("socket"))
         return flow_id
 
-    def closed(self, flow_id: int, sock: Any) -> None:
-        """Closed here on purpose (or by the peer): end it for the master's duplicate too."""
+    def closed(self, flow_id: int, sock: Any, release: bool = True) -> None:
+        """Closed here on purpose (or by the peer): end it for the master's duplicate too.
+
+        Not when it was handed over to the next generation (`release` False):
+        only our descriptor goes.
+        """
         self.connections.pop(flow_id, None)
         key = self.keys.pop(flow_id, None)
         if sock is not None:
@@ -114,7 +118,7 @@ class FlowTable:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if key is not None:
+        if key is not None and release:
             kept.release(key)
 
     def get(self, flow_id: int) -> Any:

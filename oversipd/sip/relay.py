@@ -42,7 +42,7 @@ from ..logger import Logger
 KIND_MESSAGE = b"M"   # M listener ip port \n message: receive it as if it had come in there
 KIND_FLOW = b"F"      # F flow-id origin-slot \n request: send it over that flow of ours
 KIND_GONE = b"X"      # X branch method \n: the flow of that request is gone (430)
-RETRY_BIND = 0.5      # seconds: a retiring worker of our slot may still hold the name
+RETRY_BIND = 0.02     # seconds: a retiring worker of our slot may still hold the name
 MAX_RELAYED = 65536 + 512
 MAX_PENDING = 4096    # datagrams waiting for one slot's queue; beyond, that slot is stuck: drop
 

@@ -118,6 +118,19 @@ class WorkerSip:
         await self.adopt_flows(tcp_listeners)
         core.proxy.start_relay()
 
+    async def adopt_handed_over(self, key: tuple[str, int], unread: bytes, sock: socket.socket) -> None:
+        """A connection the retiring worker of our slot handed over: read on here, from where it stopped."""
+        name, flow_id = key
+        listener = next((l for l in self.listeners if isinstance(l, TcpListener) and l.name == name), None)
+        if listener is None:
+            sock.close()
+            return
+        try:
+            await listener.adopt(sock, flow_id, unread)
+        except OSError as error:
+            _log.log_system_info(f"a TCP connection handed over by the previous generation is lost: {error}")
+            sock.close()
+
     async def adopt_flows(self, tcp_listeners: dict[str, TcpListener]) -> None:
         """The connections this slot's dead worker held: read on here, the peers saw nothing."""
         adopted = 0
@@ -146,13 +159,15 @@ class WorkerSip:
         """A newer generation serves: read no new request here.
 
         The new generation's worker of this slot reads the same UDP sockets and
-        accepts on the same TCP sockets, so nothing new is lost.  What is not
-        carried over: a retransmission or ACK of a transaction held here now
-        reaches the new worker, and TCP connections accepted here close when
-        this worker stops (the clients reconnect to the new generation).
+        accepts on the same TCP sockets, so nothing new is lost; the clients'
+        connections accepted here are handed over to it (oversipd.kept).  What
+        is not carried over: a retransmission or ACK of a transaction held
+        here now reaches the new worker.
         """
         for listener in self.listeners:
             listener.stop_reading()
+            if isinstance(listener, TcpListener):
+                listener.hand_over()
         if self.core is not None and self.core.proxy is not None:
             self.core.proxy.stop_reading()
 

@@ -14,6 +14,7 @@ import asyncio
 import socket
 from typing import Any
 
+from .. import kept
 from ..logger import Logger
 from . import counters as C
 from .errors import FramingError, ParseError
@@ -189,19 +190,36 @@ class TcpConnection(asyncio.Protocol):
 class AcceptedConnection(TcpConnection):
     """A connection a client opened to us: a flow, reachable from every worker while it lasts."""
 
-    def __init__(self, server: "TcpListener", flow_id: int | None = None) -> None:
+    def __init__(self, server: "TcpListener", flow_id: int | None = None, unread: bytes = b"") -> None:
         super().__init__(server)
-        self.flow_id = flow_id   # given when adopted from this slot's dead worker
+        self.flow_id = flow_id   # given when adopted from this slot's previous worker
+        self.unread = unread     # what that worker had read but not framed yet
+        self.handed_over = False
         self.server: TcpListener = server
 
     def connection_made(self, channel: asyncio.BaseTransport) -> None:
         super().connection_made(channel)
         self.flow_id = self.server.flows.opened(self, self.server.name, self.flow_id)
+        if self.unread:   # before the socket is read: the stream stays in order
+            unread, self.unread = self.unread, b""
+            self.data_received(unread)
+
+    def hand_over(self) -> None:
+        """A new generation serves: it reads this connection from now on (oversipd.kept)."""
+        if self.channel is None or self.channel.is_closing() or self.flow_id is None:
+            return
+        self.channel.pause_reading()
+        if kept.hand_over(self.server.flows.keys[self.flow_id], self.framer.pending()):
+            # We still write what is ours to answer; we no longer read, and
+            # closing our descriptor later must not end the connection.
+            self.handed_over = True
+            if self.idle_timer is not None:
+                self.idle_timer.cancel()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        sock = self.channel.get_extra_info("socket") if self.channel is not None else None
         if self.flow_id is not None:
-            self.server.flows.closed(self.flow_id, sock)
+            sock = None if self.handed_over or self.channel is None else self.channel.get_extra_info("socket")
+            self.server.flows.closed(self.flow_id, sock, release=not self.handed_over)
         super().connection_lost(exc)
 
 
@@ -221,9 +239,14 @@ class TcpListener:
     async def start(self) -> None:
         self.server = await self.loop.create_server(lambda: AcceptedConnection(self), sock=self.sock)
 
-    async def adopt(self, sock: socket.socket, flow_id: int) -> None:
-        """A connection this slot's dead worker accepted, kept open by the master."""
-        await self.loop.connect_accepted_socket(lambda: AcceptedConnection(self, flow_id), sock=sock)
+    async def adopt(self, sock: socket.socket, flow_id: int, unread: bytes = b"") -> None:
+        """A connection this slot's previous worker accepted, kept open by the master."""
+        await self.loop.connect_accepted_socket(lambda: AcceptedConnection(self, flow_id, unread), sock=sock)
+
+    def hand_over(self) -> None:
+        for connection in list(self.connections):
+            if isinstance(connection, AcceptedConnection):
+                connection.hand_over()
 
     def stop_reading(self) -> None:
         """No new connection is accepted here; those accepted go on."""
