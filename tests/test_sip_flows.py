@@ -9,11 +9,13 @@ requests for the client, while only one of them accepted its connection.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import pytest
@@ -106,6 +108,19 @@ def path_of(registered: Message) -> str:
     return path
 
 
+@contextlib.contextmanager
+def registered_client(server, registrar: Peer, answering: bool = True) -> Iterator[tuple[NattedClient, str]]:
+    """A client registered through the proxy, and the Route (its Path) that reaches it; closed after."""
+    client = NattedClient(server)
+    try:
+        route = path_of(client.register(registrar, server))
+        if answering:
+            client.answer_everything()
+        yield client, route
+    finally:
+        client.close()
+
+
 def message_for_client(route: str, caller_port: int, call_id: str) -> bytes:
     """A MESSAGE to the client's (unreachable) Contact, with the Route the registrar got in Path."""
     lines = [f"MESSAGE {UNREACHABLE_CONTACT} SIP/2.0",
@@ -120,15 +135,18 @@ def message_for_client(route: str, caller_port: int, call_id: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+def final_status(caller: UdpClient) -> int:
+    while (status := caller.response().status) < 200:
+        pass
+    return status
+
+
 def message_from_new_port(server, route: str, call_id: str) -> int:
     """The final status a MESSAGE for the client gets, sent from a fresh UDP port."""
     caller = UdpClient(server)
     try:
         caller.send(message_for_client(route, caller.port, call_id))
-        while True:
-            response = caller.response()
-            if response.status >= 200:
-                return response.status
+        return final_status(caller)
     finally:
         caller.close()
 
@@ -196,45 +214,30 @@ def wait_until_closed(client_port: int) -> None:
 
 
 def test_register_gets_a_path_with_a_flow_token_and_the_outbound_flag(flow_server, registrar):
-    client = NattedClient(flow_server)
-    try:
-        path = path_of(client.register(registrar, flow_server))
+    with registered_client(flow_server, registrar, answering=False) as (_, path):
         # Reached from the registrar's side (UDP here); the token names the client's connection.
         assert path.startswith("<sip:ovf") and path.endswith(f"@127.0.0.1:{flow_server.port};lr;ob>")
-    finally:
-        client.close()
 
 
 def test_requests_for_a_natted_client_reach_it_over_its_connection_from_either_worker(flow_server, registrar):
     daemon = flow_server.daemon
-    client = NattedClient(flow_server)
-    try:
-        route = path_of(client.register(registrar, flow_server))
-        client.answer_everything()
+    with registered_client(flow_server, registrar) as (client, route):
         assert master_holds_connection(daemon, client.port)   # kept, to outlive its worker
         statuses = messages_until_both_workers_routed(flow_server, route, "both")
         assert statuses == [200] * len(statuses)
         assert len(client.received) == len(statuses)
         assert all(request.ruri.host == "192.0.2.1" for request in client.received)
-    finally:
-        client.close()
 
 
 def test_the_connection_survives_a_crash_of_the_worker_that_accepted_it(flow_server, registrar):
     daemon = flow_server.daemon
-    client = NattedClient(flow_server)
-    try:
-        route = path_of(client.register(registrar, flow_server))
-        client.answer_everything()
-        owner = owner_of_connection(daemon)
+    with registered_client(flow_server, registrar) as (client, route):
         mark = daemon.mark()
-        daemon.kill_worker(owner)
+        daemon.kill_worker(owner_of_connection(daemon))
         daemon.wait_log("adopted 1 TCP connection(s) of this slot's previous worker", since=mark)
         statuses = messages_until_both_workers_routed(flow_server, route, "respawned")
         assert statuses == [200] * len(statuses)
         assert client.answering is not None and client.answering.is_alive()   # never saw an EOF
-    finally:
-        client.close()
 
 
 SLOW_START = """
@@ -251,29 +254,20 @@ def test_a_request_for_a_respawning_workers_connection_waits_for_it(oversipd_dae
     server = sip_daemon(oversipd_daemon, script=FLOW_SCRIPT, workers=2, modules={"slow_start": SLOW_START},
                         extra_tables={"proxy.proxy_out": PROFILE})
     daemon = server.daemon
-    client = NattedClient(server)
     callers = [UdpClient(server) for _ in range(16)]
     try:
-        route = path_of(client.register(registrar, server))
-        client.answer_everything()
-        mark = daemon.mark()
-        daemon.kill_worker(owner_of_connection(daemon))
-        daemon.wait_log("killed by SIGKILL; respawned", since=mark)
-        # Those that reach the other worker now find no one holding the flow's slot for 0.5 s.
-        for number, caller in enumerate(callers):
-            caller.send(message_for_client(route, caller.port, f"window-{number}"))
-        statuses = []
-        for caller in callers:
-            response = caller.response()
-            while response.status < 200:
-                response = caller.response()
-            statuses.append(response.status)
-        assert statuses == [200] * len(callers)
+        with registered_client(server, registrar) as (_, route):
+            mark = daemon.mark()
+            daemon.kill_worker(owner_of_connection(daemon))
+            daemon.wait_log("killed by SIGKILL; respawned", since=mark)
+            # Those that reach the other worker now find no one holding the flow's slot for 0.5 s.
+            for number, caller in enumerate(callers):
+                caller.send(message_for_client(route, caller.port, f"window-{number}"))
+            assert [final_status(caller) for caller in callers] == [200] * len(callers)
         assert {e["worker"] for e in daemon.find("request", method="MESSAGE")} == {1, 2}
     finally:
         for caller in callers:
             caller.close()
-        client.close()
 
 
 def test_a_request_for_a_closed_connection_gets_430_from_either_worker(flow_server, registrar):
@@ -289,16 +283,11 @@ def test_a_request_for_a_closed_connection_gets_430_from_either_worker(flow_serv
 
 
 def test_a_forged_flow_token_is_not_a_flow(flow_server, registrar):
-    client = NattedClient(flow_server)
-    try:
-        route = path_of(client.register(registrar, flow_server))
-        client.answer_everything()
+    with registered_client(flow_server, registrar) as (client, route):
         token = route[len("<sip:"):route.index("@")]
         forged = route.replace(token, token[:-4] + ("AAAA" if token[-4:] != "AAAA" else "BBBB"))
         status = message_from_new_port(flow_server, forged, "forged")
         assert status != 200 and client.received == []   # routed by its Request-URI: nobody there
-    finally:
-        client.close()
 
 
 def test_an_in_dialog_request_follows_the_record_route_back_over_the_callers_connection(flow_server, registrar):
@@ -332,9 +321,7 @@ def test_an_in_dialog_request_follows_the_record_route_back_over_the_callers_con
 
 def test_a_new_generation_reads_on_the_old_workers_connections_from_where_they_stopped(flow_server, registrar):
     daemon = flow_server.daemon
-    client = NattedClient(flow_server)
-    try:
-        route = path_of(client.register(registrar, flow_server))
+    with registered_client(flow_server, registrar, answering=False) as (client, route):
         # Half a REGISTER before the reload, the rest after: the old worker read the
         # first half, the new one must get it with the connection.
         second = request_bytes("REGISTER", port=registrar.port, via_port=client.port, transport="TCP",
@@ -356,8 +343,6 @@ def test_a_new_generation_reads_on_the_old_workers_connections_from_where_they_s
         statuses = messages_until_both_workers_routed(flow_server, route, "new-generation")
         assert statuses == [200] * len(statuses)
         assert master_holds_connection(daemon, client.port)   # kept for generation 2 now
-    finally:
-        client.close()
 
 
 def test_a_flow_token_names_its_slot_and_flow_and_nothing_else_decodes():
