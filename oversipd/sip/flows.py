@@ -89,9 +89,11 @@ class FlowTarget:
 class FlowTable:
     """The flows this worker holds: flow id -> accepted connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, slot_id: int) -> None:
+        self.slot_id = slot_id
         self.connections: dict[int, Any] = {}
         self.keys: dict[int, tuple[str, int]] = {}
+        self.tokens: dict[int, str] = {}   # made once per flow: an HMAC is not free
 
     def opened(self, connection: Any, listener: str, flow_id: int | None) -> int:
         """A connection accepted here (`flow_id` None) or adopted from a dead predecessor."""
@@ -110,6 +112,7 @@ class FlowTable:
         only our descriptor goes.
         """
         self.connections.pop(flow_id, None)
+        self.tokens.pop(flow_id, None)
         key = self.keys.pop(flow_id, None)
         if sock is not None:
             try:
@@ -120,6 +123,13 @@ class FlowTable:
                 pass
         if key is not None and release:
             kept.release(key)
+
+    def token(self, flow_id: int) -> str:
+        """The token naming one of our flows, for the user part of our Route toward its client."""
+        made = self.tokens.get(flow_id)
+        if made is None:
+            made = self.tokens[flow_id] = token(self.slot_id, flow_id)
+        return made
 
     def get(self, flow_id: int) -> Any:
         connection = self.connections.get(flow_id)

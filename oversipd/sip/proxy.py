@@ -21,7 +21,7 @@ from ..logger import Logger
 from . import counters as C
 from .client_transaction import ClientTable, ClientTransaction, Verdict, client_key, make_ack
 from .dns import DnsError, Rfc3263Resolver, Target
-from .flows import FLOW_FAILED, FlowTable, FlowTarget, RelayedFlow, token as flow_token
+from .flows import FLOW_FAILED, FlowTable, FlowTarget, RelayedFlow
 from .message import Request as Message, Response, parse_message
 from .proxy_settings import DnsSettings, ProxySettings
 from .relay import SlotRelay
@@ -146,7 +146,7 @@ class ProxyEngine(Logger):
         self._branch_prefix = f"{BRANCH_PREFIX}{slot_id}."
         self._branch_count = 0
         self._branch_salt = os.urandom(4).hex()
-        self.flows = flows or FlowTable()             # the clients' connections this worker holds
+        self.flows = flows or FlowTable(slot_id)      # the clients' connections this worker holds
         self.relay: SlotRelay | None = None           # bound by start_relay()
 
     def start_relay(self) -> None:
@@ -284,7 +284,7 @@ class ProxyEngine(Logger):
     def our_route(self, transport: str, flow: int | None = None, outbound: bool = False) -> str:
         """Our Route URI; with the flow token of a client's connection as its user part (RFC 5626 §5.3)."""
         host, port = self.our_address(transport)
-        user = "" if flow is None else flow_token(self.slot_id, flow) + "@"
+        user = "" if flow is None else self.flows.token(flow) + "@"
         suffix = "" if transport == "udp" else f";transport={transport}"
         return f"<sip:{user}{host}:{port}{suffix};lr{';ob' if outbound else ''}>"
 

@@ -102,7 +102,7 @@ class WorkerSip:
         by_transport: dict[str, tuple[str, int]] = {}
         udp_listeners = {}
         tcp_listeners = {}
-        flows = FlowTable()
+        flows = FlowTable(self.slot_id)
         for name, address in zip(sip.listen, local):
             if name in udp:
                 listener = udp_listeners[name] = UdpListener(name, udp[name], core, self.loop)
