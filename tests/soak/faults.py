@@ -114,6 +114,7 @@ def sigkill_worker(soak: Soak) -> None:
     _, lines = soak.mark()
     slot, pid = random_worker(soak)
     if soak.signal_worker(pid, signal.SIGKILL):
+        soak.sip.worker_killed(pid)
         soak.wait_log(f"(pid {pid}) killed by SIGKILL", lines, f"the master to log the death of pid {pid}")
         soak.checked("a killed worker is logged and respawned in its slot")
 

@@ -15,8 +15,11 @@ import psutil
 
 from oversipd.testing import Daemon
 
+from listen_helpers import free_port
+
 from . import observe
 from .probe import MODULES, SERVER_SCRIPT
+from .sip_probe import SIP_HANDLER, SipProbe, sip_tables
 
 MIN_WORKERS, MAX_WORKERS = 2, 4
 WORKER_TIMEOUT = 2.0          # small, so a SIGSTOP can trip it
@@ -25,6 +28,9 @@ CONVERGE_TIMEOUT = 40.0       # the respawn back-off alone reaches 5 s
 EVENT_TIMEOUT = 20.0
 RSS_WARMUP_CHECKS = 5         # imports and caches settle in the first steps of a master
 RSS_TOLERANCE = 2 << 20       # bytes a master may grow after its warm-up
+# What the master holds for each worker slot: its control channel, and the
+# slot's own UDP socket of the SIP listener (oversipd.sip.sockets).
+PER_SLOT_FDS = 2
 
 
 class Violation(Exception):
@@ -53,7 +59,7 @@ class Lifetime:
 class MasterSample:
     """The master's resources, read at one settled instant (Soak.settled_sample)."""
 
-    extra: int   # open fds minus one control channel per worker
+    extra: int   # open fds minus what each worker slot has in the master (PER_SLOT_FDS)
     fds: int
     rss: int
 
@@ -80,8 +86,11 @@ class Soak:
         self.file_workers = self.rng.randint(MIN_WORKERS, MAX_WORKERS)
         self.target = self.file_workers
         (directory / "daemon").mkdir(mode=0o755)
-        self.daemon = Daemon(directory / "daemon", modules=dict(MODULES), server_script=SERVER_SCRIPT,
-                             core=self.core_settings(), settings={"soak": {"flags": str(self.flags)}})
+        port = free_port("tcp", "udp")
+        self.sip = SipProbe(port)
+        self.daemon = Daemon(directory / "daemon", modules=dict(MODULES), server_script=SERVER_SCRIPT + SIP_HANDLER,
+                             core=self.core_settings(), settings={"soak": {"flags": str(self.flags)}},
+                             extra_tables=sip_tables(port))
         self.lifetime: Lifetime | None = None
         self.rss_growth: list[int] = []
         self.generation = 0   # [modules.soak] generation: which file a reload applied
@@ -257,6 +266,7 @@ class Soak:
             if not observe.is_running(pid):
                 self.settle(pid)
         self.check_log()
+        self.sip.check(self)
         self.check_master_resources()
         self.lifetime.checks += 1
 
@@ -358,7 +368,7 @@ class Soak:
         return "\n".join(lines[max(0, starts[-1] - 3):starts[-1] + 14]) if starts else ""
 
     def check_master_resources(self) -> None:
-        """Open fds (minus one control channel per worker) back to their first count; RSS sampled.
+        """Open fds (minus PER_SLOT_FDS per worker) back to their first count; RSS sampled.
 
         Judged on a settled sample (settled_sample), the one the poll saw:
         reading the count again afterwards would race the next respawn.
@@ -411,7 +421,7 @@ class Soak:
             raise self.violation("the master vanished") from None
         if self.workers() != before:
             return None
-        return MasterSample(extra=fds - len(before.slots), fds=fds, rss=rss)
+        return MasterSample(extra=fds - PER_SLOT_FDS * len(before.slots), fds=fds, rss=rss)
 
     def check_rss_flat(self) -> None:
         rss = self.lifetime.rss
@@ -446,4 +456,5 @@ class Soak:
         self.end_lifetime(expected_status=0)
 
     def cleanup(self) -> None:
+        self.sip.close()
         self.daemon.cleanup()
