@@ -82,6 +82,7 @@ class Worker(Logger):
                  board: HeartbeatBoard, generation: int = 1) -> None:
         self.log_id = f"Worker {slot_id}"
         self.slot_id = slot_id
+        self.generation = generation
         self.cell = cell_of(slot_id, generation)
         self.channel = channel
         self.settings = settings
@@ -200,7 +201,7 @@ class Worker(Logger):
         from .sip.service import WorkerSip
 
         assert self.loop is not None
-        self.sip = WorkerSip(self.settings, self.slot_id, self.loop)
+        self.sip = WorkerSip(self.settings, self.slot_id, self.loop, self.generation)
         await self.sip.start()
 
     def started_failed(self, callback: Any, error: BaseException) -> None:

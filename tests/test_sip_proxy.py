@@ -341,3 +341,28 @@ def test_responses_reach_their_transaction_after_a_worker_respawn_and_a_new_gene
         assert len(daemon.wait_events("success", count=32)) == 32
     finally:
         peer.close()
+
+
+def test_a_call_ringing_through_a_reload_still_connects_through_the_retiring_worker(oversipd_daemon, peer):
+    server = proxy_daemon(oversipd_daemon, workers=2, timer_B=30, timer_C=60)
+    daemon = server.daemon
+    client = UdpClient(server)
+    try:
+        send_invite(client, peer, "ringing-over-reload")
+        invite = peer.receive_method("INVITE")
+        peer.answer(invite, 180)
+        assert client.response().status == 100 and client.response().status == 180
+        (routed,) = daemon.find("request", call_id="ringing-over-reload")
+        mark = daemon.mark()
+        (daemon.modules_dir / "touch.py").write_text("# a new drop-in: a new generation of workers\n")
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log("retiring: no new SIP request is read here", since=mark, count=2)
+        # The callee answers now: its 200 reaches whichever new worker reads that
+        # socket, and goes on to the retiring one, which holds the transaction.
+        peer.answer(invite, 200)
+        assert final_response(client).status == 200
+        (success,) = daemon.wait_events("success", call_id="ringing-over-reload")
+        assert success["pid"] == routed["pid"]
+        daemon.wait_log("reload done: generation 2 serves", since=mark)
+    finally:
+        client.close()

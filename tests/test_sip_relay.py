@@ -27,7 +27,7 @@ class Receiver:
         self.got: list[tuple[str, bytes, tuple[str, int]]] = []
         self.expected = expected
         self.all_in = loop.create_future()
-        self.relay = SlotRelay(slot_id, loop, self)
+        self.relay = SlotRelay(str(slot_id), loop, self)
         assert self.relay.bound
 
     def relayed(self, listener: str, datagram: bytes, address: tuple[str, int]) -> None:
@@ -63,11 +63,11 @@ def datagram(n: int) -> bytes:
 
 
 def test_a_burst_for_a_busy_slot_arrives_whole_and_in_order(loop, slots):
-    sender = SlotRelay(slots[0], loop, Ignoring())
+    sender = SlotRelay(str(slots[0]), loop, Ignoring())
     receiver = Receiver(slots[1], loop, BURST)
     try:
         # The receiving worker is busy: its loop does not run while the burst is passed on.
-        passed = [sender.pass_on(slots[1], "sip_udp", datagram(n), PEER) for n in range(BURST)]
+        passed = [sender.pass_on(str(slots[1]), "sip_udp", datagram(n), PEER) for n in range(BURST)]
         assert all(passed), f"{passed.count(False)} of {BURST} not passed on"
         loop.run_until_complete(asyncio.wait_for(receiver.all_in, 10))
         assert receiver.got == [("sip_udp", datagram(n), PEER) for n in range(BURST)]
@@ -77,23 +77,23 @@ def test_a_burst_for_a_busy_slot_arrives_whole_and_in_order(loop, slots):
 
 
 def test_a_slot_without_a_worker_is_not_passed_on(loop, slots):
-    sender = SlotRelay(slots[0], loop, Ignoring())
+    sender = SlotRelay(str(slots[0]), loop, Ignoring())
     try:
-        assert not sender.pass_on(slots[1], "sip_udp", datagram(0), PEER)
+        assert not sender.pass_on(str(slots[1]), "sip_udp", datagram(0), PEER)
     finally:
         sender.close()
 
 
 def test_a_respawned_worker_of_the_slot_gets_what_follows(loop, slots):
-    sender = SlotRelay(slots[0], loop, Ignoring())
+    sender = SlotRelay(str(slots[0]), loop, Ignoring())
     first = Receiver(slots[1], loop, 1)
     try:
-        assert sender.pass_on(slots[1], "sip_udp", datagram(0), PEER)
+        assert sender.pass_on(str(slots[1]), "sip_udp", datagram(0), PEER)
         loop.run_until_complete(asyncio.wait_for(first.all_in, 10))
         first.relay.close()                     # that worker is gone ...
         second = Receiver(slots[1], loop, 1)    # ... and its successor binds the name again
         try:
-            assert sender.pass_on(slots[1], "sip_udp", datagram(1), PEER)
+            assert sender.pass_on(str(slots[1]), "sip_udp", datagram(1), PEER)
             loop.run_until_complete(asyncio.wait_for(second.all_in, 10))
             assert second.got == [("sip_udp", datagram(1), PEER)]
         finally:

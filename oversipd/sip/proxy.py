@@ -24,7 +24,7 @@ from .dns import DnsError, Rfc3263Resolver, Target
 from .flows import FLOW_FAILED, FlowTable, FlowTarget, RelayedFlow
 from .message import Request as Message, Response, parse_message
 from .proxy_settings import DnsSettings, ProxySettings
-from .relay import SlotRelay
+from .relay import SlotRelay, place_of
 from .timers import TableTimer
 from .transport import TcpConnection
 from .uri import SipUri, parse_name_addr, parse_uri
@@ -130,10 +130,12 @@ class ProxyEngine(Logger):
     log_id = "SIP proxy"
 
     def __init__(self, core: "SipCore", slot_id: int, udp: dict[str, Any], local: dict[str, tuple[str, int]],
-                 loop: asyncio.AbstractEventLoop, flows: FlowTable | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop, flows: FlowTable | None = None, generation: int = 1) -> None:
         self.core = core
         self.loop = loop
         self.slot_id = slot_id
+        self.generation = generation
+        self.place = place_of(slot_id, generation)   # how other workers reach this one (relay.py)
         self.udp = udp                               # listener name -> UdpListener
         self.local = local                           # "udp"/"tcp" -> (host, port) of our listener
         self.clients = ClientTable()
@@ -143,11 +145,14 @@ class ProxyEngine(Logger):
         self.connecting: dict[tuple[str, int], asyncio.Future[TcpConnection]] = {}
         self.accepted: dict[str, Forward] = {}
         self.timer = TableTimer(loop, self.on_timer)
-        self._branch_prefix = f"{BRANCH_PREFIX}{slot_id}."
+        self._branch_prefix = f"{BRANCH_PREFIX}{self.place}."
         self._branch_count = 0
         self._branch_salt = os.urandom(4).hex()
         self.flows = flows or FlowTable(slot_id)      # the clients' connections this worker holds
         self.relay: SlotRelay | None = None           # bound by start_relay()
+        self.pending: set[Forward] = set()            # routed, no final outcome yet
+        self.idle = asyncio.Event()                   # set while `pending` is empty
+        self.idle.set()
 
     def start_relay(self) -> None:
         """Take this slot's relay name: from now on other workers pass on what is ours.
@@ -155,7 +160,7 @@ class ProxyEngine(Logger):
         Called once the flows of the slot's dead predecessor are adopted: a
         request passed on for one of them meanwhile waits (pass_to_flow).
         """
-        self.relay = SlotRelay(self.slot_id, self.loop, self)
+        self.relay = SlotRelay(self.place, self.loop, self)
 
     # --- routing -----------------------------------------------------------------
 
@@ -172,6 +177,8 @@ class ProxyEngine(Logger):
             return future
         forward = Forward(proxy, request, future)
         request._proxy = forward
+        self.pending.add(forward)
+        self.idle.clear()
         if request._destination is None:   # the Via stamped now: the copy sent down carries it
             self.core.stamp_via(request, force_rport=False)
             request._destination = self.core.response_address(request)
@@ -360,7 +367,9 @@ class ProxyEngine(Logger):
     def pass_to_flow(self, target: FlowTarget, request: bytes, waited: float = 0.0) -> bool:
         """To the worker holding the flow; while nobody holds its slot (a respawn), try again for a while."""
         relay = self.relay
-        if relay is not None and relay.pass_to_flow(target.slot_id, target.flow_id, request):
+        # The slot's worker of our own generation holds the flow (or is adopting it).
+        if relay is not None and relay.pass_to_flow(place_of(target.slot_id, self.generation), target.flow_id,
+                                                    request):
             return True
         if relay is None or waited >= FLOW_HOLDER_WAIT:
             message = parse_message(request)
@@ -370,14 +379,14 @@ class ProxyEngine(Logger):
             self.loop.call_later(FLOW_RETRY, self.pass_to_flow, target, request, waited + FLOW_RETRY)
         return True   # sent as far as the transaction knows: flow_gone ends it if it never gets there
 
-    def send_on_flow(self, flow_id: int, origin_slot: int, request: bytes) -> None:
-        """Another slot's request for a flow of ours: out over it, or tell that slot it is gone."""
+    def send_on_flow(self, flow_id: int, origin: str, request: bytes) -> None:
+        """Another worker's request for a flow of ours: out over it, or tell that worker it is gone."""
         connection = self.flows.get(flow_id)
         if connection is not None and connection.send(request, connection.peer):
             return
         message = parse_message(request)
         if message.method != "ACK" and self.relay is not None:   # an ACK has no transaction to fail
-            self.relay.tell_flow_gone(origin_slot, message.top_via.branch or "", message.method)
+            self.relay.tell_flow_gone(origin, message.top_via.branch or "", message.method)
 
     def flow_gone(self, branch: str, method: str) -> None:
         """The flow a request of ours was passed to is gone: 430 upstream (SIP.md §10)."""
@@ -417,12 +426,12 @@ class ProxyEngine(Logger):
         self.arm_timer()
 
     def stray_response(self, response: Response, source: Any, address: Any) -> None:
-        """A response without a transaction here: another slot's, a retransmitted 2xx, or none of ours."""
+        """A response without a transaction here: another worker's, a retransmitted 2xx, or none of ours."""
         branch = response.top_via.branch or ""
-        slot = _slot_of(branch)
-        if slot is not None and slot != self.slot_id and self.relay is not None:
+        place = _place_of(branch)
+        if place is not None and place != self.place and self.relay is not None:
             name = self.relay_name_of(source)
-            if name is not None and self.relay.pass_on(slot, name, response.to_bytes(), address):
+            if name is not None and self.relay.pass_on(place, name, response.to_bytes(), address):
                 return
         forward = self.accepted.get(branch)
         if forward is not None and 200 <= response.status < 300:
@@ -554,6 +563,9 @@ class ProxyEngine(Logger):
 
     def finish(self, forward: Forward, outcome: Any) -> None:
         forward.done = True
+        self.pending.discard(forward)
+        if not self.pending:
+            self.idle.set()
         if forward.timer_c is not None:
             forward.timer_c.cancel()
             forward.timer_c = None
@@ -592,13 +604,10 @@ class ProxyEngine(Logger):
         self.core.tasks.add(task)
         task.add_done_callback(self.core.tasks.discard)
 
-    def stop_reading(self) -> None:
-        if self.relay is not None:   # the next generation's worker of this slot binds the name
+    def close(self) -> None:
+        if self.relay is not None:   # kept while retiring: the responses for what we still hold come here
             self.relay.close()
             self.relay = None
-
-    def close(self) -> None:
-        self.stop_reading()
         self.timer.cancel()
         for connection in list(self.tcp.values()):
             connection.abort()
@@ -647,11 +656,13 @@ def _destination_of(uri: SipUri) -> Any:
     return SipDestination(uri.scheme, (uri.host or "").strip("[]"), uri.port, uri.transport)
 
 
-def _slot_of(branch: str) -> int | None:
+def _place_of(branch: str) -> str | None:
+    """The place (relay.place_of) written in one of our branches, else None."""
     if not branch.startswith(BRANCH_PREFIX):
         return None
-    digits, dot, _ = branch[len(BRANCH_PREFIX):].partition(".")
-    return int(digits) if dot and digits.isdigit() else None
+    place, dot, _ = branch[len(BRANCH_PREFIX):].partition(".")
+    slot, g, parity = place.partition("g")
+    return place if dot and slot.isdigit() and g and parity in ("0", "1") else None
 
 
 def _finish(future: "asyncio.Future[Any]", outcome: Any) -> None:

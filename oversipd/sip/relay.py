@@ -12,12 +12,16 @@ Why responses need it:
 Linux picks the socket of a reuseport group by a hash of the incoming
 datagram's 4-tuple, whichever slot sent the request: the responses of a
 peer all land on one slot, while requests to it leave from every slot.
-The proxy writes its slot number into its Via branch; a worker that reads
-a response for another slot passes it on over a datagram socket in the
-abstract Unix namespace, named after the master's pid and the slot (no
-file to clean up, gone with the process).  A worker respawned in that slot
-binds the name again; what arrives in between is lost as any UDP datagram
-may be, and the peer's retransmissions cover it.
+The proxy writes its *place* into its Via branch: its slot and the parity
+of its generation (`3g0`), since while a code reload swaps generations the
+old and the new worker of a slot both hold transactions.  A worker that
+reads a response for another place passes it on over a datagram socket in
+the abstract Unix namespace, named after the master's pid and the place
+(no file to clean up, gone with the process).  A worker respawned in that
+slot binds the name again; what arrives in between is lost as any UDP
+datagram may be, and the peer's retransmissions cover it.  A retiring
+worker keeps its name until it exits: the responses for the transactions
+it still holds reach it.
 
 A Unix datagram socket's receive queue holds only net.unix.max_dgram_qlen
 datagrams (10 by default), so a burst of responses for a busy slot does not
@@ -40,32 +44,37 @@ from typing import Protocol
 from ..logger import Logger
 
 KIND_MESSAGE = b"M"   # M listener ip port \n message: receive it as if it had come in there
-KIND_FLOW = b"F"      # F flow-id origin-slot \n request: send it over that flow of ours
+KIND_FLOW = b"F"      # F flow-id origin-place \n request: send it over that flow of ours
 KIND_GONE = b"X"      # X branch method \n: the flow of that request is gone (430)
-RETRY_BIND = 0.02     # seconds: a retiring worker of our slot may still hold the name
+RETRY_BIND = 0.02     # seconds: a retiring worker two generations back may still hold the name
 MAX_RELAYED = 65536 + 512
-MAX_PENDING = 4096    # datagrams waiting for one slot's queue; beyond, that slot is stuck: drop
+MAX_PENDING = 4096    # datagrams waiting for one place's queue; beyond, that place is stuck: drop
 
 _log = Logger("SIP")
 
 
-def relay_name(master_pid: int, slot_id: int) -> bytes:
-    return f"\0oversipd-{master_pid}-sip-slot-{slot_id}".encode()
+def place_of(slot_id: int, generation: int) -> str:
+    """Where a worker is reached: its slot and its generation's parity (two generations run at most)."""
+    return f"{slot_id}g{generation % 2}"
+
+
+def relay_name(master_pid: int, place: str) -> bytes:
+    return f"\0oversipd-{master_pid}-sip-{place}".encode()
 
 
 class Receiver(Protocol):
     """What a worker does with what other workers pass on (the proxy engine)."""
 
     def relayed(self, listener: str, message: bytes, address: tuple[str, int]) -> None: ...
-    def send_on_flow(self, flow_id: int, origin_slot: int, request: bytes) -> None: ...
+    def send_on_flow(self, flow_id: int, origin: str, request: bytes) -> None: ...
     def flow_gone(self, branch: str, method: str) -> None: ...
 
 
 class SlotRelay:
     """This worker's end: receives what others pass on, passes on what belongs to others."""
 
-    def __init__(self, slot_id: int, loop: asyncio.AbstractEventLoop, receiver: Receiver) -> None:
-        self.slot_id = slot_id
+    def __init__(self, place: str, loop: asyncio.AbstractEventLoop, receiver: Receiver) -> None:
+        self.place = place
         self.loop = loop
         self.receiver = receiver
         self.master_pid = os.getppid()
@@ -73,13 +82,13 @@ class SlotRelay:
         self.sock.setblocking(False)
         self.bound = False
         self.retry: asyncio.TimerHandle | None = None
-        self.peers: dict[int, _PeerSlot] = {}   # other slots we pass on to: slot -> connected socket
+        self.peers: dict[str, _PeerSlot] = {}   # other places we pass on to: place -> connected socket
         self.bind()
 
     def bind(self) -> None:
         self.retry = None
         try:
-            self.sock.bind(relay_name(self.master_pid, self.slot_id))
+            self.sock.bind(relay_name(self.master_pid, self.place))
         except OSError:
             self.retry = self.loop.call_later(RETRY_BIND, self.bind)
             return
@@ -106,30 +115,30 @@ class SlotRelay:
             self.receiver.relayed(name, payload, (ip, int(port)))
         elif kind == KIND_FLOW:
             flow_id, origin = fields
-            self.receiver.send_on_flow(int(flow_id), int(origin), payload)
+            self.receiver.send_on_flow(int(flow_id), origin, payload)
         elif kind == KIND_GONE:
             branch, method = fields
             self.receiver.flow_gone(branch, method)
 
-    def pass_on(self, slot_id: int, listener: str, message: bytes, address: tuple) -> bool:
-        """A message for that slot's worker to receive as if it had come in on `listener` from `address`."""
-        return self.send(slot_id, KIND_MESSAGE, f"{listener} {address[0]} {address[1]}", message)
+    def pass_on(self, place: str, listener: str, message: bytes, address: tuple) -> bool:
+        """A message for that place's worker to receive as if it had come in on `listener` from `address`."""
+        return self.send(place, KIND_MESSAGE, f"{listener} {address[0]} {address[1]}", message)
 
-    def pass_to_flow(self, slot_id: int, flow_id: int, request: bytes) -> bool:
-        """A request for that slot's worker to send over its flow `flow_id`."""
-        return self.send(slot_id, KIND_FLOW, f"{flow_id} {self.slot_id}", request)
+    def pass_to_flow(self, place: str, flow_id: int, request: bytes) -> bool:
+        """A request for that place's worker to send over its flow `flow_id`."""
+        return self.send(place, KIND_FLOW, f"{flow_id} {self.place}", request)
 
-    def tell_flow_gone(self, slot_id: int, branch: str, method: str) -> bool:
-        return self.send(slot_id, KIND_GONE, f"{branch} {method}", b"")
+    def tell_flow_gone(self, place: str, branch: str, method: str) -> bool:
+        return self.send(place, KIND_GONE, f"{branch} {method}", b"")
 
-    def send(self, slot_id: int, kind: bytes, head: str, payload: bytes) -> bool:
-        """Send it to that slot, or queue it behind what waits for room there; False: not passed on."""
+    def send(self, place: str, kind: bytes, head: str, payload: bytes) -> bool:
+        """Send it to that place, or queue it behind what waits for room there; False: not passed on."""
         data = kind + b" " + head.encode() + b"\n" + payload
-        peer = self.peers.get(slot_id)
+        peer = self.peers.get(place)
         if peer is not None and peer.pending:
             return peer.queue(data)      # behind the others: order kept
         for _ in range(2):               # a second try after reconnecting to a respawned worker
-            peer = peer or self.connect(slot_id)
+            peer = peer or self.connect(place)
             if peer is None:
                 return False             # that slot's worker is gone or respawning: the peer retransmits
             try:
@@ -138,31 +147,31 @@ class SlotRelay:
             except (BlockingIOError, InterruptedError):
                 return peer.queue(data)  # its queue is full: wait until the kernel says there is room
             except OSError:              # its worker died; a new one may have bound the name since
-                self.forget(slot_id)
+                self.forget(place)
                 peer = None
         return False
 
-    def connect(self, slot_id: int) -> "_PeerSlot | None":
+    def connect(self, place: str) -> "_PeerSlot | None":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setblocking(False)
         try:
-            sock.connect(relay_name(self.master_pid, slot_id))
+            sock.connect(relay_name(self.master_pid, place))
         except OSError:
             sock.close()
             return None
-        peer = self.peers[slot_id] = _PeerSlot(sock, self.loop)
+        peer = self.peers[place] = _PeerSlot(sock, self.loop)
         return peer
 
-    def forget(self, slot_id: int) -> None:
-        peer = self.peers.pop(slot_id, None)
+    def forget(self, place: str) -> None:
+        peer = self.peers.pop(place, None)
         if peer is not None:
             peer.close()
 
     def close(self) -> None:
         if self.retry is not None:
             self.retry.cancel()
-        for slot_id in list(self.peers):
-            self.forget(slot_id)
+        for place in list(self.peers):
+            self.forget(place)
         if self.bound:
             self.loop.remove_reader(self.sock.fileno())
             self.bound = False

@@ -83,9 +83,11 @@ def warn_if_changed(old: "SipSettings | None", new: "SipSettings | None", log: L
 class WorkerSip:
     """The SIP listeners and core of one worker."""
 
-    def __init__(self, settings: "Settings", slot_id: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, settings: "Settings", slot_id: int, loop: asyncio.AbstractEventLoop,
+                 generation: int = 1) -> None:
         self.settings = settings
         self.slot_id = slot_id
+        self.generation = generation
         self.loop = loop
         self.core: SipCore | None = None
         self.listeners: list = []
@@ -114,7 +116,8 @@ class WorkerSip:
                 self.listeners.append(tcp)
                 by_transport.setdefault("tcp", address)
         proxy.configure(self.settings.proxies, self.settings.dns)
-        core.proxy = proxy.ProxyEngine(core, self.slot_id, udp_listeners, by_transport, self.loop, flows)
+        core.proxy = proxy.ProxyEngine(core, self.slot_id, udp_listeners, by_transport, self.loop, flows,
+                                       self.generation)
         await self.adopt_flows(tcp_listeners)
         core.proxy.start_relay()
 
@@ -168,13 +171,28 @@ class WorkerSip:
             listener.stop_reading()
             if isinstance(listener, TcpListener):
                 listener.hand_over()
-        if self.core is not None and self.core.proxy is not None:
-            self.core.proxy.stop_reading()
 
     async def drain(self, grace: float) -> None:
-        """Let the handlers in hand finish, for at most `grace` seconds."""
-        if self.core is not None and self.core.tasks:
-            await asyncio.wait(list(self.core.tasks), timeout=grace)
+        """Let the handlers in hand and the proxied requests without a final response finish, for at most `grace` s.
+
+        A call ringing through a retiring worker still connects: the
+        callee's 200 reaches this worker over the relay (its branch names
+        our generation), and goes upstream from here.
+        """
+        core = self.core
+        if core is None:
+            return
+        deadline = self.loop.time() + grace
+        while (remaining := deadline - self.loop.time()) > 0:
+            waits: list[asyncio.Future] = list(core.tasks)
+            if core.proxy is not None and not core.proxy.idle.is_set():
+                waits.append(self.loop.create_task(core.proxy.idle.wait()))
+            if not waits:
+                return
+            done, not_done = await asyncio.wait(waits, timeout=remaining)
+            for waiter in not_done:
+                if waiter not in core.tasks:
+                    waiter.cancel()
 
     def close(self) -> None:
         for listener in self.listeners:
