@@ -20,9 +20,10 @@ open by one that no longer wants it:
   master passes its duplicate on with ADOPT), with the bytes it had read
   but not yet framed; with no such worker, the master closes its duplicate
   and the connection ends when the retiring worker exits.
-* A worker that stops or leaves (not a crash) takes its kept
-  connections with it: it closes them, and the master closes what is left
-  once it is gone and its slot is not respawned.
+* A worker that stops closes only its own descriptors: whether it was
+  asked to (a stop, TTOU) or stopped alone (a SIGTERM of its own), the
+  master decides as it reaps it: a respawn of the slot adopts them, else
+  it closes its duplicates and the connections end.
 * Duplicates are CLOEXEC: the master's exec into an upgraded core drops
   them, as the new generation it starts replaces every worker anyway.
 """

@@ -51,6 +51,7 @@ class NattedClient:
     def __init__(self, server) -> None:
         self.sock = socket.create_connection((server.host, server.port), timeout=CLIENT_TIMEOUT)
         self.port = self.sock.getsockname()[1]
+        self.call_id = f"register-{self.port}"
         self.reader = StreamReader(self.sock)
         self.received: list[Message] = []
         self.answering: threading.Thread | None = None
@@ -58,7 +59,7 @@ class NattedClient:
     def register(self, registrar: Peer, server) -> Message:
         """REGISTER through the proxy; the registrar answers 200; return what the registrar got."""
         self.sock.sendall(request_bytes("REGISTER", port=registrar.port, via_port=self.port, transport="TCP",
-                                        extra=f"Contact: <{UNREACHABLE_CONTACT}>"))
+                                        call_id=self.call_id, extra=f"Contact: <{UNREACHABLE_CONTACT}>"))
         at_registrar = registrar.receive_method("REGISTER")
         registrar.answer(at_registrar, 200)
         response = parse_message(self.reader.message())
@@ -163,9 +164,9 @@ def messages_until_both_workers_routed(server, route: str, prefix: str) -> list[
     raise AssertionError(f"{MAX_CALLERS} callers all reached the same worker")
 
 
-def owner_of_connection(daemon) -> int:
-    """The slot whose worker accepted the client's connection: the one that got its REGISTER."""
-    (event,) = daemon.find("request", method="REGISTER")
+def owner_of_connection(daemon, client: "NattedClient | None" = None) -> int:
+    """The slot whose worker accepted the (only, or this) client's connection: the one that got its REGISTER."""
+    (event,) = daemon.find("request", method="REGISTER", **({} if client is None else {"call_id": client.call_id}))
     return event["worker"]
 
 
@@ -343,3 +344,35 @@ def test_a_flow_token_names_its_slot_and_flow_and_nothing_else_decodes():
     assert all(c.isalnum() or c in "-_" for c in token)   # fits a SIP URI's user part as is
     assert flows.decode(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
     assert flows.decode("ovf!!") is None and flows.decode("alice") is None and flows.decode(None) is None
+
+
+def test_a_worker_stopped_alone_leaves_its_connection_to_the_next_worker_of_its_slot(flow_server, registrar):
+    daemon = flow_server.daemon
+    with registered_client(flow_server, registrar) as (client, route):
+        mark = daemon.mark()
+        daemon.kill_worker(owner_of_connection(daemon), signal.SIGTERM)
+        daemon.wait_log("adopted 1 TCP connection(s) of this slot's previous worker", since=mark)
+        statuses = messages_until_both_workers_routed(flow_server, route, "after-sigterm")
+        assert statuses == [200] * len(statuses)
+
+
+def test_a_connection_ends_when_its_slot_goes_away_or_the_daemon_stops(flow_server, registrar):
+    daemon = flow_server.daemon
+    # The highest slot is the one SIGTTOU removes: register until a connection lands there.
+    clients = []
+    while not clients or owner_of_connection(daemon, clients[-1]) != 2:
+        assert len(clients) < 20, "20 connections, none accepted by worker 2"
+        clients.append(NattedClient(flow_server))
+        clients[-1].register(registrar, flow_server)
+    try:
+        daemon.remove_worker()
+        with pytest.raises(EOFError):
+            clients[-1].reader.message()
+        survivors = [client for client in clients if owner_of_connection(daemon, client) == 1]
+        daemon.stop()
+        for client in survivors:
+            with pytest.raises(EOFError):
+                client.reader.message()
+    finally:
+        for client in clients:
+            client.close()

@@ -194,7 +194,7 @@ class AcceptedConnection(TcpConnection):
         super().__init__(server)
         self.flow_id = flow_id   # given when adopted from this slot's previous worker
         self.unread = unread     # what that worker had read but not framed yet
-        self.handed_over = False
+        self.left_open = False   # handed over, or left to this slot's next worker: closing ours must not end it
         self.server: TcpListener = server
 
     def connection_made(self, channel: asyncio.BaseTransport) -> None:
@@ -212,14 +212,14 @@ class AcceptedConnection(TcpConnection):
         if kept.hand_over(self.server.flows.keys[self.flow_id], self.framer.pending()):
             # We still write what is ours to answer; we no longer read, and
             # closing our descriptor later must not end the connection.
-            self.handed_over = True
+            self.left_open = True
             if self.idle_timer is not None:
                 self.idle_timer.cancel()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.flow_id is not None:
-            sock = None if self.handed_over or self.channel is None else self.channel.get_extra_info("socket")
-            self.server.flows.closed(self.flow_id, sock, release=not self.handed_over)
+            sock = None if self.left_open or self.channel is None else self.channel.get_extra_info("socket")
+            self.server.flows.closed(self.flow_id, sock, release=not self.left_open)
         super().connection_lost(exc)
 
 
@@ -254,6 +254,13 @@ class TcpListener:
             self.server.close()
 
     def close(self) -> None:
+        """The worker stops: the clients' connections are left to the master (oversipd.kept).
+
+        It knows what comes next: a respawn of this slot adopts them, else it
+        closes its duplicates and they end as this process exits.
+        """
         self.stop_reading()
         for connection in list(self.connections):
+            if isinstance(connection, AcceptedConnection):
+                connection.left_open = True
             connection.abort()

@@ -114,7 +114,7 @@ def sigkill_worker(soak: Soak) -> None:
     _, lines = soak.mark()
     slot, pid = random_worker(soak)
     if soak.signal_worker(pid, signal.SIGKILL):
-        soak.sip.worker_killed(pid)
+        soak.sip.worker_replaced(pid)
         soak.wait_log(f"(pid {pid}) killed by SIGKILL", lines, f"the master to log the death of pid {pid}")
         soak.checked("a killed worker is logged and respawned in its slot")
 
@@ -124,6 +124,7 @@ def sigterm_worker(soak: Soak) -> None:
     events, _ = soak.mark()
     _, pid = random_worker(soak)
     soak.signal_worker(pid, signal.SIGTERM)
+    soak.sip.worker_replaced(pid)
     soak.wait_for(lambda: soak.events("terminated", start=events, pid=pid),
                   f"on_terminated in the worker sent SIGTERM (pid {pid})")
 

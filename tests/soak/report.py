@@ -57,8 +57,8 @@ def print_summary(result: Result, say: Callable[[str], None]) -> None:
     say("invariants checked:")
     for name, count in sorted(soak.checks.items()):
         say(f"  {count:6d}  {name}")
-    say(f"SIP: the kept TCP connection survived {soak.sip.survived_kills} SIGKILL(s) of its worker and "
-        f"was reopened {soak.sip.reopened} time(s) after its worker stopped on purpose")
+    say(f"SIP: the kept TCP connection survived {soak.sip.survived_kills} SIGKILL/SIGTERM(s) of its worker "
+        f"and was reopened {soak.sip.reopened} time(s) after its slot went away")
     if soak.rss_growth:
         say(f"master RSS growth after warm-up: at most {max(soak.rss_growth) >> 10} KiB; "
             f"master fds at most {soak.max_fds}")

@@ -3,10 +3,10 @@
 After each step it sends an OPTIONS over UDP from a fresh port, and one
 over a TCP connection it keeps open across steps, as a client behind NAT
 keeps its flow (docs/sip.md, flows).  The connection may end when its
-worker stops on purpose (SIGTERM, TTOU, a daemon stop or a dead master):
-then it is opened again and counted.  It must not end when its worker was
-SIGKILLed and respawned in its slot: the master keeps a duplicate and the
-new worker adopts it.
+worker's slot goes away (TTOU, a daemon stop or a dead master): then it
+is opened again and counted.  It must not end when its worker was
+SIGKILLed or SIGTERMed alone and respawned in its slot: the master keeps
+a duplicate and the new worker adopts it.
 """
 
 from __future__ import annotations
@@ -55,12 +55,12 @@ class SipProbe:
         self.reader: StreamReader | None = None
         self.master: int | None = None       # the master that accepted the connection
         self.holder: int | None = None       # the worker that answered on it last
-        self.killed_holder = False           # SIGKILLed since: the connection must survive
+        self.killed_holder = False           # killed since, its slot respawned: the connection must survive
         self.reopened = 0
         self.survived_kills = 0
 
-    def worker_killed(self, pid: int) -> None:
-        """A fault SIGKILLed `pid` (its slot is respawned)."""
+    def worker_replaced(self, pid: int) -> None:
+        """A fault SIGKILLed or SIGTERMed `pid` alone (its slot is respawned)."""
         if pid == self.holder:
             self.killed_holder = True
 
@@ -88,14 +88,14 @@ class SipProbe:
         except (EOFError, OSError) as error:
             if self.killed_holder:
                 raise soak.violation(f"the TCP connection answered by worker pid {self.holder} ended ({error}) "
-                                     "after that worker was SIGKILLed and respawned: it should have been "
-                                     "adopted by the new worker") from None
+                                     "after that worker was killed and its slot respawned: it should have "
+                                     "been adopted by the new worker") from None
             self.reopened += 1
             self.open(soak)
             response = self.ask()
         if self.killed_holder:
             self.survived_kills += 1
-            soak.checked("a client's TCP connection outlives a SIGKILL of its worker")
+            soak.checked("a client's TCP connection outlives a SIGKILL or SIGTERM of its worker")
         self.expect_200(soak, response, "TCP")
         self.holder = int(response.header(WORKER_PID_HEADER) or 0)
         self.killed_holder = False
