@@ -30,11 +30,31 @@ open by one that no longer wants it:
 
 from __future__ import annotations
 
+import resource
 import socket
 from typing import Any, Hashable
 
 from . import control
 from .control import Channel
+
+
+# Enough for a large edge proxy; an unbounded limit would make every loop
+# over the descriptor range (some libraries close them one by one) crawl.
+MAX_OPEN_FILES = 1 << 20
+
+
+def raise_descriptor_limit() -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE up to the hard one: the master holds one descriptor per client connection.
+
+    systemd's default soft limit (1024) is meant for select(); programs that
+    need more raise it themselves.  Workers inherit it.  Returns (old, new).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        return soft, wanted
+    return soft, soft
 
 
 class KeptDescriptors:
@@ -43,6 +63,7 @@ class KeptDescriptors:
     def __init__(self) -> None:
         self.owned: dict[int, dict[Hashable, socket.socket]] = {}
         self.orphans: dict[int, dict[Hashable, socket.socket]] = {}
+        self.warned_full = False   # a KEEP came without its descriptor (EMFILE): said once
 
     def keep(self, owner: int, key: Hashable, sock: socket.socket) -> None:
         previous = self.owned.setdefault(owner, {}).pop(key, None)

@@ -167,6 +167,9 @@ class Master(Logger):
         # Objects made so far are never collected in the workers: freezing
         # them keeps the collector from touching (and copying) their pages.
         gc.freeze()
+        old, new = kept.raise_descriptor_limit()
+        if new != old:
+            self.log_system_debug(f"open files limit raised from {old} to {new} (kept client connections)")
         self.manage_workers()
         self.log_system_info(f"started {len(self.slots)} worker(s)")
         return self.serve()
@@ -433,8 +436,7 @@ class Master(Logger):
             return
         for kind, argument in messages:
             if kind == control.KEEP:
-                key, sock = argument
-                self.kept.keep(slot.pid, key, sock)
+                self.keep_connection(slot, argument)
             elif kind == control.RELEASE:
                 self.kept.release(slot.pid, argument)
             elif kind == control.HAND_OVER:
@@ -445,6 +447,15 @@ class Master(Logger):
                 self.worker_started(slot)
             elif kind == control.RELOADED:
                 self.worker_reloaded(slot)
+
+    def keep_connection(self, slot: WorkerSlot, argument: Any) -> None:
+        """A worker's duplicate of a client connection (oversipd.kept); none came if we are out of descriptors."""
+        if isinstance(argument, tuple) and len(argument) == 2 and isinstance(argument[1], socket.socket):
+            self.kept.keep(slot.pid, *argument)
+        elif not self.kept.warned_full:
+            self.kept.warned_full = True
+            self.log_system_warn("out of file descriptors: a client connection is not kept, and will not "
+                                 "outlive its worker (raise LimitNOFILE)")
 
     def hand_over_connection(self, slot: WorkerSlot, key: Any, unread: bytes) -> None:
         """A retiring worker's kept connection goes to its slot's worker of the serving generation."""
