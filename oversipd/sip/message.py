@@ -524,6 +524,24 @@ class Message:
     def __bytes__(self) -> bytes:
         return self.to_bytes()
 
+    def copy(self) -> "Message":
+        """An independent copy (edits to one do not touch the other), without writing and parsing it."""
+        twin = type(self).__new__(type(self))
+        self._copy_start_line(twin)
+        twin._keys = list(self._keys)
+        twin._lines = list(self._lines)
+        twin._body = self._body
+        twin._raw = self._raw
+        twin._via = twin._top_via = twin._via_texts = None   # a Via object is mutable: read again if asked
+        twin._from = None if self._from is None else self._from.copy()
+        twin._to = None if self._to is None else self._to.copy()
+        twin._call_id, twin._cseq_pair = self._call_id, self._cseq_pair
+        twin._max_forwards, twin._content_length = self._max_forwards, self._content_length
+        return twin
+
+    def _copy_start_line(self, twin: "Message") -> None:
+        raise NotImplementedError
+
     def _eq_key(self) -> tuple:
         return ([(k, _value_of(line)) for k, line in zip(self._keys, self._lines)
                  if k != "content-length"], self._body)
@@ -556,6 +574,10 @@ class Request(Message):
     def _start_line(self) -> str:
         ruri = self._ruri_text if self._ruri is None else str(self._ruri)
         return f"{self.method} {ruri} {self.version}"
+
+    def _copy_start_line(self, twin: Message) -> None:
+        twin.method, twin.version, twin._ruri_text = self.method, self.version, self._ruri_text  # type: ignore[attr-defined]
+        twin._ruri = None if self._ruri is None else self._ruri.copy()  # type: ignore[attr-defined]
 
     def _unedited(self) -> bool:
         return self._raw is not None and (self._ruri is None or self._ruri._unedited())
@@ -611,6 +633,9 @@ class Response(Message):
 
     def _start_line(self) -> str:
         return f"{self.version} {self.status} {self.reason}"
+
+    def _copy_start_line(self, twin: Message) -> None:
+        twin.status, twin.reason, twin.version = self.status, self.reason, self.version  # type: ignore[attr-defined]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Response):

@@ -13,7 +13,6 @@ transaction.  Timer C and CANCEL belong here, not to the transaction.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -102,7 +101,7 @@ class Proxy:
 class Forward:
     """One routed request: its branches (one per DNS target tried), its upstream side, its outcome."""
 
-    __slots__ = ("proxy", "request", "future", "destination", "base", "targets", "tx", "provisional",
+    __slots__ = ("proxy", "request", "future", "destination", "outgoing", "targets", "tx", "provisional",
                  "cancel_requested", "cancel_sent", "done", "timer_c")
 
     def __init__(self, proxy: Proxy, request: "Request", future: "asyncio.Future[Any]") -> None:
@@ -110,7 +109,7 @@ class Forward:
         self.request = request
         self.future = future
         self.destination: SipUri | None = None
-        self.base = b""                          # the request to send, before our Via and Record-Route
+        self.outgoing: Message | None = None    # the request to send, before our Via and Record-Route
         self.targets: list[Target] = []
         self.tx: ClientTransaction | None = None  # the branch in progress
         self.provisional = False
@@ -137,6 +136,7 @@ class ProxyEngine(Logger):
         self.generation = generation
         self.place = place_of(slot_id, generation)   # how other workers reach this one (relay.py)
         self.udp = udp                               # listener name -> UdpListener
+        self.udp_by_family = _by_family(udp)         # 4 or 6 -> the first UDP listener of that family
         self.local = local                           # "udp"/"tcp" -> (host, port) of our listener
         self.clients = ClientTable()
         self.resolver = Rfc3263Resolver(_dns or DnsSettings())
@@ -196,10 +196,10 @@ class ProxyEngine(Logger):
             self.fail(forward, 500, "Server Internal Error")
 
     async def resolve_and_send(self, forward: Forward, uri: SipUri | None) -> None:
-        message = parse_message(forward.request.message.to_bytes())   # upstream responses use the original
+        message = forward.request.message.copy()   # upstream responses use the original
         forward.destination = uri or next_hop(message)
         lower_max_forwards(message)
-        forward.base = message.to_bytes()
+        forward.outgoing = message
         flow = forward.request._flow if uri is None else None
         if flow is not None:   # a Route with our flow token: over that client's connection, no DNS
             forward.targets = [FlowTarget(*flow)]
@@ -236,7 +236,7 @@ class ProxyEngine(Logger):
             return False
         if forward.done:
             return True
-        message = parse_message(forward.base)
+        message = forward.outgoing.copy()   # each branch adds its own Via (and Record-Route)
         branch = self.new_branch()
         self.add_our_headers(forward, message, target.transport, branch)
         data = message.to_bytes()
@@ -257,7 +257,7 @@ class ProxyEngine(Logger):
     async def forward_ack(self, proxy: Proxy, request: "Request", uri: SipUri | None,
                           future: "asyncio.Future[Any]") -> None:
         """The ACK of a 2xx travels end to end, statelessly: no transaction, no response."""
-        message = parse_message(request.message.to_bytes())
+        message = request.message.copy()
         destination = uri or next_hop(message)
         lower_max_forwards(message)
         try:
@@ -323,12 +323,11 @@ class ProxyEngine(Logger):
         return await self.tcp_connection(address), address
 
     def udp_listener(self, ip: str) -> Any:
-        family = ipaddress.ip_address(ip).version
-        for listener in self.udp.values():
-            host = listener.sock.getsockname()[0]
-            if (":" in host) == (family == 6):
-                return listener
-        raise OSError(f"no UDP SIP listener of IPv{family}")
+        family = _family(ip)
+        listener = self.udp_by_family.get(family)
+        if listener is None:
+            raise OSError(f"no UDP SIP listener of IPv{family}")
+        return listener
 
     async def tcp_connection(self, address: tuple[str, int]) -> TcpConnection:
         """The worker's connection to `address`, opened once and reused; responses come back on it."""
@@ -399,9 +398,7 @@ class ProxyEngine(Logger):
             self.fail(forward, *FLOW_FAILED)
 
     def send(self, source: Any, address: Any, data: bytes) -> bool:
-        sent = source.send(data, address)
-        self.core.counts[C.SENT if sent else C.DROPPED] += 1
-        return sent
+        return self.core.send(source, address, data, None)
 
     # --- responses in ----------------------------------------------------------------
 
@@ -649,6 +646,18 @@ def lower_max_forwards(message: Message) -> None:
 _CALLBACK_NAMES = {"provisional": "provisional_response", "success": "success_response",
                    "failure": "failure_response", "canceled": "canceled",
                    "invite_timeout": "invite_timeout", "error": "error"}
+
+
+def _family(ip: str) -> int:
+    """4 or 6: an IP address (a resolver's target), never a name, so a colon tells."""
+    return 6 if ":" in ip else 4
+
+
+def _by_family(udp: dict[str, Any]) -> dict[int, Any]:
+    found: dict[int, Any] = {}
+    for listener in udp.values():
+        found.setdefault(_family(listener.sock.getsockname()[0]), listener)
+    return found
 
 
 def _destination_of(uri: SipUri) -> Any:
