@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..logger import Logger
 from . import counters as C
 from .client_transaction import ClientTable, ClientTransaction, Verdict, client_key, make_ack
-from .dns import DnsError, Rfc3263Resolver, Target
+from .dns import DnsError, Rfc3263Resolver, SipDestination, Target
 from .flows import FLOW_FAILED, FlowTable, FlowTarget, RelayedFlow
 from .message import Request as Message, Response, parse_message
 from .proxy_settings import DnsSettings, ProxySettings
@@ -660,8 +660,7 @@ def _by_family(udp: dict[str, Any]) -> dict[int, Any]:
     return found
 
 
-def _destination_of(uri: SipUri) -> Any:
-    from .dns import SipDestination
+def _destination_of(uri: SipUri) -> SipDestination:
     return SipDestination(uri.scheme, (uri.host or "").strip("[]"), uri.port, uri.transport)
 
 
