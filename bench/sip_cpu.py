@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -244,6 +245,7 @@ async def measure(calls: int, warmup: int, stages: bool) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     worker = Worker(loop)
     load_script(SCRIPT)
+    gc.freeze()   # what a worker inherits from the master, which freezes before it forks
     warm: dict[str, list[int]] = {kind: [] for kind in KINDS}
     await run_calls(worker, warmup, 0, warm)
     await run_options(worker, warmup, 0, [])
@@ -254,7 +256,9 @@ async def measure(calls: int, warmup: int, stages: bool) -> dict[str, Any]:
     options_only: list[int] = []
     if clocks:
         clocks.install(worker)
+    collector = CollectorClock()
     await run_calls(worker, calls, warmup, times)
+    results["gc"] = collector.stop() / calls / 1000
     if clocks:
         results["call_stages"] = clocks.take(calls)
     await run_options(worker, calls, warmup, local_options)
@@ -271,6 +275,25 @@ async def measure(calls: int, warmup: int, stages: bool) -> dict[str, Any]:
     results["options"] = statistics.median(options_only) / 1000
     results["oversipd"] = sys.modules["oversipd"].__file__
     return results
+
+
+class CollectorClock:
+    """CPU time in the cycle collector (gc.callbacks) until stop(): part of the messages' time."""
+
+    def __init__(self) -> None:
+        self.spent = 0
+        self.started = 0
+        gc.callbacks.append(self.on_gc)
+
+    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.started = clock()
+        else:
+            self.spent += clock() - self.started
+
+    def stop(self) -> int:
+        gc.callbacks.remove(self.on_gc)
+        return self.spent
 
 
 # --- --stages: exclusive clocks around the hot functions --------------------------------------
@@ -398,6 +421,8 @@ class StageClocks:
 # --- the driver ---------------------------------------------------------------------------
 
 def child(args: argparse.Namespace) -> None:
+    if args.no_gc:
+        gc.disable()
     result = asyncio.run(measure(args.calls, args.warmup, args.stages))
     print(json.dumps(result))
 
@@ -405,7 +430,8 @@ def child(args: argparse.Namespace) -> None:
 def run_tree(tree: str, args: argparse.Namespace) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()))
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--calls", str(args.calls),
-               "--warmup", str(args.warmup)] + (["--stages"] if args.stages else [])
+               "--warmup", str(args.warmup)] + (["--stages"] if args.stages else []) \
+        + (["--no-gc"] if args.no_gc else [])
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"{tree}: the run failed:\n{done.stderr}")
@@ -419,6 +445,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000, help="calls (and OPTIONS) timed per run")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--stages", action="store_true", help="time each stage of a message")
+    parser.add_argument("--no-gc", action="store_true",
+                        help="gc.disable() in the worker: the code's cost without the cycle collector's")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -437,13 +465,14 @@ def report(trees: list[str], runs: dict[str, list[dict[str, Any]]], args: argpar
     med = statistics.median
     print(f"CPU µs per message (thread CPU time), median of {args.rounds} runs of {args.calls} calls"
           " and as many OPTIONS; final figures need a quiet machine")
-    header = ["tree", "call (6 msgs)", "µs/msg", *KINDS, "OPTIONS (proxy_server)", "OPTIONS (options script)"]
+    header = ["tree", "call (6 msgs)", "µs/msg", "of which gc", *KINDS, "OPTIONS (proxy_server)",
+              "OPTIONS (options script)"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for tree in trees:
         rs = runs[tree]
         call = med(r["call"] for r in rs)
-        cells = [tree, f"{call:.0f}", f"{call / 6:.1f}"]
+        cells = [tree, f"{call:.0f}", f"{call / 6:.1f}", f"{med(r['gc'] for r in rs) / 6:.1f}"]
         cells += [f"{med(r['per_kind'][kind] for r in rs):.1f}" for kind in KINDS]
         cells += [f"{med(r[key] for r in rs):.1f}" for key in ("local_options", "options")]
         print("| " + " | ".join(cells) + " |")

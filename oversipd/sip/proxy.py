@@ -560,6 +560,7 @@ class ProxyEngine(Logger):
 
     def finish(self, forward: Forward, outcome: Any) -> None:
         forward.done = True
+        forward.outgoing = None   # no branch starts any more; an accepted INVITE's Forward lives on 32 s
         self.pending.discard(forward)
         if not self.pending:
             self.idle.set()
