@@ -325,7 +325,7 @@ def test_a_copy_writes_what_the_message_writes_and_edits_stay_apart():
     assert again.body == original.body == b"v=0\r\n"
 
 
-def test_a_copied_uri_and_name_addr_give_back_their_text_until_edited():
+def test_a_copied_uri_gives_back_its_text_until_edited():
     uri = parse_uri("sip:bob@[2001:db8::1]:5070;transport=udp;lr?subject=x")
     twin = uri.copy()
     assert str(twin) == str(uri) == "sip:bob@[2001:db8::1]:5070;transport=udp;lr?subject=x"
@@ -335,11 +335,6 @@ def test_a_copied_uri_and_name_addr_give_back_their_text_until_edited():
     assert str(twin) == str(uri)      # back as parsed: the text is given back
     twin.headers["priority"] = "urgent"
     assert "priority" not in uri.headers and str(twin).endswith("&priority=urgent")
-    address = parse_name_addr('"Bob" <sip:bob@biloxi.example.com>;tag=1')
-    other = address.copy()
-    other.uri.user = "carol"
-    assert str(address) == '"Bob" <sip:bob@biloxi.example.com>;tag=1'
-    assert str(other) == '"Bob" <sip:carol@biloxi.example.com>;tag=1'
 
 
 def test_a_copied_response_keeps_its_status_line():

@@ -540,9 +540,9 @@ class Message:
         twin._lines = list(self._lines)
         twin._body = self._body
         twin._raw = self._raw
-        twin._via = twin._top_via = twin._via_texts = None   # a Via object is mutable: read again if asked
-        twin._from = None if self._from is None else self._from.copy()
-        twin._to = None if self._to is None else self._to.copy()
+        # Via, From and To objects are mutable: the copy reads its own from its lines if asked
+        # (a forwarded copy mostly is not; fewer objects also mean less for the cycle collector).
+        twin._via = twin._top_via = twin._via_texts = twin._from = twin._to = None
         twin._call_id, twin._cseq_pair = self._call_id, self._cseq_pair
         twin._max_forwards, twin._content_length = self._max_forwards, self._content_length
         return twin

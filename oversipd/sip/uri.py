@@ -343,14 +343,6 @@ class NameAddr(_Parameters):
     def _exact(self) -> tuple:
         return (self.display_name, self.uri._exact(), self.params)
 
-    def copy(self) -> NameAddr:
-        """An independent copy (edits to it or its URI do not touch this one)."""
-        twin = NameAddr.__new__(NameAddr)
-        twin.display_name, twin.uri, twin._text = self.display_name, self.uri.copy(), self._text
-        twin._ptext = self._ptext
-        twin._params = None if self._params is None else dict(self._params)
-        return twin
-
     def __str__(self) -> str:
         if self._text is not None and self._exact() == parse_name_addr(self._text)._exact():
             return self._text
