@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import socket
 import threading
+import time
 
 import pytest
 
@@ -55,7 +56,8 @@ def on_request(request):
     outcome.add_done_callback(done)
 """
 
-PROFILE = {"do_record_routing": True, "timer_B": 2, "timer_C": 3, "timer_F": 2, "use_dns": False}
+TIMER_C = 3
+PROFILE = {"do_record_routing": True, "timer_B": 2, "timer_C": TIMER_C, "timer_F": 2, "use_dns": False}
 
 
 class Peer:
@@ -198,6 +200,23 @@ def test_timer_c_gives_up_a_ringing_branch_with_cancel_and_408(oversipd_daemon, 
     peer.answer(cancel, 200)
     assert final_response(client).status == 408
     server.daemon.wait_events("invite_timeout", call_id="call-ringing")
+
+
+def test_a_later_provisional_response_restarts_timer_c(oversipd_daemon, peer):
+    server = proxy_daemon(oversipd_daemon)
+    client = UdpClient(server)
+    send_invite(client, peer, "call-ringing-again")
+    invite = peer.receive_method("INVITE")
+    peer.answer(invite, 180)
+    assert [client.response().status for _ in range(2)] == [100, 180]
+    time.sleep(TIMER_C / 2)                           # the scenario: ringing goes on, then a 183
+    peer.answer(invite, 183)
+    restarted = time.monotonic()
+    assert client.response().status == 183
+    cancel = peer.receive_method("CANCEL")
+    assert time.monotonic() - restarted >= TIMER_C - 0.05   # Timer C counts from the 183, not the 180
+    peer.answer(cancel, 200)
+    assert final_response(client).status == 408
 
 
 def test_a_non_invite_timeout_is_an_error_with_408(oversipd_daemon, peer):

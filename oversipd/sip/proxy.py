@@ -38,6 +38,8 @@ TCP_CONNECT_TIMEOUT = 4.0
 # After a 2xx ends the INVITE client transaction, retransmissions of that 2xx
 # (the UAS resends it until the end-to-end ACK) still go upstream this long.
 ACCEPTED_LINGER = 32.0
+# Timer C fires this early at the most: the loop may run a timer a hair before its time.
+TIMER_C_SLACK = 0.001
 TRANSPORT_ERROR = (503, "Transport Error")
 # A flow's slot that nobody holds is being respawned (milliseconds) or gone:
 # a request for it waits this long for the new worker before it gets 430.
@@ -102,7 +104,7 @@ class Forward:
     """One routed request: its branches (one per DNS target tried), its upstream side, its outcome."""
 
     __slots__ = ("proxy", "request", "future", "destination", "outgoing", "targets", "tx", "provisional",
-                 "cancel_requested", "cancel_sent", "done", "timer_c")
+                 "cancel_requested", "cancel_sent", "done", "timer_c", "timer_c_at")
 
     def __init__(self, proxy: Proxy, request: "Request", future: "asyncio.Future[Any]") -> None:
         self.proxy = proxy
@@ -117,6 +119,7 @@ class Forward:
         self.cancel_sent = False
         self.done = False                         # a final response (or local failure) went upstream
         self.timer_c: asyncio.TimerHandle | None = None
+        self.timer_c_at = 0.0                     # loop time: a provisional response moves it on
 
     @property
     def is_invite(self) -> bool:
@@ -534,13 +537,18 @@ class ProxyEngine(Logger):
         self.arm_timer()
 
     def arm_timer_c(self, forward: Forward) -> None:
-        if forward.timer_c is not None:
-            forward.timer_c.cancel()
-        forward.timer_c = self.loop.call_later(forward.proxy.settings.timer_C, self.timer_c_fired, forward)
+        """(Re)start Timer C: its deadline moves; the loop timer, armed once, catches up when it fires
+        (a loop timer per provisional response cost a cancel and a new one each)."""
+        forward.timer_c_at = self.loop.time() + forward.proxy.settings.timer_C
+        if forward.timer_c is None:
+            forward.timer_c = self.loop.call_at(forward.timer_c_at, self.timer_c_fired, forward)
 
     def timer_c_fired(self, forward: Forward) -> None:
         forward.timer_c = None
         if forward.done:
+            return
+        if forward.timer_c_at - self.loop.time() > TIMER_C_SLACK:   # restarted since it was armed
+            forward.timer_c = self.loop.call_at(forward.timer_c_at, self.timer_c_fired, forward)
             return
         if forward.provisional:
             self.send_cancel(forward)   # the branch is given up downstream too
