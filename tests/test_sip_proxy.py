@@ -202,6 +202,21 @@ def test_timer_c_gives_up_a_ringing_branch_with_cancel_and_408(oversipd_daemon, 
     server.daemon.wait_events("invite_timeout", call_id="call-ringing")
 
 
+def test_retransmissions_of_a_2xx_go_upstream_without_a_second_callback(oversipd_daemon, peer):
+    server = proxy_daemon(oversipd_daemon)
+    client = UdpClient(server)
+    send_invite(client, peer, "call-2xx-again")
+    invite = peer.receive_method("INVITE")
+    peer.answer(invite, 200)
+    assert final_response(client).status == 200
+    peer.answer(invite, 200)                          # the callee resends it until the ACK (32 s for us)
+    again = client.response()
+    assert again.status == 200 and len(again.via) == 1 and again.via[0].port == client.port
+    daemon = server.daemon
+    daemon.wait_events("outcome", call_id="call-2xx-again")
+    assert len(daemon.find("success", call_id="call-2xx-again")) == 1
+
+
 def test_a_later_provisional_response_restarts_timer_c(oversipd_daemon, peer):
     server = proxy_daemon(oversipd_daemon)
     client = UdpClient(server)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..logger import Logger
@@ -147,6 +148,10 @@ class ProxyEngine(Logger):
         self.tcp: dict[tuple[str, int], TcpConnection] = {}
         self.connecting: dict[tuple[str, int], asyncio.Future[TcpConnection]] = {}
         self.accepted: dict[str, Forward] = {}
+        # Every branch lingers as long, so they expire in the order accepted: one
+        # loop timer for the oldest, not one each (32 s of them crowded the loop's heap).
+        self.accepted_order: deque[tuple[float, str]] = deque()   # (expiry, branch)
+        self.accepted_timer = TableTimer(loop, self.forget_accepted)
         self.timer = TableTimer(loop, self.on_timer)
         self._branch_prefix = f"{BRANCH_PREFIX}{self.place}."
         self._branch_count = 0
@@ -497,7 +502,18 @@ class ProxyEngine(Logger):
 
     def accept(self, branch: str, forward: Forward) -> None:
         self.accepted[branch] = forward
-        self.loop.call_later(ACCEPTED_LINGER, self.accepted.pop, branch, None)
+        expiry = self.loop.time() + ACCEPTED_LINGER
+        self.accepted_order.append((expiry, branch))
+        self.accepted_timer.arm(expiry)
+
+    def forget_accepted(self) -> None:
+        """The accepted branches whose linger is over (up to TIMER_GRANULARITY late)."""
+        now = self.loop.time()
+        order = self.accepted_order
+        while order and order[0][0] <= now:
+            self.accepted.pop(order.popleft()[1], None)
+        if order:
+            self.accepted_timer.arm(order[0][0])
 
     # --- CANCEL, timeouts, failures ------------------------------------------------------
 
@@ -615,6 +631,7 @@ class ProxyEngine(Logger):
             self.relay.close()
             self.relay = None
         self.timer.cancel()
+        self.accepted_timer.cancel()
         for connection in list(self.tcp.values()):
             connection.abort()
 
