@@ -111,6 +111,14 @@ def send_invite(client: UdpClient, peer: Peer, call_id: str, extra: str = "") ->
     return data
 
 
+def invite_through_the_proxy(oversipd_daemon, peer: Peer, call_id: str):
+    """A proxy, a client, and the INVITE it forwarded to the peer."""
+    server = proxy_daemon(oversipd_daemon)
+    client = UdpClient(server)
+    send_invite(client, peer, call_id)
+    return server, client, peer.receive_method("INVITE")
+
+
 def final_response(client: UdpClient) -> Response:
     while True:
         response = client.response()
@@ -145,10 +153,7 @@ def test_an_invite_is_forwarded_with_our_via_record_route_and_max_forwards_lower
 
 
 def test_a_non_2xx_is_acked_hop_by_hop_and_its_retransmission_runs_no_second_callback(oversipd_daemon, peer):
-    server = proxy_daemon(oversipd_daemon)
-    client = UdpClient(server)
-    send_invite(client, peer, "call-busy")
-    invite = peer.receive_method("INVITE")
+    server, client, invite = invite_through_the_proxy(oversipd_daemon, peer, "call-busy")
     peer.answer(invite, 486)
     ack = peer.receive_method("ACK")
     assert ack.via[0].branch == invite.via[0].branch and len(ack.via) == 1
@@ -190,10 +195,7 @@ def test_a_silent_downstream_gets_408_upstream_and_on_invite_timeout_once(oversi
 
 
 def test_timer_c_gives_up_a_ringing_branch_with_cancel_and_408(oversipd_daemon, peer):
-    server = proxy_daemon(oversipd_daemon)
-    client = UdpClient(server)
-    send_invite(client, peer, "call-ringing")
-    invite = peer.receive_method("INVITE")
+    server, client, invite = invite_through_the_proxy(oversipd_daemon, peer, "call-ringing")
     peer.answer(invite, 180)
     cancel = peer.receive_method("CANCEL")             # after timer_C = 3 s
     assert cancel.via[0].branch == invite.via[0].branch and cancel.cseq == invite.cseq
@@ -203,10 +205,7 @@ def test_timer_c_gives_up_a_ringing_branch_with_cancel_and_408(oversipd_daemon, 
 
 
 def test_retransmissions_of_a_2xx_go_upstream_without_a_second_callback(oversipd_daemon, peer):
-    server = proxy_daemon(oversipd_daemon)
-    client = UdpClient(server)
-    send_invite(client, peer, "call-2xx-again")
-    invite = peer.receive_method("INVITE")
+    server, client, invite = invite_through_the_proxy(oversipd_daemon, peer, "call-2xx-again")
     peer.answer(invite, 200)
     assert final_response(client).status == 200
     peer.answer(invite, 200)                          # the callee resends it until the ACK (32 s for us)
@@ -218,10 +217,7 @@ def test_retransmissions_of_a_2xx_go_upstream_without_a_second_callback(oversipd
 
 
 def test_a_later_provisional_response_restarts_timer_c(oversipd_daemon, peer):
-    server = proxy_daemon(oversipd_daemon)
-    client = UdpClient(server)
-    send_invite(client, peer, "call-ringing-again")
-    invite = peer.receive_method("INVITE")
+    server, client, invite = invite_through_the_proxy(oversipd_daemon, peer, "call-ringing-again")
     peer.answer(invite, 180)
     assert [client.response().status for _ in range(2)] == [100, 180]
     time.sleep(TIMER_C / 2)                           # the scenario: ringing goes on, then a 183
