@@ -53,7 +53,7 @@ clock = time.thread_time_ns
 
 # --- the peers' messages (SIPp's scenarios, written out) ------------------------------
 
-def invite(uac: str, uas: str, proxy: str, n: int) -> bytes:
+def invite(uac: str, uas: str, n: int) -> bytes:
     return (f"INVITE sip:service@{uas};transport=udp SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP {uac};branch=z9hG4bK-uac-{n}-1\r\n"
             f"From: bench <sip:bench@{uac}>;tag={n}b1\r\n"
@@ -206,15 +206,13 @@ def load_script(path: Path) -> None:
 
 async def run_calls(worker: Worker, calls: int, first: int, times: dict[str, list[int]]) -> None:
     uac, uas = Peer(), Peer()
-    to_proxy = worker.address
-    proxy = "%s:%d" % to_proxy
 
-    async def step(kind: str, peer: Peer, data: bytes, to: tuple = to_proxy) -> None:
-        peer.send(data, to)
+    async def step(kind: str, peer: Peer, data: bytes) -> None:
+        peer.send(data, worker.address)
         times[kind].append(await worker.handle())
 
     for n in range(first, first + calls):
-        await step("INVITE", uac, invite(uac.address, uas.address, proxy, n))
+        await step("INVITE", uac, invite(uac.address, uas.address, n))
         forwarded = uas.expect("INVITE")
         uac.expect("SIP/2.0 100")
         await step("180", uas, response(forwarded, "180 Ringing", uas.address))
