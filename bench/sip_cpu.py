@@ -53,30 +53,27 @@ clock = time.thread_time_ns
 
 # --- the peers' messages (SIPp's scenarios, written out) ------------------------------
 
-def invite(uac: str, uas: str, n: int) -> bytes:
-    return (f"INVITE sip:service@{uas};transport=udp SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {uac};branch=z9hG4bK-uac-{n}-1\r\n"
+def initial(method: str, ruri: str, uac: str, n: int, extra: str) -> bytes:
+    """An out-of-dialog request as SIPp's scenarios write it (`extra`: their own last header)."""
+    to = ruri.split(";", 1)[0]
+    return (f"{method} {ruri} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {uac};branch=z9hG4bK-uac-{n}-{method}\r\n"
             f"From: bench <sip:bench@{uac}>;tag={n}b1\r\n"
-            f"To: <sip:service@{uas}>\r\n"
-            f"Call-ID: {n}-bench@{uac}\r\n"
-            "CSeq: 1 INVITE\r\n"
+            f"To: <{to}>\r\n"
+            f"Call-ID: {n}-{method}@{uac}\r\n"
+            f"CSeq: 1 {method}\r\n"
             f"Contact: <sip:bench@{uac};transport=udp>\r\n"
             "Max-Forwards: 70\r\n"
-            "Subject: bench\r\n"
+            f"{extra}\r\n"
             "Content-Length: 0\r\n\r\n").encode()
+
+
+def invite(uac: str, uas: str, n: int) -> bytes:
+    return initial("INVITE", f"sip:service@{uas};transport=udp", uac, n, "Subject: bench")
 
 
 def options(uac: str, proxy: str, n: int) -> bytes:
-    return (f"OPTIONS sip:service@{proxy} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {uac};branch=z9hG4bK-opt-{n}\r\n"
-            f"From: bench <sip:bench@{uac}>;tag={n}o\r\n"
-            f"To: <sip:service@{proxy}>\r\n"
-            f"Call-ID: {n}-options@{uac}\r\n"
-            "CSeq: 1 OPTIONS\r\n"
-            f"Contact: <sip:bench@{uac}>\r\n"
-            "Max-Forwards: 70\r\n"
-            "Accept: application/sdp\r\n"
-            "Content-Length: 0\r\n\r\n").encode()
+    return initial("OPTIONS", f"sip:service@{proxy}", uac, n, "Accept: application/sdp")
 
 
 def header_lines(message: bytes) -> tuple[str, list[str]]:
