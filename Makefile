@@ -165,6 +165,14 @@ bench-db: $(BENCH_DB_STAMP) mariadb-server postgresql-server
 bench-sip-parse: $(BENCH_STAMP)
 	$(BENCH_PY) bench/sip_parse.py $(BENCH_SIP_PARSE_ARGS)
 
+# --- CPU per SIP message in one worker's core, in-process (issue 11) ---------------
+# A proxied call (INVITE/180/200/ACK/BYE/200) and OPTIONS through SipCore and
+# the ProxyEngine on real UDP sockets; --stages says where the time goes.
+# Before/after: BENCH_SIP_CPU_ARGS="--tree /tmp/base --tree . --rounds 9".
+.PHONY: bench-sip-cpu
+bench-sip-cpu: $(STAMP)
+	$(PY) -m bench.sip_cpu $(BENCH_SIP_CPU_ARGS)
+
 # --- SIP (issues 10, 11): oversipd next to Kamailio, SIPp as the client ----------
 # Debian's kamailio, installed when missing (sipp comes from the sip-tester
 # target above).  The benchmark runs Kamailio itself, in the foreground: the

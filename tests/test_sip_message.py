@@ -305,3 +305,43 @@ def test_messages_take_attributes_of_the_transport():
     m = parse_message(INVITE)
     m.source = ("192.0.2.1", 5060)
     assert m.source == ("192.0.2.1", 5060)
+
+
+def test_a_copy_writes_what_the_message_writes_and_edits_stay_apart():
+    original = parse_message(INVITE)
+    original.pop_header_value("Via")     # edited before the copy, like a proxied request after fix_nat
+    twin = original.copy()
+    assert twin == original and twin.to_bytes() == original.to_bytes()
+    twin.insert_header("Via", "SIP/2.0/UDP proxy.example.com;branch=z9hG4bKcopy")
+    twin.ruri.params["transport"] = "tcp"
+    twin.to.tag = "copied"
+    twin.set_header("Max-Forwards", "69")
+    assert original.to_bytes() == parse_message(original.to_bytes()).to_bytes()
+    assert original.via[0].host == "2001:db8::9" and original.max_forwards == 70
+    assert "transport" not in original.ruri.params and original.to.tag is None
+    again = parse_message(twin.to_bytes())
+    assert again.via[0].branch == "z9hG4bKcopy" and twin.to.tag == "copied"
+    assert again.ruri.transport == "tcp" and again.max_forwards == 69
+    assert again.body == original.body == b"v=0\r\n"
+
+
+def test_a_copied_uri_gives_back_its_text_until_edited():
+    uri = parse_uri("sip:bob@[2001:db8::1]:5070;transport=udp;lr?subject=x")
+    twin = uri.copy()
+    assert str(twin) == str(uri) == "sip:bob@[2001:db8::1]:5070;transport=udp;lr?subject=x"
+    twin.port = 5071
+    assert str(twin) == "sip:bob@[2001:db8::1]:5071;transport=udp;lr?subject=x" and uri.port == 5070
+    twin.port = 5070
+    assert str(twin) == str(uri)      # back as parsed: the text is given back
+    twin.headers["priority"] = "urgent"
+    assert "priority" not in uri.headers and str(twin).endswith("&priority=urgent")
+
+
+def test_a_copied_response_keeps_its_status_line():
+    response = parse_message(sip("SIP/2.0 180 Ringing\nVia: SIP/2.0/UDP a.example.com;branch=z9hG4bK1\n"
+                                 "From: <sip:a@example.com>;tag=1\nTo: <sip:b@example.com>;tag=2\n"
+                                 "Call-ID: c1\nCSeq: 1 INVITE\nContent-Length: 0\n\n"))
+    twin = response.copy()
+    twin.pop_header_value("Via")
+    assert (twin.status, twin.reason) == (180, "Ringing") and twin.header("via") is None
+    assert response.top_via.host == "a.example.com"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import socket
 import threading
+import time
 
 import pytest
 
@@ -55,7 +56,8 @@ def on_request(request):
     outcome.add_done_callback(done)
 """
 
-PROFILE = {"do_record_routing": True, "timer_B": 2, "timer_C": 3, "timer_F": 2, "use_dns": False}
+TIMER_C = 3
+PROFILE = {"do_record_routing": True, "timer_B": 2, "timer_C": TIMER_C, "timer_F": 2, "use_dns": False}
 
 
 class Peer:
@@ -109,6 +111,14 @@ def send_invite(client: UdpClient, peer: Peer, call_id: str, extra: str = "") ->
     return data
 
 
+def invite_through_the_proxy(oversipd_daemon, peer: Peer, call_id: str):
+    """A proxy, a client, and the INVITE it forwarded to the peer."""
+    server = proxy_daemon(oversipd_daemon)
+    client = UdpClient(server)
+    send_invite(client, peer, call_id)
+    return server, client, peer.receive_method("INVITE")
+
+
 def final_response(client: UdpClient) -> Response:
     while True:
         response = client.response()
@@ -143,10 +153,7 @@ def test_an_invite_is_forwarded_with_our_via_record_route_and_max_forwards_lower
 
 
 def test_a_non_2xx_is_acked_hop_by_hop_and_its_retransmission_runs_no_second_callback(oversipd_daemon, peer):
-    server = proxy_daemon(oversipd_daemon)
-    client = UdpClient(server)
-    send_invite(client, peer, "call-busy")
-    invite = peer.receive_method("INVITE")
+    server, client, invite = invite_through_the_proxy(oversipd_daemon, peer, "call-busy")
     peer.answer(invite, 486)
     ack = peer.receive_method("ACK")
     assert ack.via[0].branch == invite.via[0].branch and len(ack.via) == 1
@@ -188,16 +195,39 @@ def test_a_silent_downstream_gets_408_upstream_and_on_invite_timeout_once(oversi
 
 
 def test_timer_c_gives_up_a_ringing_branch_with_cancel_and_408(oversipd_daemon, peer):
-    server = proxy_daemon(oversipd_daemon)
-    client = UdpClient(server)
-    send_invite(client, peer, "call-ringing")
-    invite = peer.receive_method("INVITE")
+    server, client, invite = invite_through_the_proxy(oversipd_daemon, peer, "call-ringing")
     peer.answer(invite, 180)
     cancel = peer.receive_method("CANCEL")             # after timer_C = 3 s
     assert cancel.via[0].branch == invite.via[0].branch and cancel.cseq == invite.cseq
     peer.answer(cancel, 200)
     assert final_response(client).status == 408
     server.daemon.wait_events("invite_timeout", call_id="call-ringing")
+
+
+def test_retransmissions_of_a_2xx_go_upstream_without_a_second_callback(oversipd_daemon, peer):
+    server, client, invite = invite_through_the_proxy(oversipd_daemon, peer, "call-2xx-again")
+    peer.answer(invite, 200)
+    assert final_response(client).status == 200
+    peer.answer(invite, 200)                          # the callee resends it until the ACK (32 s for us)
+    again = client.response()
+    assert again.status == 200 and len(again.via) == 1 and again.via[0].port == client.port
+    daemon = server.daemon
+    daemon.wait_events("outcome", call_id="call-2xx-again")
+    assert len(daemon.find("success", call_id="call-2xx-again")) == 1
+
+
+def test_a_later_provisional_response_restarts_timer_c(oversipd_daemon, peer):
+    server, client, invite = invite_through_the_proxy(oversipd_daemon, peer, "call-ringing-again")
+    peer.answer(invite, 180)
+    assert [client.response().status for _ in range(2)] == [100, 180]
+    time.sleep(TIMER_C / 2)                           # the scenario: ringing goes on, then a 183
+    peer.answer(invite, 183)
+    restarted = time.monotonic()
+    assert client.response().status == 183
+    cancel = peer.receive_method("CANCEL")
+    assert time.monotonic() - restarted >= TIMER_C - 0.05   # Timer C counts from the 183, not the 180
+    peer.answer(cancel, 200)
+    assert final_response(client).status == 408
 
 
 def test_a_non_invite_timeout_is_an_error_with_408(oversipd_daemon, peer):

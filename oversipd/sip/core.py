@@ -271,14 +271,16 @@ class SipCore(Logger):
             request._final_sent = True
         self.send(request.source, destination, data, status)
 
-    def send(self, source: Source, address: Any, data: bytes, status: int | None) -> None:
+    def send(self, source: Source, address: Any, data: bytes, status: int | None) -> bool:
+        """Every SIP message this worker sends goes here: counted sent (with its class) or dropped."""
         counts = self.counts
         if source.send(data, address):
             counts[C.SENT] += 1
             if status is not None:
                 counts[C.FIRST_CLASS + status // 100 - 1] += 1
-        else:
-            counts[C.DROPPED] += 1
+            return True
+        counts[C.DROPPED] += 1
+        return False
 
     def response_address(self, request: Request) -> Any:
         """RFC 3261 §18.2.2 / RFC 3581: the source address; its port only with rport, else the Via's."""
@@ -330,8 +332,7 @@ class SipCore(Logger):
         for tx, data in self.table.expire(self.loop.time()):
             if tx.destination is not None:
                 source, address = tx.destination
-                if source.send(data, address):
-                    self.counts[C.SENT] += 1
+                self.send(source, address, data, None)
         self.arm_timer()
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ weighted selection on every call, so cached SRV records still spread load.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import random
 import time
@@ -381,6 +382,7 @@ def _bare_host(host: str) -> str:
     return host[:-1] if host.endswith(".") else host
 
 
+@functools.lru_cache(maxsize=1024)   # the same next hops come again and again; ip_address() is slow
 def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(host)

@@ -139,6 +139,13 @@ _KNOWN_NAMES = {spelling: canonical_name(spelling) for spelling in (
     "Reply-To", "Identity", "Diversion", "Remote-Party-ID", "P-Charging-Vector",
     *_COMPACT)}
 
+
+
+def _key_of(name: str) -> str:
+    """canonical_name(name), looked up for the usual spellings."""
+    return _KNOWN_NAMES.get(name) or canonical_name(name)
+
+
 _UNSET = object()
 # The headers parse_message checks (SIP_MESSAGE_API.md: they matter for routing).
 _CHECKED = frozenset(("via", "from", "to", "call-id", "cseq", "max-forwards", "content-length"))
@@ -283,7 +290,7 @@ class Message:
 
     def _init_headers(self, headers: list[tuple[str, str]] | None, body: bytes) -> None:
         headers = headers or ()
-        self._keys = [canonical_name(name) for name, _ in headers]
+        self._keys = [_key_of(name) for name, _ in headers]
         self._lines = [_make_line(name, value) for name, value in headers]
         self._body = bytes(body)
         self._raw = None
@@ -314,7 +321,7 @@ class Message:
 
     def header(self, name: str) -> str | None:
         """The first value of a header, or None."""
-        key = _KNOWN_NAMES.get(name) or canonical_name(name)
+        key = _key_of(name)
         keys = self._keys
         if key not in keys:
             return None
@@ -325,7 +332,7 @@ class Message:
 
     def headers(self, name: str) -> list[str]:
         """All values of a header, comma-separated lists split."""
-        key = _KNOWN_NAMES.get(name) or canonical_name(name)
+        key = _key_of(name)
         values = self._values(key)
         if key not in _LIST_HEADERS:
             return values
@@ -352,15 +359,16 @@ class Message:
 
     def set_header(self, name: str, value: object) -> None:
         """Replace all lines of a header by one, at the first one's place (or append)."""
-        key = canonical_name(name)
+        key = _key_of(name)
         line = _make_line(name, value)
         keys, lines = self._keys, self._lines
         if key in keys:
             first = keys.index(key)
-            kept = [i for i in range(len(keys)) if keys[i] != key or i == first]
             lines[first] = line
-            self._keys = [keys[i] for i in kept]
-            self._lines = [lines[i] for i in kept]
+            if keys.count(key) > 1:
+                kept = [i for i in range(len(keys)) if keys[i] != key or i == first]
+                self._keys = [keys[i] for i in kept]
+                self._lines = [lines[i] for i in kept]
         else:
             keys.append(key)
             lines.append(line)
@@ -368,21 +376,21 @@ class Message:
 
     def insert_header(self, name: str, value: object) -> None:
         """A new header line on top of the header block."""
-        key = canonical_name(name)
+        key = _key_of(name)
         self._lines.insert(0, _make_line(name, value))
         self._keys.insert(0, key)
         self._edited(key)
 
     def append_header(self, name: str, value: object) -> None:
         """A new header line at the end of the header block."""
-        key = canonical_name(name)
+        key = _key_of(name)
         self._lines.append(_make_line(name, value))
         self._keys.append(key)
         self._edited(key)
 
     def delete_header(self, name: str) -> None:
         """Remove every line of a header."""
-        key = canonical_name(name)
+        key = _key_of(name)
         keys, lines = self._keys, self._lines
         if key in keys:
             kept = [i for i in range(len(keys)) if keys[i] != key]
@@ -392,7 +400,7 @@ class Message:
 
     def pop_header_value(self, name: str) -> str | None:
         """Remove the first value of a header (the top Via, Route), keep the others."""
-        key = canonical_name(name)
+        key = _key_of(name)
         keys, lines = self._keys, self._lines
         if key not in keys:
             return None
@@ -524,6 +532,24 @@ class Message:
     def __bytes__(self) -> bytes:
         return self.to_bytes()
 
+    def copy(self) -> "Message":
+        """An independent copy (edits to one do not touch the other), without writing and parsing it."""
+        twin = type(self).__new__(type(self))
+        self._copy_start_line(twin)
+        twin._keys = list(self._keys)
+        twin._lines = list(self._lines)
+        twin._body = self._body
+        twin._raw = self._raw
+        # Via, From and To objects are mutable: the copy reads its own from its lines if asked
+        # (a forwarded copy mostly is not; fewer objects also mean less for the cycle collector).
+        twin._via = twin._top_via = twin._via_texts = twin._from = twin._to = None
+        twin._call_id, twin._cseq_pair = self._call_id, self._cseq_pair
+        twin._max_forwards, twin._content_length = self._max_forwards, self._content_length
+        return twin
+
+    def _copy_start_line(self, twin: "Message") -> None:
+        raise NotImplementedError
+
     def _eq_key(self) -> tuple:
         return ([(k, _value_of(line)) for k, line in zip(self._keys, self._lines)
                  if k != "content-length"], self._body)
@@ -556,6 +582,10 @@ class Request(Message):
     def _start_line(self) -> str:
         ruri = self._ruri_text if self._ruri is None else str(self._ruri)
         return f"{self.method} {ruri} {self.version}"
+
+    def _copy_start_line(self, twin: Message) -> None:
+        twin.method, twin.version, twin._ruri_text = self.method, self.version, self._ruri_text  # type: ignore[attr-defined]
+        twin._ruri = None if self._ruri is None else self._ruri.copy()  # type: ignore[attr-defined]
 
     def _unedited(self) -> bool:
         return self._raw is not None and (self._ruri is None or self._ruri._unedited())
@@ -611,6 +641,9 @@ class Response(Message):
 
     def _start_line(self) -> str:
         return f"{self.version} {self.status} {self.reason}"
+
+    def _copy_start_line(self, twin: Message) -> None:
+        twin.status, twin.reason, twin.version = self.status, self.reason, self.version  # type: ignore[attr-defined]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Response):

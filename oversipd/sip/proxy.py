@@ -13,14 +13,14 @@ transaction.  Timer C and CANCEL belong here, not to the transaction.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
+from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..logger import Logger
 from . import counters as C
 from .client_transaction import ClientTable, ClientTransaction, Verdict, client_key, make_ack
-from .dns import DnsError, Rfc3263Resolver, Target
+from .dns import DnsError, Rfc3263Resolver, SipDestination, Target
 from .flows import FLOW_FAILED, FlowTable, FlowTarget, RelayedFlow
 from .message import Request as Message, Response, parse_message
 from .proxy_settings import DnsSettings, ProxySettings
@@ -39,6 +39,8 @@ TCP_CONNECT_TIMEOUT = 4.0
 # After a 2xx ends the INVITE client transaction, retransmissions of that 2xx
 # (the UAS resends it until the end-to-end ACK) still go upstream this long.
 ACCEPTED_LINGER = 32.0
+# Timer C fires this early at the most: the loop may run a timer a hair before its time.
+TIMER_C_SLACK = 0.001
 TRANSPORT_ERROR = (503, "Transport Error")
 # A flow's slot that nobody holds is being respawned (milliseconds) or gone:
 # a request for it waits this long for the new worker before it gets 430.
@@ -102,15 +104,15 @@ class Proxy:
 class Forward:
     """One routed request: its branches (one per DNS target tried), its upstream side, its outcome."""
 
-    __slots__ = ("proxy", "request", "future", "destination", "base", "targets", "tx", "provisional",
-                 "cancel_requested", "cancel_sent", "done", "timer_c")
+    __slots__ = ("proxy", "request", "future", "destination", "outgoing", "targets", "tx", "provisional",
+                 "cancel_requested", "cancel_sent", "done", "timer_c", "timer_c_at")
 
     def __init__(self, proxy: Proxy, request: "Request", future: "asyncio.Future[Any]") -> None:
         self.proxy = proxy
         self.request = request
         self.future = future
         self.destination: SipUri | None = None
-        self.base = b""                          # the request to send, before our Via and Record-Route
+        self.outgoing: Message | None = None    # the request to send, before our Via and Record-Route
         self.targets: list[Target] = []
         self.tx: ClientTransaction | None = None  # the branch in progress
         self.provisional = False
@@ -118,6 +120,7 @@ class Forward:
         self.cancel_sent = False
         self.done = False                         # a final response (or local failure) went upstream
         self.timer_c: asyncio.TimerHandle | None = None
+        self.timer_c_at = 0.0                     # loop time: a provisional response moves it on
 
     @property
     def is_invite(self) -> bool:
@@ -137,6 +140,7 @@ class ProxyEngine(Logger):
         self.generation = generation
         self.place = place_of(slot_id, generation)   # how other workers reach this one (relay.py)
         self.udp = udp                               # listener name -> UdpListener
+        self.udp_by_family = _by_family(udp)         # 4 or 6 -> the first UDP listener of that family
         self.local = local                           # "udp"/"tcp" -> (host, port) of our listener
         self.clients = ClientTable()
         self.resolver = Rfc3263Resolver(_dns or DnsSettings())
@@ -144,6 +148,10 @@ class ProxyEngine(Logger):
         self.tcp: dict[tuple[str, int], TcpConnection] = {}
         self.connecting: dict[tuple[str, int], asyncio.Future[TcpConnection]] = {}
         self.accepted: dict[str, Forward] = {}
+        # Every branch lingers as long, so they expire in the order accepted: one
+        # loop timer for the oldest, not one each (32 s of them crowded the loop's heap).
+        self.accepted_order: deque[tuple[float, str]] = deque()   # (expiry, branch)
+        self.accepted_timer = TableTimer(loop, self.forget_accepted)
         self.timer = TableTimer(loop, self.on_timer)
         self._branch_prefix = f"{BRANCH_PREFIX}{self.place}."
         self._branch_count = 0
@@ -196,10 +204,10 @@ class ProxyEngine(Logger):
             self.fail(forward, 500, "Server Internal Error")
 
     async def resolve_and_send(self, forward: Forward, uri: SipUri | None) -> None:
-        message = parse_message(forward.request.message.to_bytes())   # upstream responses use the original
+        message = forward.request.message.copy()   # upstream responses use the original
         forward.destination = uri or next_hop(message)
         lower_max_forwards(message)
-        forward.base = message.to_bytes()
+        forward.outgoing = message
         flow = forward.request._flow if uri is None else None
         if flow is not None:   # a Route with our flow token: over that client's connection, no DNS
             forward.targets = [FlowTarget(*flow)]
@@ -236,7 +244,7 @@ class ProxyEngine(Logger):
             return False
         if forward.done:
             return True
-        message = parse_message(forward.base)
+        message = forward.outgoing.copy()   # each branch adds its own Via (and Record-Route)
         branch = self.new_branch()
         self.add_our_headers(forward, message, target.transport, branch)
         data = message.to_bytes()
@@ -257,7 +265,7 @@ class ProxyEngine(Logger):
     async def forward_ack(self, proxy: Proxy, request: "Request", uri: SipUri | None,
                           future: "asyncio.Future[Any]") -> None:
         """The ACK of a 2xx travels end to end, statelessly: no transaction, no response."""
-        message = parse_message(request.message.to_bytes())
+        message = request.message.copy()
         destination = uri or next_hop(message)
         lower_max_forwards(message)
         try:
@@ -323,12 +331,11 @@ class ProxyEngine(Logger):
         return await self.tcp_connection(address), address
 
     def udp_listener(self, ip: str) -> Any:
-        family = ipaddress.ip_address(ip).version
-        for listener in self.udp.values():
-            host = listener.sock.getsockname()[0]
-            if (":" in host) == (family == 6):
-                return listener
-        raise OSError(f"no UDP SIP listener of IPv{family}")
+        family = _family(ip)
+        listener = self.udp_by_family.get(family)
+        if listener is None:
+            raise OSError(f"no UDP SIP listener of IPv{family}")
+        return listener
 
     async def tcp_connection(self, address: tuple[str, int]) -> TcpConnection:
         """The worker's connection to `address`, opened once and reused; responses come back on it."""
@@ -399,9 +406,7 @@ class ProxyEngine(Logger):
             self.fail(forward, *FLOW_FAILED)
 
     def send(self, source: Any, address: Any, data: bytes) -> bool:
-        sent = source.send(data, address)
-        self.core.counts[C.SENT if sent else C.DROPPED] += 1
-        return sent
+        return self.core.send(source, address, data, None)
 
     # --- responses in ----------------------------------------------------------------
 
@@ -497,7 +502,18 @@ class ProxyEngine(Logger):
 
     def accept(self, branch: str, forward: Forward) -> None:
         self.accepted[branch] = forward
-        self.loop.call_later(ACCEPTED_LINGER, self.accepted.pop, branch, None)
+        expiry = self.loop.time() + ACCEPTED_LINGER
+        self.accepted_order.append((expiry, branch))
+        self.accepted_timer.arm(expiry)
+
+    def forget_accepted(self) -> None:
+        """The accepted branches whose linger is over (up to TIMER_GRANULARITY late)."""
+        now = self.loop.time()
+        order = self.accepted_order
+        while order and order[0][0] <= now:
+            self.accepted.pop(order.popleft()[1], None)
+        if order:
+            self.accepted_timer.arm(order[0][0])
 
     # --- CANCEL, timeouts, failures ------------------------------------------------------
 
@@ -537,13 +553,18 @@ class ProxyEngine(Logger):
         self.arm_timer()
 
     def arm_timer_c(self, forward: Forward) -> None:
-        if forward.timer_c is not None:
-            forward.timer_c.cancel()
-        forward.timer_c = self.loop.call_later(forward.proxy.settings.timer_C, self.timer_c_fired, forward)
+        """(Re)start Timer C: its deadline moves; the loop timer, armed once, catches up when it fires
+        (a loop timer per provisional response cost a cancel and a new one each)."""
+        forward.timer_c_at = self.loop.time() + forward.proxy.settings.timer_C
+        if forward.timer_c is None:
+            forward.timer_c = self.loop.call_at(forward.timer_c_at, self.timer_c_fired, forward)
 
     def timer_c_fired(self, forward: Forward) -> None:
         forward.timer_c = None
         if forward.done:
+            return
+        if forward.timer_c_at - self.loop.time() > TIMER_C_SLACK:   # restarted since it was armed
+            forward.timer_c = self.loop.call_at(forward.timer_c_at, self.timer_c_fired, forward)
             return
         if forward.provisional:
             self.send_cancel(forward)   # the branch is given up downstream too
@@ -563,6 +584,7 @@ class ProxyEngine(Logger):
 
     def finish(self, forward: Forward, outcome: Any) -> None:
         forward.done = True
+        forward.outgoing = None   # no branch starts any more; an accepted INVITE's Forward lives on 32 s
         self.pending.discard(forward)
         if not self.pending:
             self.idle.set()
@@ -609,6 +631,7 @@ class ProxyEngine(Logger):
             self.relay.close()
             self.relay = None
         self.timer.cancel()
+        self.accepted_timer.cancel()
         for connection in list(self.tcp.values()):
             connection.abort()
 
@@ -651,8 +674,19 @@ _CALLBACK_NAMES = {"provisional": "provisional_response", "success": "success_re
                    "invite_timeout": "invite_timeout", "error": "error"}
 
 
-def _destination_of(uri: SipUri) -> Any:
-    from .dns import SipDestination
+def _family(ip: str) -> int:
+    """4 or 6: an IP address (a resolver's target), never a name, so a colon tells."""
+    return 6 if ":" in ip else 4
+
+
+def _by_family(udp: dict[str, Any]) -> dict[int, Any]:
+    found: dict[int, Any] = {}
+    for listener in udp.values():
+        found.setdefault(_family(listener.sock.getsockname()[0]), listener)
+    return found
+
+
+def _destination_of(uri: SipUri) -> SipDestination:
     return SipDestination(uri.scheme, (uri.host or "").strip("[]"), uri.port, uri.transport)
 
 

@@ -129,7 +129,10 @@ class _Parameters:
 class SipUri(_Parameters):
     """A sip:, sips:, tel: or other-scheme URI; host without IPv6 brackets."""
 
-    __slots__ = ("scheme", "user", "password", "host", "port", "opaque", "_htext", "_headers", "_text")
+    # _parsed: scheme, user, password, host, port and opaque as parsed from _text,
+    # so that str() knows without parsing _text again whether it may give it back.
+    __slots__ = ("scheme", "user", "password", "host", "port", "opaque", "_htext", "_headers", "_text",
+                 "_parsed")
 
     def __init__(self, scheme: str = "sip", user: str | None = None, host: str | None = None,
                  port: int | None = None, params: dict[str, str | None] | None = None,
@@ -146,6 +149,7 @@ class SipUri(_Parameters):
         self._htext = ""
         self._headers = headers if headers is not None else {}
         self._text: str | None = None
+        self._parsed: tuple | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -168,8 +172,16 @@ class SipUri(_Parameters):
         return (self.scheme, self.user, self.password, self.host, self.port, self.opaque,
                 self.params, self.headers)
 
+    def _scalars(self) -> tuple:
+        return (self.scheme, self.user, self.password, self.host, self.port, self.opaque)
+
     def _unedited(self) -> bool:
-        return self._text is not None and self._exact() == parse_uri(self._text)._exact()
+        """Nothing changed since it was parsed from _text (parameters split or not)."""
+        if self._text is None or self._scalars() != self._parsed:
+            return False
+        params, headers = self._params, self._headers
+        return ((params is None or params == _split_params(self._ptext))
+                and (headers is None or headers == _split_uri_headers(self._htext)))
 
     def __str__(self) -> str:
         if self._unedited():
@@ -208,8 +220,13 @@ class SipUri(_Parameters):
     __hash__ = None  # type: ignore[assignment]
 
     def copy(self) -> SipUri:
-        """An independent copy (edits to it do not touch this one)."""
-        return parse_uri(str(self))
+        """An independent copy (edits to it do not touch this one), made field by field."""
+        twin = SipUri.__new__(SipUri)
+        twin.scheme, twin.user, twin.password, twin.host, twin.port, twin.opaque = self._scalars()
+        twin._text, twin._parsed, twin._ptext, twin._htext = self._text, self._parsed, self._ptext, self._htext
+        twin._params = None if self._params is None else dict(self._params)
+        twin._headers = None if self._headers is None else dict(self._headers)
+        return twin
 
 
 def _sip_uri(text: str, scheme: str, user: str | None, password: str | None, host: str,
@@ -236,6 +253,7 @@ def _sip_uri(text: str, scheme: str, user: str | None, password: str | None, hos
     else:
         uri._htext = htext
         uri._headers = None
+    uri._parsed = (uri.scheme, user, password, uri.host, uri.port, None)
     return uri
 
 
@@ -272,6 +290,7 @@ def parse_uri(text: str) -> SipUri:
         uri._ptext = ""
         uri._params = {}
         uri.opaque = rest
+    uri._parsed = uri._scalars()
     return uri
 
 
