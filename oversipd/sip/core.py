@@ -31,6 +31,7 @@ OUR_BRANCH_MARK = OUR_BRANCH_PREFIX.encode()
 # Timer G is armed to this granularity: one loop wake-up serves every
 # transaction due within it, instead of one per transaction.
 NO_HANDLER = "no SipEvents.on_request handler: every request gets 500"
+RESPONSE_START = b"SIP/2.0 "
 SUPPORTED_PROXY_REQUIRE: frozenset[str] = frozenset()
 
 
@@ -78,6 +79,8 @@ class SipCore(Logger):
         """One datagram or one framed stream message."""
         counts = self.counts
         counts[C.RECEIVED] += 1
+        if data[:8] == RESPONSE_START and self.proxy is not None and self.proxy.pass_on_foreign(data, source, address):
+            return   # another worker's transaction: it parses it, not us too
         try:
             message = parse_message(data)
             if not isinstance(message, Message):
