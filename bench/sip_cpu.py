@@ -241,6 +241,10 @@ async def measure(calls: int, warmup: int, stages: bool) -> dict[str, Any]:
     worker = Worker(loop)
     load_script(SCRIPT)
     gc.freeze()   # what a worker inherits from the master, which freezes before it forks
+    from oversipd import worker as worker_module
+    tune = getattr(worker_module, "tune_collector", None)   # absent from trees before it
+    if tune is not None:
+        tune()
     warm: dict[str, list[int]] = {kind: [] for kind in KINDS}
     await run_calls(worker, warmup, 0, warm)
     await run_options(worker, warmup, 0, [])
