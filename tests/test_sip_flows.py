@@ -10,6 +10,7 @@ requests for the client, while only one of them accepted its connection.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import threading
@@ -358,21 +359,23 @@ def test_a_worker_stopped_alone_leaves_its_connection_to_the_next_worker_of_its_
 
 def test_a_connection_ends_when_its_slot_goes_away_or_the_daemon_stops(flow_server, registrar):
     daemon = flow_server.daemon
-    # The highest slot is the one SIGTTOU removes: register until a connection lands there.
-    clients = []
-    while not clients or owner_of_connection(daemon, clients[-1]) != 2:
-        assert len(clients) < 20, "20 connections, none accepted by worker 2"
-        clients.append(NattedClient(flow_server))
-        clients[-1].register(registrar, flow_server)
+    first = daemon.worker_pids()[1]
+    # Worker 2 (the one SIGTTOU removes) accepts the first client: worker 1 is stopped meanwhile.
+    os.kill(first, signal.SIGSTOP)
     try:
+        removed = NattedClient(flow_server)
+        wait_until(lambda: master_holds_connection(daemon, removed.port), "worker 2 accepting and handing it over")
+    finally:
+        os.kill(first, signal.SIGCONT)
+    other = NattedClient(flow_server)
+    try:
+        wait_until(lambda: master_holds_connection(daemon, other.port), "the second client accepted")
         daemon.remove_worker()
         with pytest.raises(EOFError):
-            clients[-1].reader.message()
-        survivors = [client for client in clients if owner_of_connection(daemon, client) == 1]
+            removed.reader.message()
         daemon.stop()
-        for client in survivors:
-            with pytest.raises(EOFError):
-                client.reader.message()
+        with pytest.raises(EOFError):
+            other.reader.message()
     finally:
-        for client in clients:
-            client.close()
+        removed.close()
+        other.close()

@@ -84,7 +84,10 @@ class ClientTable:
 
     def __init__(self) -> None:
         self.transactions: dict[Hashable, ClientTransaction] = {}
-        self._heap: list[tuple[float, int, ClientTransaction]] = []
+        # Timer entries name their transaction by key: an entry outlives the
+        # transaction (Timer B's lies 32 s ahead) and must not keep it, and all
+        # it holds (the proxy's whole branch), alive for the cycle collector.
+        self._heap: list[tuple[float, int, Hashable]] = []
         self._seq = 0
 
     def __len__(self) -> int:
@@ -137,7 +140,7 @@ class ClientTable:
 
     def next_deadline(self) -> float | None:
         heap = self._heap
-        while heap and not self._live(heap[0][0], heap[0][2]):
+        while heap and self._live(heap[0][0], heap[0][2]) is None:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
@@ -146,8 +149,9 @@ class ClientTable:
         resend, timeouts = [], []
         heap = self._heap
         while heap and heap[0][0] <= now:
-            at, _, tx = heapq.heappop(heap)
-            if not self._live(at, tx):
+            at, _, key = heapq.heappop(heap)
+            tx = self._live(at, key)
+            if tx is None:
                 continue
             if at == tx.timeout_at:
                 timeouts.append((tx, Timeout.B if tx.is_invite else Timeout.F))
@@ -174,11 +178,14 @@ class ClientTable:
 
     def _push(self, at: float, tx: ClientTransaction) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (at, self._seq, tx))
+        heapq.heappush(self._heap, (at, self._seq, tx.key))
 
-    @staticmethod
-    def _live(at: float, tx: ClientTransaction) -> bool:
-        return tx.state is not ClientState.TERMINATED and at in (tx.resend_at, tx.timeout_at, tx.end_at)
+    def _live(self, at: float, key: Hashable) -> ClientTransaction | None:
+        """The transaction a timer entry is for, if that timer still stands."""
+        tx = self.transactions.get(key)
+        if tx is None or tx.state is ClientState.TERMINATED or at not in (tx.resend_at, tx.timeout_at, tx.end_at):
+            return None
+        return tx
 
 
 def make_ack(request: Message, response: Response) -> Message:

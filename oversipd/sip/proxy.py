@@ -149,7 +149,9 @@ class ProxyEngine(Logger):
         self.connections: set[TcpConnection] = set()   # what TcpConnection expects of its "server"
         self.tcp: dict[tuple[str, int], TcpConnection] = {}
         self.connecting: dict[tuple[str, int], asyncio.Future[TcpConnection]] = {}
-        self.accepted: dict[str, Forward] = {}
+        # Branch -> where its caller's responses go (source, address): only that,
+        # for 32 s, not the branch's whole Forward (the collector would walk it).
+        self.accepted: dict[str, tuple[Any, Any]] = {}
         # Every branch lingers as long, so they expire in the order accepted: one
         # loop timer for the oldest, not one each (32 s of them crowded the loop's heap).
         self.accepted_order: deque[tuple[float, str]] = deque()   # (expiry, branch)
@@ -440,10 +442,10 @@ class ProxyEngine(Logger):
             name = self.relay_name_of(source)
             if name is not None and self.relay.pass_on(place, name, response.to_bytes(), address):
                 return
-        forward = self.accepted.get(branch)
-        if forward is not None and 200 <= response.status < 300:
+        upstream = self.accepted.get(branch)
+        if upstream is not None and 200 <= response.status < 300:
             response.pop_header_value("Via")
-            self.upstream_stateless(forward.request, response)
+            self.send(*upstream, response.to_bytes())
             return
         self.core.counts[C.DROPPED] += 1
 
@@ -524,7 +526,7 @@ class ProxyEngine(Logger):
         self.send(request.source, request._destination, response.to_bytes())
 
     def accept(self, branch: str, forward: Forward) -> None:
-        self.accepted[branch] = forward
+        self.accepted[branch] = (forward.request.source, forward.request._destination)
         expiry = self.loop.time() + ACCEPTED_LINGER
         self.accepted_order.append((expiry, branch))
         self.accepted_timer.arm(expiry)
@@ -607,7 +609,7 @@ class ProxyEngine(Logger):
 
     def finish(self, forward: Forward, outcome: Any) -> None:
         forward.done = True
-        forward.outgoing = None   # no branch starts any more; an accepted INVITE's Forward lives on 32 s
+        forward.outgoing = None   # no branch starts any more
         self.pending.discard(forward)
         if not self.pending:
             self.idle.set()
