@@ -56,12 +56,13 @@ class Channel:
         except (BlockingIOError, BrokenPipeError, ConnectionResetError, OSError):
             return False
 
-    def receive(self) -> list[tuple[str, Any]] | None:
-        """Every message waiting now; None on EOF (the peer is gone).
+    def receive(self) -> list[tuple[str, Any, socket.socket | None]] | None:
+        """Every message waiting now, as (kind, argument, the descriptor it carried or None); None on EOF.
 
-        A message that carried a descriptor comes as (kind, (argument, socket)).
+        A message sent with a descriptor comes without one when the receiver
+        had no descriptor left (EMFILE: the kernel drops it): check it.
         """
-        messages: list[tuple[str, Any]] = []
+        messages: list[tuple[str, Any, socket.socket | None]] = []
         while True:
             try:
                 # CLOEXEC: a received descriptor must not leak into an exec'd image.
@@ -75,9 +76,7 @@ class Channel:
                     os.close(fd)
                 return None if not messages else messages
             kind, argument = pickle.loads(packet)
-            if fds:
-                argument = (argument, socket.socket(fileno=fds[0]))
-            messages.append((kind, argument))
+            messages.append((kind, argument, socket.socket(fileno=fds[0]) if fds else None))
 
     def close(self) -> None:
         self.sock.close()

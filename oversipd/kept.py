@@ -104,9 +104,6 @@ class KeptDescriptors:
         kept = [*self.owned.values(), *self.orphans.values()]
         return [sock.fileno() for by_key in kept for sock in by_key.values()]
 
-    def __len__(self) -> int:
-        return sum(len(by_key) for by_key in (*self.owned.values(), *self.orphans.values()))
-
 
 # --- in a worker -------------------------------------------------------------------
 

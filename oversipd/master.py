@@ -434,9 +434,9 @@ class Master(Logger):
         if messages is None:  # EOF: the worker is exiting; SIGCHLD will tell how
             self.unregister_channel(slot)
             return
-        for kind, argument in messages:
+        for kind, argument, sock in messages:
             if kind == control.KEEP:
-                self.keep_connection(slot, argument)
+                self.keep_connection(slot, argument, sock)
             elif kind == control.RELEASE:
                 self.kept.release(slot.pid, argument)
             elif kind == control.HAND_OVER:
@@ -448,10 +448,10 @@ class Master(Logger):
             elif kind == control.RELOADED:
                 self.worker_reloaded(slot)
 
-    def keep_connection(self, slot: WorkerSlot, argument: Any) -> None:
+    def keep_connection(self, slot: WorkerSlot, key: Any, sock: socket.socket | None) -> None:
         """A worker's duplicate of a client connection (oversipd.kept); none came if we are out of descriptors."""
-        if isinstance(argument, tuple) and len(argument) == 2 and isinstance(argument[1], socket.socket):
-            self.kept.keep(slot.pid, *argument)
+        if sock is not None:
+            self.kept.keep(slot.pid, key, sock)
         elif not self.kept.warned_full:
             self.kept.warned_full = True
             self.log_system_warn("out of file descriptors: a client connection is not kept, and will not "

@@ -148,7 +148,7 @@ class Worker(Logger):
             self.log_system_crit("the master is gone; stopping")
             self.request_stop(True)
             return
-        for kind, argument in messages:
+        for kind, argument, sock in messages:
             if kind == control.STOP:
                 self.request_stop(bool(argument))
             elif kind == control.RETIRE:
@@ -158,11 +158,16 @@ class Worker(Logger):
             elif kind == control.USER_RELOAD:
                 self.spawn(self.user_reload())
             elif kind == control.ADOPT:
-                (key, unread), sock = argument
-                self.adopt_connection(key, unread, sock)
+                self.adopt_connection(*argument, sock)
 
     def adopt_connection(self, key: Any, unread: bytes, sock: Any) -> None:
-        """A connection the retiring worker of our slot handed over (oversipd.kept)."""
+        """A connection the retiring worker of our slot handed over (oversipd.kept).
+
+        None came when we had no descriptor left: the master's duplicate is
+        then all there is, and it goes when we exit.
+        """
+        if sock is None:
+            return
         if self.sip is None:
             sock.close()
             return

@@ -41,6 +41,11 @@ _MAC_BYTES = 8
 _SECRET = os.urandom(32)
 
 
+def kept_key(listener: str, flow_id: int) -> tuple[str, int]:
+    """How the master knows a flow (oversipd.kept): its listener, to adopt it on, and its id."""
+    return listener, flow_id
+
+
 def new_flow_id() -> int:
     return int.from_bytes(os.urandom(8), "big")
 
@@ -92,17 +97,15 @@ class FlowTable:
     def __init__(self, slot_id: int) -> None:
         self.slot_id = slot_id
         self.connections: dict[int, Any] = {}
-        self.keys: dict[int, tuple[str, int]] = {}
         self.tokens: dict[int, str] = {}   # made once per flow: an HMAC is not free
 
-    def opened(self, connection: Any, listener: str, flow_id: int | None) -> int:
-        """A connection accepted here (`flow_id` None) or adopted from a dead predecessor."""
-        adopted = flow_id is not None
-        flow_id = new_flow_id() if flow_id is None else flow_id
+    def opened(self, connection: Any) -> int:
+        """A connection accepted here (no flow id yet) or adopted from a predecessor (its flow id kept)."""
+        adopted = connection.flow_id is not None
+        flow_id = connection.flow_id if adopted else new_flow_id()
         self.connections[flow_id] = connection
-        key = self.keys[flow_id] = (listener, flow_id)
         if not adopted:   # the master holds a duplicate of an adopted one already
-            kept.keep(key, connection.channel.get_extra_info("socket"))
+            kept.keep(kept_key(connection.server.name, flow_id), connection.channel.get_extra_info("socket"))
         return flow_id
 
     def closed(self, flow_id: int, sock: Any, release: bool = True) -> None:
@@ -111,9 +114,8 @@ class FlowTable:
         Not when it was handed over to the next generation (`release` False):
         only our descriptor goes.
         """
-        self.connections.pop(flow_id, None)
+        connection = self.connections.pop(flow_id, None)
         self.tokens.pop(flow_id, None)
-        key = self.keys.pop(flow_id, None)
         if sock is not None:
             try:
                 # The master's duplicate would hold the connection open: the
@@ -121,8 +123,8 @@ class FlowTable:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if key is not None and release:
-            kept.release(key)
+        if connection is not None and release:
+            kept.release(kept_key(connection.server.name, flow_id))
 
     def token(self, flow_id: int) -> str:
         """The token naming one of our flows, for the user part of our Route toward its client."""

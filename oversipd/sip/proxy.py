@@ -46,9 +46,9 @@ TRANSPORT_ERROR = (503, "Transport Error")
 # a request for it waits this long for the new worker before it gets 430.
 FLOW_HOLDER_WAIT = 1.0
 FLOW_RETRY = 0.02
-FLOW_SOURCE = "flow:"
+FLOW_SOURCE = "flow:"   # a relayed response that came in over a flow: "flow:SLOT:FLOW-ID"
 PEEK_MARK = b"branch=" + BRANCH_PREFIX.encode()
-PEEK_PLACE_MAX = 12   # "<slot>g<parity>" and its dot   # a relayed response that came in over a flow: "flow:SLOT:FLOW-ID"
+PEEK_PLACE_MAX = 12   # "<slot>g<parity>" and its dot
 REQUEST_TIMEOUT = (408, "Request Timeout")
 
 _log = Logger("SIP proxy")
@@ -383,9 +383,9 @@ class ProxyEngine(Logger):
                                                     request):
             return True
         if relay is None or waited >= FLOW_HOLDER_WAIT:
-            message = parse_message(request)
-            if message.method != "ACK":
-                self.flow_gone(message.top_via.branch or "", message.method)
+            transaction = _transaction_of(request)
+            if transaction is not None:
+                self.flow_gone(*transaction)
         else:
             self.loop.call_later(FLOW_RETRY, self.pass_to_flow, target, request, waited + FLOW_RETRY)
         return True   # sent as far as the transaction knows: flow_gone ends it if it never gets there
@@ -395,9 +395,9 @@ class ProxyEngine(Logger):
         connection = self.flows.get(flow_id)
         if connection is not None and connection.send(request, connection.peer):
             return
-        message = parse_message(request)
-        if message.method != "ACK" and self.relay is not None:   # an ACK has no transaction to fail
-            self.relay.tell_flow_gone(origin, message.top_via.branch or "", message.method)
+        transaction = _transaction_of(request)
+        if transaction is not None and self.relay is not None:
+            self.relay.tell_flow_gone(origin, *transaction)
 
     def flow_gone(self, branch: str, method: str) -> None:
         """The flow a request of ours was passed to is gone: 430 upstream (SIP.md §10)."""
@@ -438,10 +438,8 @@ class ProxyEngine(Logger):
         """A response without a transaction here: another worker's, a retransmitted 2xx, or none of ours."""
         branch = response.top_via.branch or ""
         place = _place_of(branch)
-        if place is not None and place != self.place and self.relay is not None:
-            name = self.relay_name_of(source)
-            if name is not None and self.relay.pass_on(place, name, response.to_bytes(), address):
-                return
+        if place is not None and self.pass_to_place(place, response.to_bytes(), source, address):
+            return
         upstream = self.accepted.get(branch)
         if upstream is not None and 200 <= response.status < 300:
             response.pop_header_value("Via")
@@ -465,10 +463,14 @@ class ProxyEngine(Logger):
         if dot < 0:
             return False
         place = data[start:dot].decode("ascii", "replace")
-        if place == self.place or self.relay is None or _place_of(f"{BRANCH_PREFIX}{place}.") is None:
+        return _is_place(place) and self.pass_to_place(place, data, source, address)
+
+    def pass_to_place(self, place: str, response: bytes, source: Any, address: Any) -> bool:
+        """A response for another worker's transaction, to that worker; False: ours, or not passed on."""
+        if place == self.place or self.relay is None:
             return False
         name = self.relay_name_of(source)
-        return name is not None and self.relay.pass_on(place, name, data, address)
+        return name is not None and self.relay.pass_on(place, name, response, address)
 
     def relay_name_of(self, source: Any) -> str | None:
         """How the slot a response is passed to names where it came in: a UDP listener, or a flow."""
@@ -720,8 +722,18 @@ def _place_of(branch: str) -> str | None:
     if not branch.startswith(BRANCH_PREFIX):
         return None
     place, dot, _ = branch[len(BRANCH_PREFIX):].partition(".")
-    slot, g, parity = place.partition("g")
-    return place if dot and slot.isdigit() and g and parity in ("0", "1") else None
+    return place if dot and _is_place(place) else None
+
+
+def _transaction_of(request: bytes) -> tuple[str, str] | None:
+    """(branch, method) of a request we sent, to fail its transaction; None for an ACK, which has none."""
+    message = parse_message(request)
+    return None if message.method == "ACK" else (message.top_via.branch or "", message.method)
+
+
+def _is_place(text: str) -> bool:
+    slot, g, parity = text.partition("g")
+    return slot.isdigit() and bool(g) and parity in ("0", "1")
 
 
 def _finish(future: "asyncio.Future[Any]", outcome: Any) -> None:

@@ -91,6 +91,7 @@ class WorkerSip:
         self.loop = loop
         self.core: SipCore | None = None
         self.listeners: list = []
+        self.tcp_listeners: dict[str, TcpListener] = {}
 
     async def start(self) -> None:
         sip = self.settings.sip
@@ -103,7 +104,6 @@ class WorkerSip:
         self.core = core = SipCore(sip, local, _counters.row(self.slot_id), self.loop)
         by_transport: dict[str, tuple[str, int]] = {}
         udp_listeners = {}
-        tcp_listeners = {}
         flows = FlowTable(self.slot_id)
         for name, address in zip(sip.listen, local):
             if name in udp:
@@ -111,45 +111,43 @@ class WorkerSip:
                 self.listeners.append(listener)
                 by_transport.setdefault("udp", address)
             else:
-                tcp = tcp_listeners[name] = TcpListener(name, listeners.listen_socket(name), core, self.loop, flows)
+                tcp = self.tcp_listeners[name] = TcpListener(name, listeners.listen_socket(name), core, self.loop,
+                                                             flows)
                 await tcp.start()
                 self.listeners.append(tcp)
                 by_transport.setdefault("tcp", address)
         proxy.configure(self.settings.proxies, self.settings.dns)
         core.proxy = proxy.ProxyEngine(core, self.slot_id, udp_listeners, by_transport, self.loop, flows,
                                        self.generation)
-        await self.adopt_flows(tcp_listeners)
+        await self.adopt_flows()
         core.proxy.start_relay()
+
+    async def adopt_flows(self) -> None:
+        """The connections this slot's dead worker held: read on here, the peers saw nothing."""
+        adopted = 0
+        for key, sock in kept.adopt().items():
+            adopted += await self.adopt(key, sock, b"", "of this slot's previous worker")
+        if adopted:
+            _log.log_system_notice(f"adopted {adopted} TCP connection(s) of this slot's previous worker")
 
     async def adopt_handed_over(self, key: tuple[str, int], unread: bytes, sock: socket.socket) -> None:
         """A connection the retiring worker of our slot handed over: read on here, from where it stopped."""
+        await self.adopt(key, sock, unread, "handed over by the previous generation")
+
+    async def adopt(self, key: tuple[str, int], sock: socket.socket, unread: bytes, whose: str) -> bool:
+        """Read on a kept connection (oversipd.kept) on the listener that accepted it; False if it is lost."""
         name, flow_id = key
-        listener = next((l for l in self.listeners if isinstance(l, TcpListener) and l.name == name), None)
+        listener = self.tcp_listeners.get(name)
         if listener is None:
             sock.close()
-            return
+            return False
         try:
             await listener.adopt(sock, flow_id, unread)
         except OSError as error:
-            _log.log_system_info(f"a TCP connection handed over by the previous generation is lost: {error}")
+            _log.log_system_info(f"a TCP connection {whose} is lost: {error}")
             sock.close()
-
-    async def adopt_flows(self, tcp_listeners: dict[str, TcpListener]) -> None:
-        """The connections this slot's dead worker held: read on here, the peers saw nothing."""
-        adopted = 0
-        for (name, flow_id), sock in kept.adopt().items():
-            listener = tcp_listeners.get(name)
-            if listener is None:
-                sock.close()
-                continue
-            try:
-                await listener.adopt(sock, flow_id)
-                adopted += 1
-            except OSError as error:
-                _log.log_system_info(f"a TCP connection of this slot's previous worker is lost: {error}")
-                sock.close()
-        if adopted:
-            _log.log_system_notice(f"adopted {adopted} TCP connection(s) of this slot's previous worker")
+            return False
+        return True
 
     def apply_settings(self, settings: "Settings") -> None:
         if self.core is not None and settings.sip is not None and self.settings.sip is not None \
@@ -198,6 +196,7 @@ class WorkerSip:
         for listener in self.listeners:
             listener.close()
         self.listeners = []
+        self.tcp_listeners = {}
         if self.core is not None:
             self.core.close()
 

@@ -18,6 +18,7 @@ from .. import kept
 from ..logger import Logger
 from . import counters as C
 from .errors import FramingError, ParseError
+from .flows import kept_key
 from .framing import KEEPALIVE, StreamFramer
 from .message import Request as Message, parse_message
 
@@ -199,7 +200,7 @@ class AcceptedConnection(TcpConnection):
 
     def connection_made(self, channel: asyncio.BaseTransport) -> None:
         super().connection_made(channel)
-        self.flow_id = self.server.flows.opened(self, self.server.name, self.flow_id)
+        self.flow_id = self.server.flows.opened(self)
         if self.unread:   # before the socket is read: the stream stays in order
             unread, self.unread = self.unread, b""
             self.data_received(unread)
@@ -209,7 +210,7 @@ class AcceptedConnection(TcpConnection):
         if self.channel is None or self.channel.is_closing() or self.flow_id is None:
             return
         self.channel.pause_reading()
-        if kept.hand_over(self.server.flows.keys[self.flow_id], self.framer.pending()):
+        if kept.hand_over(kept_key(self.server.name, self.flow_id), self.framer.pending()):
             # We still write what is ours to answer; we no longer read, and
             # closing our descriptor later must not end the connection.
             self.left_open = True
@@ -233,7 +234,7 @@ class TcpListener:
         self.core = core
         self.loop = loop
         self.flows = flows   # this worker's FlowTable
-        self.connections: set[TcpConnection] = set()
+        self.connections: set[AcceptedConnection] = set()
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -245,8 +246,7 @@ class TcpListener:
 
     def hand_over(self) -> None:
         for connection in list(self.connections):
-            if isinstance(connection, AcceptedConnection):
-                connection.hand_over()
+            connection.hand_over()
 
     def stop_reading(self) -> None:
         """No new connection is accepted here; those accepted go on."""
@@ -261,6 +261,5 @@ class TcpListener:
         """
         self.stop_reading()
         for connection in list(self.connections):
-            if isinstance(connection, AcceptedConnection):
-                connection.left_open = True
+            connection.left_open = True
             connection.abort()
