@@ -11,7 +11,7 @@ MOD_MYSQL_STAMP := $(VENV)/.installed-mod-mysql
 
 .PHONY: run test check clean
 
-$(STAMP): setup.cfg setup.py pyproject.toml Makefile oversipd/sip/_speedups.c
+$(STAMP): setup.cfg setup.py pyproject.toml Makefile oversipd/sip/syntax/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# compat: the core on sys.path itself.  setuptools' default editable
@@ -117,7 +117,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 
 .PHONY: bench bench-quick bench-profile bench-venv
 
-$(BENCH_STAMP): bench/requirements.txt setup.cfg setup.py pyproject.toml $(wildcard oversipd/*.py oversipd/*/*.py oversipd/*/*.c)
+$(BENCH_STAMP): bench/requirements.txt setup.cfg setup.py pyproject.toml $(wildcard oversipd/*.py oversipd/*/*.py oversipd/*/*/*.py oversipd/*/*/*.c)
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements.txt

@@ -6,5 +6,5 @@ headers) oversipd installs without it and parses SIP in pure Python.
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("oversipd.sip._speedups", ["oversipd/sip/_speedups.c"],
+setup(ext_modules=[Extension("oversipd.sip.syntax._speedups", ["oversipd/sip/syntax/_speedups.c"],
                              optional=True)])

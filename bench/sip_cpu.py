@@ -155,12 +155,12 @@ class Worker:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         from oversipd import logger
-        from oversipd.sip import proxy
-        from oversipd.sip.core import SipCore
+        from oversipd.sip.proxy import engine as proxy
+        from oversipd.sip.core.sipcore import SipCore
         from oversipd.sip.counters import Counters
         from oversipd.sip.proxy_settings import DnsSettings, ProxySettings
         from oversipd.sip.settings import SipSettings
-        from oversipd.sip.transport import UdpListener
+        from oversipd.sip.transport.listeners import UdpListener
 
         logger.configure("warn")
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -302,37 +302,37 @@ class StageClocks:
 
     # (module, object, attribute, stage); what is missing in a tree is skipped
     WRAPPED = [
-        ("oversipd.sip.message", None, "_parse", "parse"),
-        ("oversipd.sip.message", None, "_scan", "parse"),
-        ("oversipd.sip.transaction", "TransactionTable", "match", "server transactions"),
-        ("oversipd.sip.transaction", "TransactionTable", "create", "server transactions"),
-        ("oversipd.sip.transaction", "TransactionTable", "respond", "server transactions"),
-        ("oversipd.sip.core", None, "transaction_key", "server transactions"),
-        ("oversipd.sip.client_transaction", "ClientTable", "create", "client transactions"),
-        ("oversipd.sip.client_transaction", "ClientTable", "match", "client transactions"),
-        ("oversipd.sip.client_transaction", "ClientTable", "receive", "client transactions"),
-        ("oversipd.sip.proxy", "ProxyEngine", "next_deadline", "timers"),
-        ("oversipd.sip.client_transaction", "ClientTable", "next_deadline", "timers"),
-        ("oversipd.sip.transaction", "TransactionTable", "next_deadline", "timers"),
-        ("oversipd.sip.timers", "TableTimer", "arm", "timers"),
-        ("oversipd.sip.message", "Message", "to_bytes", "serialise"),
-        ("oversipd.sip.message", "Request", "make_response", "make response"),
-        ("oversipd.sip.core", "SipCore", "stamp_via", "Via stamp (fix_nat)"),
-        ("oversipd.sip.request", "Request", "loose_route", "loose_route"),
-        ("oversipd.sip.request", "Request", "destination_myself", "script"),
-        ("oversipd.sip.request", "Request", "check_max_forwards", "script"),
-        ("oversipd.sip.core", "SipCore", "run_handler", "script"),
-        ("oversipd.sip.proxy", "Proxy", "__init__", "script"),
-        ("oversipd.sip.proxy", "ProxyEngine", "route", "proxy: route"),
-        ("oversipd.sip.proxy", "ProxyEngine", "start", "proxy: copy, resolve, send"),
-        ("oversipd.sip.proxy", "ProxyEngine", "forward_ack", "proxy: copy, resolve, send"),
-        ("oversipd.sip.proxy", "ProxyEngine", "add_our_headers", "proxy: our headers"),
-        ("oversipd.sip.proxy", "ProxyEngine", "receive_response", "proxy: response match/forward"),
-        ("oversipd.sip.dns", "Rfc3263Resolver", "resolve", "resolve (IP literal)"),
-        ("oversipd.sip.transport", "UdpListener", "send", "socket send"),
-        ("oversipd.sip.uri", None, "parse_uri", "URI/name-addr parse"),
-        ("oversipd.sip.uri", None, "parse_name_addr", "URI/name-addr parse"),
-        ("oversipd.sip.uri", None, "parse_via", "URI/name-addr parse"),
+        ("oversipd.sip.syntax.message", None, "_parse", "parse"),
+        ("oversipd.sip.syntax.message", None, "_scan", "parse"),
+        ("oversipd.sip.transaction.server", "TransactionTable", "match", "server transactions"),
+        ("oversipd.sip.transaction.server", "TransactionTable", "create", "server transactions"),
+        ("oversipd.sip.transaction.server", "TransactionTable", "respond", "server transactions"),
+        ("oversipd.sip.core.sipcore", None, "transaction_key", "server transactions"),
+        ("oversipd.sip.transaction.client", "ClientTable", "create", "client transactions"),
+        ("oversipd.sip.transaction.client", "ClientTable", "match", "client transactions"),
+        ("oversipd.sip.transaction.client", "ClientTable", "receive", "client transactions"),
+        ("oversipd.sip.proxy.engine", "ProxyEngine", "next_deadline", "timers"),
+        ("oversipd.sip.transaction.client", "ClientTable", "next_deadline", "timers"),
+        ("oversipd.sip.transaction.server", "TransactionTable", "next_deadline", "timers"),
+        ("oversipd.sip.core.timers", "TableTimer", "arm", "timers"),
+        ("oversipd.sip.syntax.message", "Message", "to_bytes", "serialise"),
+        ("oversipd.sip.syntax.message", "Request", "make_response", "make response"),
+        ("oversipd.sip.core.sipcore", "SipCore", "stamp_via", "Via stamp (fix_nat)"),
+        ("oversipd.sip.core.request", "Request", "loose_route", "loose_route"),
+        ("oversipd.sip.core.request", "Request", "destination_myself", "script"),
+        ("oversipd.sip.core.request", "Request", "check_max_forwards", "script"),
+        ("oversipd.sip.core.sipcore", "SipCore", "run_handler", "script"),
+        ("oversipd.sip.proxy.engine", "Proxy", "__init__", "script"),
+        ("oversipd.sip.proxy.engine", "ProxyEngine", "route", "proxy: route"),
+        ("oversipd.sip.proxy.engine", "ProxyEngine", "start", "proxy: copy, resolve, send"),
+        ("oversipd.sip.proxy.engine", "ProxyEngine", "forward_ack", "proxy: copy, resolve, send"),
+        ("oversipd.sip.proxy.headers", "OurHeaders", "add", "proxy: our headers"),
+        ("oversipd.sip.proxy.engine", "ProxyEngine", "receive_response", "proxy: response match/forward"),
+        ("oversipd.sip.proxy.dns", "Rfc3263Resolver", "resolve", "resolve (IP literal)"),
+        ("oversipd.sip.transport.listeners", "UdpListener", "send", "socket send"),
+        ("oversipd.sip.syntax.uri", None, "parse_uri", "URI/name-addr parse"),
+        ("oversipd.sip.syntax.uri", None, "parse_name_addr", "URI/name-addr parse"),
+        ("oversipd.sip.syntax.uri", None, "parse_via", "URI/name-addr parse"),
         ("oversipd.logger", None, "emit", "script: log calls"),
     ]
 
@@ -369,8 +369,8 @@ class StageClocks:
             original = getattr(owner, attr)
             wrapped = self.wrap(original, stage)
             setattr(owner, attr, wrapped)
-            for other in ("oversipd.sip.core", "oversipd.sip.proxy", "oversipd.sip.message",
-                          "oversipd.sip.request", "oversipd.sip.client_transaction"):
+            for other in ("oversipd.sip.core.sipcore", "oversipd.sip.proxy.engine", "oversipd.sip.syntax.message",
+                          "oversipd.sip.core.request", "oversipd.sip.transaction.client"):
                 mod = sys.modules.get(other)
                 if owner_name is None and mod is not None and getattr(mod, attr, None) is original:
                     setattr(mod, attr, wrapped)

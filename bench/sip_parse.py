@@ -13,7 +13,7 @@ none is timed doing less than the others.
 Times are CPU time of this process (time.process_time_ns), which other load
 on the machine disturbs less than wall-clock time; still, final figures need a
 quiet machine. "oversipd.sip" is with the C scanner of the header block
-(oversipd/sip/_speedups.c), "(pure Python)" without it. oversipd reads the top
+(oversipd/sip/syntax/_speedups.c), "(pure Python)" without it. oversipd reads the top
 Via as `top_via` (the others are checked but not made objects), as sippy's
 getHFBody("via") reads the first one only; sipmessage has only the whole list.
 
@@ -72,11 +72,11 @@ EXPECTED = ("proxy.atlanta.example.com", "z9hG4bK2d4790.1", "9fxced76sl", "atlan
 def oversipd_parsers(pure: bool = False) -> tuple[Callable, Callable]:
     import functools
 
-    from oversipd.sip import message
+    from oversipd.sip.syntax import message
     if pure:  # without the optional C scanner
         parse_message = functools.partial(message._parse, scan=message._scan_python)
     elif message._scan is message._scan_python:
-        raise ImportError("oversipd.sip._speedups was not built")
+        raise ImportError("oversipd.sip.syntax._speedups was not built")
     else:
         parse_message = message.parse_message
 

@@ -271,7 +271,7 @@ def _check_child(modules_dir: Path | None, server_script: Path | None, insecure:
                  close_fds: list[int], result_fd: int) -> NoReturn:
     outcome = "check child failed"
     try:
-        from .worker import close_inherited, reset_signals_after_fork
+        from .forking import close_inherited, reset_signals_after_fork
 
         reset_signals_after_fork()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -76,7 +76,7 @@ def open_listeners(sections: dict[str, ListenSettings], source: str,
                    reuseport: frozenset[str] | set[str] = frozenset()) -> None:
     """Bind every section (or adopt systemd's socket of that name); ConfigError on failure.
 
-    The sections named in `reuseport` (UDP SIP listeners, oversipd.sip.sockets)
+    The sections named in `reuseport` (UDP SIP listeners, oversipd.sip.transport.sockets)
     get SO_REUSEPORT, so that per-worker sockets can join them.
     """
     passed = activation.passed_sockets()

@@ -148,11 +148,11 @@ class Master(Logger):
         self.ignored_logged_at: dict[int, float] = {}
         # Connections workers asked us to keep across their death (SIP flows).
         self.kept = KeptDescriptors()
-        # The per-slot UDP SIP sockets (oversipd.sip.sockets), imported only
+        # The per-slot UDP SIP sockets (oversipd.sip.transport.sockets), imported only
         # for a SIP configuration: the SIP package costs start-up time.
         self.sip_sockets: Any = None
         if settings.sip is not None:
-            from .sip import sockets as sip_sockets
+            from .sip.transport import sockets as sip_sockets
             self.sip_sockets = sip_sockets
 
     # --- the loop -------------------------------------------------------------

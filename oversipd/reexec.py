@@ -230,7 +230,7 @@ def start_check(argv: list[str], close_fds: list[int]) -> tuple[int, int]:
     pid = os.fork()
     if pid == 0:
         try:
-            from .worker import close_inherited, reset_signals_after_fork
+            from .forking import close_inherited, reset_signals_after_fork
 
             reset_signals_after_fork()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -15,18 +15,11 @@ from . import control, logger, privileges, process, resources
 from .callbacks import SystemCallbacks, SystemEvents, describe, is_cancellation
 from .control import Channel
 from .errors import WORKER_EXIT_CRASHED
+from .forking import close_inherited, reset_signals_after_fork
 from .heartbeat import HeartbeatBoard, cell_of
 from .launcher import Launcher
 from .logger import Logger
 from .settings import Settings
-
-# Terminal and control signals are the master's business: a Ctrl-C or a
-# hang-up sent to the whole process group must reach each worker only
-# through the master, so that it stops exactly once.
-IGNORED_IN_WORKER = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
-                     signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH,
-                     signal.SIGPIPE)
-DEFAULT_IN_WORKER = (signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM)
 
 # Seconds that a retiring worker's SIP work leaves for its on_terminated within graceful_timeout.
 RETIRE_MARGIN = 1.0
@@ -36,25 +29,6 @@ RETIRE_MARGIN = 1.0
 # message, at 10000 it takes 12 (`make bench-sip-cpu`), for a few hundred
 # kilobytes more of young objects.
 YOUNG_COLLECTION_THRESHOLD = 10_000
-
-
-def reset_signals_after_fork() -> None:
-    """Undo the master's signal set-up; called first thing in the child."""
-    signal.set_wakeup_fd(-1)
-    for signum in IGNORED_IN_WORKER:
-        signal.signal(signum, signal.SIG_IGN)
-    for signum in DEFAULT_IN_WORKER:
-        signal.signal(signum, signal.SIG_DFL)
-
-
-def close_inherited(fds: list[int]) -> None:
-    # Every master end of every control channel must go: otherwise the
-    # master's death never shows up as EOF in any worker.
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 def tune_collector() -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oversipd.sip.message import Response, parse_message
+from oversipd.sip.syntax.message import Response, parse_message
 
 from listen_helpers import free_port, listen_table
 

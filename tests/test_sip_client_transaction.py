@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from oversipd.sip.client_transaction import (TIMER_D, TIMER_K, ClientState, ClientTable, Timeout,
+from oversipd.sip.transaction.client import (TIMER_D, TIMER_K, ClientState, ClientTable, Timeout,
                                              Verdict, make_ack)
-from oversipd.sip.message import parse_message
-from oversipd.sip.transaction import T1, T2
+from oversipd.sip.syntax.message import parse_message
+from oversipd.sip.transaction.server import T1, T2
 
 BRANCH = "z9hG4bKosd-test-1"
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import pytest
 from hypothesis import given, strategies as st
 
-from oversipd.sip.dns import DnsError, Rfc3263Resolver, SipDestination, Target, order_srv_records
+from oversipd.sip.proxy.dns import DnsError, Rfc3263Resolver, SipDestination, Target, order_srv_records
 from oversipd.sip.proxy_settings import DnsSettings, ProxySettings, parse_nameserver
 
 from dns_server import DnsZone

@@ -21,7 +21,7 @@ from typing import Iterator
 import psutil
 import pytest
 
-from oversipd.sip.message import Request as Message, parse_message
+from oversipd.sip.syntax.message import Request as Message, parse_message
 
 from sip_helpers import CLIENT_TIMEOUT, StreamReader, UdpClient, request_bytes, sip_daemon
 from test_sip_proxy import Peer
@@ -339,7 +339,7 @@ def test_a_new_generation_reads_on_the_old_workers_connections_from_where_they_s
 
 
 def test_a_flow_token_names_its_slot_and_flow_and_nothing_else_decodes():
-    from oversipd.sip import flows
+    from oversipd.sip.transport import flows
     token = flows.token(3, 2**64 - 1)
     assert flows.decode(token) == (3, 2**64 - 1)
     assert all(c.isalnum() or c in "-_" for c in token)   # fits a SIP URI's user part as is

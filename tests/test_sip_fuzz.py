@@ -16,7 +16,7 @@ import time
 import psutil
 import pytest
 
-from oversipd.sip.message import Response, parse_message
+from oversipd.sip.syntax.message import Response, parse_message
 
 from sip_helpers import UdpClient, request_bytes, sip_daemon
 

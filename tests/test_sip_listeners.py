@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from oversipd.sip.message import Response, parse_message
+from oversipd.sip.syntax.message import Response, parse_message
 
 from sip_helpers import StreamReader, UdpClient, read_stream_message, request_bytes, run_sipp, sip_daemon, sipp_counts
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from oversipd.sip.message import Request as Message, Response, parse_message
+from oversipd.sip.syntax.message import Request as Message, Response, parse_message
 
 from sip_helpers import CLIENT_TIMEOUT, UdpClient, request_bytes, sip_daemon
 
@@ -301,7 +301,7 @@ def test_a_request_changing_transport_gets_two_record_routes_and_register_gets_p
 
 
 def test_the_next_hop_is_a_loose_router_s_route_or_a_strict_router_taking_the_request_uri():
-    from oversipd.sip.proxy import next_hop
+    from oversipd.sip.proxy.engine import next_hop
 
     def message(routes: str):
         return parse_message(("INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n"

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from oversipd.sip.relay import SlotRelay
+from oversipd.sip.transport.relay import SlotRelay
 
 BURST = 500
 PEER = ("127.0.0.1", 5062)

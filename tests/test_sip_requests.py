@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from oversipd.sip.message import parse_message
+from oversipd.sip.syntax.message import parse_message
 
 from conftest import module
 from sip_helpers import UdpClient, read_stream_message, request_bytes, sip_daemon

@@ -1,4 +1,4 @@
-"""Issue 10 — the optional C scanner (oversipd/sip/_speedups.c) and its pure-Python fallback.
+"""Issue 10 — the optional C scanner (oversipd/sip/syntax/_speedups.c) and its pure-Python fallback.
 
 The scanner must give exactly what the Python one gives on any input, and the
 message-layer tests must pass without it (OVERSIPD_SIP_PURE_PYTHON=1, as on a
@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).parent))
 import rfc4475  # noqa: E402
 
-from oversipd.sip import message  # noqa: E402
+from oversipd.sip.syntax import message  # noqa: E402
 
-speedups = pytest.importorskip("oversipd.sip._speedups", reason="the C scanner was not built")
+speedups = pytest.importorskip("oversipd.sip.syntax._speedups", reason="the C scanner was not built")
 ARGS = (message._KNOWN_NAMES, message._COMPACT, message._CHECKED)
 REAL = [rfc4475.load(name) for name in rfc4475.names()]
 PIECES = [b"\r\n", b"\r\n\r\n", b"\r\n ", b"\r\n\t", b":", b" ", b"\t", b"\r", b"\n", b"Via",
@@ -48,7 +48,7 @@ def test_the_scanners_agree_on_edited_real_messages(data, at, insert):
 
 def test_the_message_tests_pass_in_pure_python():
     pure = {**os.environ, "OVERSIPD_SIP_PURE_PYTHON": "1"}
-    subprocess.run([sys.executable, "-c", "from oversipd.sip import message;"
+    subprocess.run([sys.executable, "-c", "from oversipd.sip.syntax import message;"
                     "assert message._scan is message._scan_python"], env=pure, check=True)
     tests = Path(__file__).parent
     result = subprocess.run(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from oversipd.sip.transaction import (T1, T2, TIMER_H, TIMER_I, TIMER_J, TIMER_L, Match, State,
+from oversipd.sip.transaction.server import (T1, T2, TIMER_H, TIMER_I, TIMER_J, TIMER_L, Match, State,
                                       TransactionTable, transaction_key)
 
 FALLBACK = ("sip:bob@example.com", "fromtag", "call-1", 1, "SIP/2.0/UDP 10.0.0.1:5060")

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 
 from .. import kept, listeners
 from ..logger import Logger
-from . import proxy, sockets
-from .core import SipCore   # imported in the master: a worker's start pays no import
+from .proxy import engine as proxy
+from .transport import sockets
+from .core.sipcore import SipCore   # imported in the master: a worker's start pays no import
 from .counters import Counters, counters_path
-from .flows import FlowTable
-from .transport import TcpListener, UdpListener
+from .transport.flows import FlowTable
+from .transport.listeners import TcpListener, UdpListener
 
 if TYPE_CHECKING:
     from ..settings import Settings

@@ -29,7 +29,7 @@ EVENT_TIMEOUT = 20.0
 RSS_WARMUP_CHECKS = 5         # imports and caches settle in the first steps of a master
 RSS_TOLERANCE = 2 << 20       # bytes a master may grow after its warm-up
 # What the master holds for each worker slot: its control channel, and the
-# slot's own UDP socket of the SIP listener (oversipd.sip.sockets).
+# slot's own UDP socket of the SIP listener (oversipd.sip.transport.sockets).
 PER_SLOT_FDS = 2
 
 

@@ -15,7 +15,7 @@ import socket
 import uuid
 from typing import TYPE_CHECKING
 
-from oversipd.sip.message import Response, parse_message
+from oversipd.sip.syntax.message import Response, parse_message
 
 from sip_helpers import StreamReader
 

@@ -2,7 +2,7 @@
 
 No sockets and no clock here: every call takes `now` (seconds, any
 monotonic origin) and the caller sends the bytes it is handed back.  The
-asyncio adapter (`oversipd.sip.core`) calls `expire(now)` when
+asyncio adapter (`oversipd.sip.core.sipcore`) calls `expire(now)` when
 `next_deadline()` comes due.
 
 Timers keep RFC 3261's names.  H, J and L all last 64*T1, and I lasts T4,

@@ -23,7 +23,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from .proxy_settings import DnsSettings
+from ..proxy_settings import DnsSettings
 
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 # NAPTR services (RFC 3263 §4.1) and SRV prefixes (§4.2) per transport.

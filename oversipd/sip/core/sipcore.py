@@ -1,6 +1,6 @@
 """The SIP core of a worker: received bytes -> parse -> transaction -> `on_request` -> response.
 
-The transports (`oversipd.sip.transport`) hand every datagram or framed
+The transports (`oversipd.sip.transport.listeners`) hand every datagram or framed
 stream message to `SipCore.receive`; it stays one flat path for the common
 case (a new request, a sync handler that replies).  The transaction table
 is sans-I/O; this module is its asyncio adapter: it sends what the table
@@ -12,17 +12,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from typing import Any, Protocol
+from typing import Any
 
-from ..callbacks import SipEvents, is_cancellation
-from ..logger import Logger
-from . import counters as C
-from .errors import ParseError
-from .message import Request as Message, parse_message
+from ...callbacks import SipEvents, is_cancellation
+from ...logger import Logger
+from .. import counters as C
+from ..syntax.errors import ParseError
+from ..syntax.message import Request as Message, parse_message
 from .request import Request
-from .settings import SipSettings
+from ..settings import SipSettings
 from .timers import TableTimer
-from .transaction import MAGIC_COOKIE, Match, State, TransactionTable, transaction_key
+from ..transport.listeners import Source
+from ..transaction.server import MAGIC_COOKIE, Match, State, TransactionTable, transaction_key
 
 # Our own Via branches start with this (the proxy adds them): seeing one of
 # ours with our sent-by in a received request is a loop (RFC 3261 §16.3).
@@ -34,14 +35,6 @@ NO_HANDLER = "no SipEvents.on_request handler: every request gets 500"
 RESPONSE_START = b"SIP/2.0 "
 SUPPORTED_PROXY_REQUIRE: frozenset[str] = frozenset()
 
-
-class Source(Protocol):
-    """Where a message came in: a UDP listener's socket or a TCP connection."""
-
-    transport: str          # "udp" or "tcp"
-    reliable: bool
-
-    def send(self, data: bytes, address: Any) -> bool: ...
 
 
 class SipCore(Logger):
@@ -61,7 +54,7 @@ class SipCore(Logger):
         self._tag_prefix = os.urandom(4).hex()
         self._tag_count = 0
         self.local = local
-        self.proxy: Any = None   # the worker's ProxyEngine (oversipd.sip.proxy), set by the service
+        self.proxy: Any = None   # the worker's ProxyEngine (oversipd.sip.proxy.engine), set by the service
         self.apply_settings(settings)
 
     def apply_settings(self, settings: SipSettings) -> None:

@@ -307,7 +307,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "oversipd.sip._speedups",
+    PyModuleDef_HEAD_INIT, "oversipd.sip.syntax._speedups",
     "C speed-ups of oversipd.sip (optional: oversipd.sip has the same in Python).", -1, methods,
 };
 

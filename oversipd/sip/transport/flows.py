@@ -8,7 +8,7 @@ the worker respawned in the slot.  The proxy writes a flow token naming the
 slot and the flow into the user part of its Record-Route or Path; a later
 request routed through that Route leaves over the connection: directly when
 this worker holds it, else passed to the slot's worker over the relay
-(oversipd.sip.relay), which writes it on the connection, or answers that
+(oversipd.sip.transport.relay), which writes it on the connection, or answers that
 the flow is gone (then 430 Flow Failed upstream).  The client's responses
 come back on the connection to the slot's worker and are relayed, by their
 Via branch, to the worker that holds the client transaction.
@@ -32,7 +32,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import kept
+from ... import kept
 
 TOKEN_PREFIX = "ovf"
 FLOW_FAILED = (430, "Flow Failed")

@@ -3,7 +3,7 @@
 Three kinds travel here, each a datagram with one header line:
 
 * a response for another slot's client transaction (below), from UDP or
-  from a flow (a client's TCP connection, oversipd.sip.flows);
+  from a flow (a client's TCP connection, oversipd.sip.transport.flows);
 * a request to send over a flow that another slot's worker holds;
 * the answer that such a flow is gone, for the client transaction's worker.
 
@@ -41,7 +41,7 @@ import socket
 from collections import deque
 from typing import Protocol
 
-from ..logger import Logger
+from ...logger import Logger
 
 KIND_MESSAGE = b"M"   # M listener ip port \n message: receive it as if it had come in there
 KIND_FLOW = b"F"      # F flow-id origin-place \n request: send it over that flow of ours

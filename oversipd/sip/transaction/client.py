@@ -17,8 +17,8 @@ import enum
 import heapq
 from typing import Any, Hashable
 
-from .message import Request as Message, Response
-from .transaction import T1, T2, T4
+from ..syntax.message import Request as Message, Response
+from .server import T1, T2, T4
 
 TIMER_D = 32.0      # Completed INVITE over UDP: at least 32 s (0 over a reliable transport)
 TIMER_K = T4        # Completed non-INVITE over UDP (0 over a reliable transport)
@@ -194,9 +194,18 @@ def make_ack(request: Message, response: Response) -> Message:
     Request-URI, Call-ID, From, the top Via and the Route headers come from
     the request; To (with its tag) from the response; CSeq keeps the number.
     """
+    return _hop_by_hop("ACK", request, response.header("to") or "")
+
+
+def make_cancel(request: Message) -> Message:
+    """RFC 3261 §9.1: the CANCEL of a request we sent, on its branch (the same top Via)."""
+    return _hop_by_hop("CANCEL", request, request.header("to") or "")
+
+
+def _hop_by_hop(method: str, request: Message, to: str) -> Message:
     headers = [("Via", request.headers("via")[0])]
     headers += [("Route", value) for value in request.headers("route")]
     headers += [("Max-Forwards", "70"), ("From", request.header("from") or ""),
-                ("To", response.header("to") or ""), ("Call-ID", request.call_id),
-                ("CSeq", f"{request.cseq} ACK"), ("Content-Length", "0")]
-    return Message("ACK", request.ruri.copy(), headers)
+                ("To", to), ("Call-ID", request.call_id),
+                ("CSeq", f"{request.cseq} {method}"), ("Content-Length", "0")]
+    return Message(method, request.ruri.copy(), headers)

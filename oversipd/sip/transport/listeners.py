@@ -1,26 +1,26 @@
 """SIP over UDP and TCP in a worker: sockets in, messages to the core, responses out.
 
-UDP: the worker reads its slot's socket (oversipd.sip.sockets) with
+UDP: the worker reads its slot's socket (oversipd.sip.transport.sockets) with
 `add_reader` and a `recvfrom` loop, one datagram one message, and sends
 responses from that same socket.  TCP: every worker accepts on the
 shared listening socket; a connection and all its messages stay with the
 worker that accepted it (and with the worker respawned in its slot: an
-accepted connection is a flow, oversipd.sip.flows).
+accepted connection is a flow, oversipd.sip.transport.flows).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from typing import Any, Protocol
 
-from .. import kept
-from ..logger import Logger
-from . import counters as C
-from .errors import FramingError, ParseError
+from ... import kept
+from ...logger import Logger
+from .. import counters as C
+from ..syntax.errors import FramingError, ParseError
 from .flows import kept_key
-from .framing import KEEPALIVE, StreamFramer
-from .message import Request as Message, parse_message
+from ..syntax.framing import KEEPALIVE, StreamFramer
+from ..syntax.message import Request as Message, parse_message
 
 # Datagrams read per wake-up before the loop looks at its other work.
 UDP_BATCH = 64
@@ -31,6 +31,15 @@ KEEPALIVE_FIRST = (b"\r", b"\n")
 MAX_DATAGRAM = 65536
 
 _log = Logger("SIP")
+
+
+class Source(Protocol):
+    """Where a message came in: a UDP listener's socket or a TCP connection."""
+
+    transport: str          # "udp" or "tcp"
+    reliable: bool
+
+    def send(self, data: bytes, address: Any) -> bool: ...
 
 
 class UdpListener:
@@ -87,7 +96,7 @@ class TcpConnection(asyncio.Protocol):
 
     transport_kind = "tcp"
     reliable = True
-    flow_id: int | None = None   # an accepted connection's flow (oversipd.sip.flows); ours have none
+    flow_id: int | None = None   # an accepted connection's flow (oversipd.sip.transport.flows); ours have none
 
     def __init__(self, server: "TcpListener") -> None:
         self.server = server

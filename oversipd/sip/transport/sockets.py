@@ -22,10 +22,10 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from .. import listeners, reexec
-from ..addresses import ListenSettings
-from ..logger import Logger
-from .settings import SipSettings
+from ... import listeners, reexec
+from ...addresses import ListenSettings
+from ...logger import Logger
+from ..settings import SipSettings
 
 # Asked for each UDP SIP socket; the kernel caps it at net.core.rmem_max
 # (SO_RCVBUFFORCE, as root, goes past it).  A full buffer is a cliff:

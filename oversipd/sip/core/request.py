@@ -8,18 +8,29 @@ Names follow OverSIP's Ruby API (`sip_method`, `ruri`, `from_`, ...).
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from . import flows
-from .uri import parse_name_addr
+from ..transport import flows
+from ..syntax.uri import parse_name_addr
 
 if TYPE_CHECKING:
-    from .core import SipCore, Source
-    from .message import Request as Message
-    from .transaction import ServerTransaction
-    from .uri import NameAddr, SipUri, Via
+    from ..transport.listeners import Source
+    from ..syntax.message import Request as Message
+    from ..transaction.server import ServerTransaction
+    from ..syntax.uri import NameAddr, SipUri, Via
 
 DEFAULT_MAX_FORWARDS = 70
+
+
+class Core(Protocol):
+    """What a request needs of the worker's SIP core (sipcore.SipCore): it never builds one."""
+
+    def send_reply(self, request: "Request", status: int, reason: str | None,
+                   headers: Any, body: bytes) -> None: ...
+
+    def is_local(self, host: str, port: int | None) -> bool: ...
+
+    def stamp_via(self, request: "Request", force_rport: bool) -> None: ...
 
 
 class Request:
@@ -29,7 +40,7 @@ class Request:
                  "_final_sent", "_cancelled", "_destination", "_proxy", "_flow")
 
     def __init__(self, message: "Message", source: "Source", address: Any,
-                 transaction: "ServerTransaction | None", core: "SipCore") -> None:
+                 transaction: "ServerTransaction | None", core: "Core") -> None:
         self.message = message
         self.source = source          # the listener (or TCP connection) it came in on
         self.address = address        # the peer's socket address

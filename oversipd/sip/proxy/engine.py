@@ -13,32 +13,26 @@ transaction.  Timer C and CANCEL belong here, not to the transaction.
 from __future__ import annotations
 
 import asyncio
-import os
-from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..logger import Logger
-from . import counters as C
-from .client_transaction import ClientTable, ClientTransaction, Verdict, client_key, make_ack
+from ...logger import Logger
+from .. import counters as C
+from ..transaction.client import ClientTable, ClientTransaction, Verdict, client_key, make_ack, make_cancel
 from .dns import DnsError, Rfc3263Resolver, SipDestination, Target
-from .flows import FLOW_FAILED, FlowTable, FlowTarget, RelayedFlow
-from .message import Request as Message, Response, parse_message
-from .proxy_settings import DnsSettings, ProxySettings
-from .relay import SlotRelay, place_of
-from .timers import TableTimer
-from .transport import TcpConnection
-from .uri import SipUri, parse_name_addr, parse_uri
+from ..transport.flows import FLOW_FAILED, FlowTable, FlowTarget, RelayedFlow
+from ..syntax.message import Request as Message, Response, parse_message
+from ..proxy_settings import DnsSettings, ProxySettings
+from ..transport.relay import SlotRelay, place_of
+from ..core.timers import TableTimer
+from ..transport.outgoing import NextHops
+from .accepted import AcceptedBranches
+from .headers import BRANCH_PREFIX, OurHeaders
+from ..syntax.uri import SipUri, parse_name_addr, parse_uri
 
 if TYPE_CHECKING:
-    from .core import SipCore
-    from .request import Request
+    from ..core.sipcore import SipCore
+    from ..core.request import Request
 
-BRANCH_PREFIX = "z9hG4bKosd"    # the core's loop check knows it (core.OUR_BRANCH_PREFIX)
-RECORD_ROUTED_INITIAL = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
-TCP_CONNECT_TIMEOUT = 4.0
-# After a 2xx ends the INVITE client transaction, retransmissions of that 2xx
-# (the UAS resends it until the end-to-end ACK) still go upstream this long.
-ACCEPTED_LINGER = 32.0
 # Timer C fires this early at the most: the loop may run a timer a hair before its time.
 TIMER_C_SLACK = 0.001
 TRANSPORT_ERROR = (503, "Transport Error")
@@ -142,25 +136,13 @@ class ProxyEngine(Logger):
         self.generation = generation
         self.place = place_of(slot_id, generation)   # how other workers reach this one (relay.py)
         self.udp = udp                               # listener name -> UdpListener
-        self.udp_by_family = _by_family(udp)         # 4 or 6 -> the first UDP listener of that family
-        self.local = local                           # "udp"/"tcp" -> (host, port) of our listener
         self.clients = ClientTable()
         self.resolver = Rfc3263Resolver(_dns or DnsSettings())
-        self.connections: set[TcpConnection] = set()   # what TcpConnection expects of its "server"
-        self.tcp: dict[tuple[str, int], TcpConnection] = {}
-        self.connecting: dict[tuple[str, int], asyncio.Future[TcpConnection]] = {}
-        # Branch -> where its caller's responses go (source, address): only that,
-        # for 32 s, not the branch's whole Forward (the collector would walk it).
-        self.accepted: dict[str, tuple[Any, Any]] = {}
-        # Every branch lingers as long, so they expire in the order accepted: one
-        # loop timer for the oldest, not one each (32 s of them crowded the loop's heap).
-        self.accepted_order: deque[tuple[float, str]] = deque()   # (expiry, branch)
-        self.accepted_timer = TableTimer(loop, self.forget_accepted)
+        self.next_hops = NextHops(core, loop, udp, self.spawn)
+        self.accepted = AcceptedBranches(loop)   # answered INVITE branches: where their 2xx go
         self.timer = TableTimer(loop, self.on_timer)
-        self._branch_prefix = f"{BRANCH_PREFIX}{self.place}."
-        self._branch_count = 0
-        self._branch_salt = os.urandom(4).hex()
         self.flows = flows or FlowTable(slot_id)      # the clients' connections this worker holds
+        self.headers = OurHeaders(self.place, local, core.settings.advertised_host, self.flows)
         self.relay: SlotRelay | None = None           # bound by start_relay()
         self.pending: set[Forward] = set()            # routed, no final outcome yet
         self.idle = asyncio.Event()                   # set while `pending` is empty
@@ -249,8 +231,11 @@ class ProxyEngine(Logger):
         if forward.done:
             return True
         message = forward.outgoing.copy()   # each branch adds its own Via (and Record-Route)
-        branch = self.new_branch()
-        self.add_our_headers(forward, message, target.transport, branch)
+        branch = self.headers.new_branch()
+        request = forward.request
+        # A client's connection: the Route toward it names its flow (oversipd.sip.transport.flows).
+        self.headers.add(message, forward.proxy.settings.do_record_routing, request.transport,
+                         request.source.flow_id if request.transport == "tcp" else None, target.transport, branch)
         data = message.to_bytes()
         settings = forward.proxy.settings
         timeout = settings.timer_B if forward.is_invite else settings.timer_F
@@ -279,48 +264,9 @@ class ProxyEngine(Logger):
             self.log_system_info(f"an ACK for {destination} is dropped: {error}")
             _finish(future, None)
             return
-        message.insert_header("Via", self.our_via(targets[0].transport, self.new_branch()))
+        message.insert_header("Via", self.headers.via(targets[0].transport, self.headers.new_branch()))
         self.send(source, address, message.to_bytes())
         _finish(future, None)
-
-    def add_our_headers(self, forward: Forward, message: Message, transport: str, branch: str) -> None:
-        """Our Via; Record-Route (twice when the transport changes here) or, for REGISTER, Path."""
-        if forward.proxy.settings.do_record_routing:
-            method = message.method
-            in_dialog = message.to.tag is not None
-            # A client's connection: the Route toward it names its flow (oversipd.sip.flows).
-            flow = forward.request.source.flow_id if forward.request.transport == "tcp" else None
-            if method == "REGISTER":
-                message.insert_header("Path", self.our_route(transport, flow, outbound=flow is not None))
-            elif (method in RECORD_ROUTED_INITIAL and not in_dialog) or (method == "NOTIFY" and in_dialog):
-                incoming = forward.request.transport
-                if incoming != transport:   # RFC 5658: one Record-Route per side
-                    message.insert_header("Record-Route", self.our_route(incoming, flow))
-                    flow = None
-                message.insert_header("Record-Route", self.our_route(transport, flow))
-        message.insert_header("Via", self.our_via(transport, branch))
-
-    def our_route(self, transport: str, flow: int | None = None, outbound: bool = False) -> str:
-        """Our Route URI; with the flow token of a client's connection as its user part (RFC 5626 §5.3)."""
-        host, port = self.our_address(transport)
-        user = "" if flow is None else self.flows.token(flow) + "@"
-        suffix = "" if transport == "udp" else f";transport={transport}"
-        return f"<sip:{user}{host}:{port}{suffix};lr{';ob' if outbound else ''}>"
-
-    def our_via(self, transport: str, branch: str) -> str:
-        host, port = self.our_address(transport)
-        return f"SIP/2.0/{transport.upper()} {host}:{port};branch={branch};rport"
-
-    def our_address(self, transport: str) -> tuple[str, int]:
-        host, port = self.local.get(transport) or next(iter(self.local.values()))
-        advertised = self.core.settings.advertised_host
-        if advertised:
-            host = advertised
-        return (f"[{host}]" if ":" in host else host), port
-
-    def new_branch(self) -> str:
-        self._branch_count += 1
-        return f"{self._branch_prefix}{self._branch_salt}{self._branch_count:x}"
 
     # --- transports out -------------------------------------------------------------
 
@@ -328,43 +274,7 @@ class ProxyEngine(Logger):
         if isinstance(target, FlowTarget):
             return self.flow_source(target)
         address = (target.ip, target.port)
-        if target.transport == "udp":
-            return self.udp_listener(target.ip), address
-        if target.transport != "tcp":
-            raise OSError(f"transport {target.transport} is not supported")
-        return await self.tcp_connection(address), address
-
-    def udp_listener(self, ip: str) -> Any:
-        family = _family(ip)
-        listener = self.udp_by_family.get(family)
-        if listener is None:
-            raise OSError(f"no UDP SIP listener of IPv{family}")
-        return listener
-
-    async def tcp_connection(self, address: tuple[str, int]) -> TcpConnection:
-        """The worker's connection to `address`, opened once and reused; responses come back on it."""
-        connection = self.tcp.get(address)
-        if connection is not None and connection.channel is not None and not connection.channel.is_closing():
-            return connection
-        pending = self.connecting.get(address)
-        if pending is None:
-            pending = self.connecting[address] = self.loop.create_future()
-            self.spawn(self.connect(address, pending))
-        return await asyncio.shield(pending)
-
-    async def connect(self, address: tuple[str, int], pending: "asyncio.Future[TcpConnection]") -> None:
-        try:
-            _, connection = await asyncio.wait_for(
-                self.loop.create_connection(lambda: OutgoingConnection(self, address), *address),
-                TCP_CONNECT_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as error:
-            pending.set_exception(OSError(f"TCP connect to {address[0]}:{address[1]}: {error or 'timeout'}"))
-            pending.exception()   # retrieved: nobody may be waiting any more
-        else:
-            self.tcp[address] = connection
-            pending.set_result(connection)
-        finally:
-            self.connecting.pop(address, None)
+        return await self.next_hops.source_for(target.transport, address), address
 
     def flow_source(self, target: FlowTarget) -> tuple[Any, Any]:
         """The connection of a flow: ours, or another slot's reached over the relay."""
@@ -440,7 +350,7 @@ class ProxyEngine(Logger):
         place = _place_of(branch)
         if place is not None and self.pass_to_place(place, response.to_bytes(), source, address):
             return
-        upstream = self.accepted.get(branch)
+        upstream = self.accepted.upstream(branch)
         if upstream is not None and 200 <= response.status < 300:
             response.pop_header_value("Via")
             self.send(*upstream, response.to_bytes())
@@ -510,7 +420,7 @@ class ProxyEngine(Logger):
         if tx is not forward.tx:
             return   # an earlier branch, given up
         if tx.is_invite and status < 300:
-            self.accept(tx.key[0], forward)
+            self.accepted.add(tx.key[0], forward.request.source, forward.request._destination)
         if forward.done:
             if tx.is_invite and status < 300:   # a 2xx after our 408 still reaches the caller (RFC 3261 §16.7)
                 self.upstream_stateless(forward.request, response)
@@ -526,21 +436,6 @@ class ProxyEngine(Logger):
 
     def upstream_stateless(self, request: "Request", response: Response) -> None:
         self.send(request.source, request._destination, response.to_bytes())
-
-    def accept(self, branch: str, forward: Forward) -> None:
-        self.accepted[branch] = (forward.request.source, forward.request._destination)
-        expiry = self.loop.time() + ACCEPTED_LINGER
-        self.accepted_order.append((expiry, branch))
-        self.accepted_timer.arm(expiry)
-
-    def forget_accepted(self) -> None:
-        """The accepted branches whose linger is over (up to TIMER_GRANULARITY late)."""
-        now = self.loop.time()
-        order = self.accepted_order
-        while order and order[0][0] <= now:
-            self.accepted.pop(order.popleft()[1], None)
-        if order:
-            self.accepted_timer.arm(order[0][0])
 
     # --- CANCEL, timeouts, failures ------------------------------------------------------
 
@@ -564,13 +459,7 @@ class ProxyEngine(Logger):
         if tx is None or tx.final_received:
             return
         forward.cancel_sent = True
-        request = tx.request
-        headers = [("Via", request.headers("via")[0])]
-        headers += [("Route", value) for value in request.headers("route")]
-        headers += [("Max-Forwards", "70"), ("From", request.header("from") or ""),
-                    ("To", request.header("to") or ""), ("Call-ID", request.call_id),
-                    ("CSeq", f"{request.cseq} CANCEL"), ("Content-Length", "0")]
-        cancel = Message("CANCEL", request.ruri.copy(), headers)
+        cancel = make_cancel(tx.request)
         data = cancel.to_bytes()
         source, address = tx.destination
         ctx = self.clients.create(tx.key[0], cancel, data, tx.reliable,
@@ -658,23 +547,8 @@ class ProxyEngine(Logger):
             self.relay.close()
             self.relay = None
         self.timer.cancel()
-        self.accepted_timer.cancel()
-        for connection in list(self.tcp.values()):
-            connection.abort()
-
-
-class OutgoingConnection(TcpConnection):
-    """A TCP connection the proxy opened: framed and read like an accepted one."""
-
-    def __init__(self, engine: ProxyEngine, address: tuple[str, int]) -> None:
-        super().__init__(engine)   # type: ignore[arg-type]   # the engine has core, loop, connections
-        self.engine = engine
-        self.address = address
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        if self.engine.tcp.get(self.address) is self:
-            del self.engine.tcp[self.address]
+        self.accepted.close()
+        self.next_hops.close()
 
 
 def next_hop(message: Message) -> SipUri:
@@ -699,18 +573,6 @@ def lower_max_forwards(message: Message) -> None:
 _CALLBACK_NAMES = {"provisional": "provisional_response", "success": "success_response",
                    "failure": "failure_response", "canceled": "canceled",
                    "invite_timeout": "invite_timeout", "error": "error"}
-
-
-def _family(ip: str) -> int:
-    """4 or 6: an IP address (a resolver's target), never a name, so a colon tells."""
-    return 6 if ":" in ip else 4
-
-
-def _by_family(udp: dict[str, Any]) -> dict[int, Any]:
-    found: dict[int, Any] = {}
-    for listener in udp.values():
-        found.setdefault(_family(listener.sock.getsockname()[0]), listener)
-    return found
 
 
 def _destination_of(uri: SipUri) -> SipDestination:
