@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("sip proxy", ["sip.proxy"]),
     ("sip service", ["sip.service", "sip"]),
     ("public API", ["", "fingerprint", "generations"]),
-    ("processes", ["worker", "master"]),
+    ("processes", ["worker", "master", "supervision", "watchdog", "reloading", "swap", "upgrade", "keeper"]),
     ("commands", ["cli", "control_commands", "scaffold", "testing", "__main__"]),
 ]
 

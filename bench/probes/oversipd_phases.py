@@ -28,7 +28,7 @@ def emit(event, stamp=None):
 
 emit("interpreter_up")
 
-from oversipd import cli, master, worker  # noqa: E402  (the import is a measured phase)
+from oversipd import cli, master, supervision, worker  # noqa: E402  (the import is a measured phase)
 
 emit("imported")
 
@@ -44,9 +44,9 @@ def on_entry(owner, name, event):
 
 on_entry(master.Master, "run", "master_run")
 on_entry(master.Master, "read_signals", "signal_read")
-on_entry(master.Master, "spawn_worker", "spawn")
+on_entry(supervision.Supervisor, "spawn_worker", "spawn")
 on_entry(master.Master, "handle_stop_signal", "term_handled")
-on_entry(master, "worker_main", "child_first_code")   # first Python code in the child after fork
+on_entry(supervision, "worker_main", "child_first_code")   # first Python code in the child after fork
 on_entry(worker.Worker, "run", "worker_ready_for_loop")  # signals reset, fds closed, title set
 on_entry(worker.Worker, "main", "loop_running")
 on_entry(worker.Worker, "terminate", "terminate")

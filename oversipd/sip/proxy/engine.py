@@ -26,7 +26,7 @@ from ..transport.relay import SlotRelay, place_of
 from ..core.timers import TableTimer
 from ..transport.outgoing import NextHops
 from .accepted import AcceptedBranches
-from .headers import BRANCH_PREFIX, OurHeaders
+from .headers import OurHeaders, peek_place, place_of_branch
 from ..syntax.uri import SipUri, parse_name_addr, parse_uri
 
 if TYPE_CHECKING:
@@ -41,8 +41,6 @@ TRANSPORT_ERROR = (503, "Transport Error")
 FLOW_HOLDER_WAIT = 1.0
 FLOW_RETRY = 0.02
 FLOW_SOURCE = "flow:"   # a relayed response that came in over a flow: "flow:SLOT:FLOW-ID"
-PEEK_MARK = b"branch=" + BRANCH_PREFIX.encode()
-PEEK_PLACE_MAX = 12   # "<slot>g<parity>" and its dot
 REQUEST_TIMEOUT = (408, "Request Timeout")
 
 _log = Logger("SIP proxy")
@@ -347,7 +345,7 @@ class ProxyEngine(Logger):
     def stray_response(self, response: Response, source: Any, address: Any) -> None:
         """A response without a transaction here: another worker's, a retransmitted 2xx, or none of ours."""
         branch = response.top_via.branch or ""
-        place = _place_of(branch)
+        place = place_of_branch(branch)
         if place is not None and self.pass_to_place(place, response.to_bytes(), source, address):
             return
         upstream = self.accepted.upstream(branch)
@@ -358,22 +356,9 @@ class ProxyEngine(Logger):
         self.core.counts[C.DROPPED] += 1
 
     def pass_on_foreign(self, data: bytes, source: Any, address: Any) -> bool:
-        """Before any parsing: a response whose branch names another place goes there as it came.
-
-        Half the responses land on the other worker with 2 of them; parsing
-        each twice was a measurable share of a proxied call.  The first
-        `branch=` of a response is its top Via's; anything odd is left to
-        the parser and stray_response.
-        """
-        start = data.find(PEEK_MARK)
-        if start < 0:
-            return False
-        start += len(PEEK_MARK)
-        dot = data.find(b".", start, start + PEEK_PLACE_MAX)
-        if dot < 0:
-            return False
-        place = data[start:dot].decode("ascii", "replace")
-        return _is_place(place) and self.pass_to_place(place, data, source, address)
+        """Before any parsing: a response whose branch names another place goes there as it came."""
+        place = peek_place(data)
+        return place is not None and self.pass_to_place(place, data, source, address)
 
     def pass_to_place(self, place: str, response: bytes, source: Any, address: Any) -> bool:
         """A response for another worker's transaction, to that worker; False: ours, or not passed on."""
@@ -579,23 +564,10 @@ def _destination_of(uri: SipUri) -> SipDestination:
     return SipDestination(uri.scheme, (uri.host or "").strip("[]"), uri.port, uri.transport)
 
 
-def _place_of(branch: str) -> str | None:
-    """The place (relay.place_of) written in one of our branches, else None."""
-    if not branch.startswith(BRANCH_PREFIX):
-        return None
-    place, dot, _ = branch[len(BRANCH_PREFIX):].partition(".")
-    return place if dot and _is_place(place) else None
-
-
 def _transaction_of(request: bytes) -> tuple[str, str] | None:
     """(branch, method) of a request we sent, to fail its transaction; None for an ACK, which has none."""
     message = parse_message(request)
     return None if message.method == "ACK" else (message.top_via.branch or "", message.method)
-
-
-def _is_place(text: str) -> bool:
-    slot, g, parity = text.partition("g")
-    return slot.isdigit() and bool(g) and parity in ("0", "1")
 
 
 def _finish(future: "asyncio.Future[Any]", outcome: Any) -> None:
