@@ -13,7 +13,7 @@ installed core differs from the running one, a reload therefore
      its handlers, instead of killing it with the default action.
 The new image (cli.resume) takes the hand-over (`pending`), adopts the
 descriptors, imports the new code, runs on_initialize and forks the next
-generation; the handed-over workers retire once it serves (master.py).
+generation; the handed-over workers retire once it serves (swap.py, upgrade.py).
 
 What is handed over: the parts other layers register (`register_part`:
 the listening sockets here; a SIP layer adds the per-slot UDP sockets the
