@@ -34,8 +34,12 @@ BROKEN_CONFIGS = {
 # --- helpers ---------------------------------------------------------------------
 
 def random_worker(soak: Soak) -> tuple[int, int]:
-    """(slot, pid) of a live worker, chosen by the seed."""
-    slots = soak.workers().slots
+    """(slot, pid) of a live worker, chosen by the seed.
+
+    Right after a respawn a worker may not have its title yet (it sets it
+    milliseconds after the fork): wait for one rather than choose among none.
+    """
+    slots = soak.wait_for(lambda: soak.workers().slots, "a live worker with its process title")
     slot = soak.rng.choice(sorted(slots))
     return slot, slots[slot]
 
