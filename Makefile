@@ -173,6 +173,12 @@ bench-sip-parse: $(BENCH_STAMP)
 bench-sip-cpu: $(STAMP)
 	$(PY) -m bench.sip_cpu $(BENCH_SIP_CPU_ARGS)
 
+# --- TCP work over the workers (issue 23): accepted connections, one trunk's calls ---
+# Each worker's share; before/after: BENCH_ARGS="--tree /tmp/before --tree .".
+.PHONY: bench-tcp-spread
+bench-tcp-spread: $(STAMP) sip-tester
+	$(PY) -m bench.tcp_spread $(BENCH_ARGS)
+
 # --- SIP (issues 10, 11): oversipd next to Kamailio, SIPp as the client ----------
 # Debian's kamailio, installed when missing (sipp comes from the sip-tester
 # target above).  The benchmark runs Kamailio itself, in the foreground: the

@@ -129,9 +129,9 @@ class Bench:
                 uas.end()
         # A process that appeared during the run (a late child, a respawned worker) spent all
         # its CPU time in it; one that ended took its time along (and is not counted).
-        cpu = sum(after - cpu_before.get(pid, 0) for pid, after in cpu_after.items())
-        result = Run(rate, seconds, calls, uac, uas_counts, cpu,
-                     rcvbuf_after - rcvbuf_before, case.messages_per_call)
+        spent = [after - cpu_before.get(pid, 0) for pid, after in cpu_after.items()]
+        result = Run(rate, seconds, calls, uac, uas_counts, sum(spent),
+                     rcvbuf_after - rcvbuf_before, case.messages_per_call, max(spent, default=0))
         verdict = "ok" if result.ok else f"FAILED ({result.failure})"
         log(f"  {server.name:<15} {case.key:<9} {rate:>8g}/s {seconds:g} s: {verdict}, "
             f"{result.cpu_us_per_message:.1f} µs/msg, RcvbufErrors +{result.rcvbuf_errors}")
@@ -255,6 +255,10 @@ def number(value: float | None, digits: int = 0) -> str:
     return "—" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
+def percent(share: float | None) -> str:
+    return "" if share is None or math.isnan(share) else f"{share:.0%}"
+
+
 def ratio(a: float | None, b: float | None) -> str:
     return "—" if not a or not b else f"{a / b:.2f}"
 
@@ -272,8 +276,8 @@ def table(case: Case, searches: dict[str, Search], args: argparse.Namespace, ski
     lines = [f"### {case.title}", "",
              f"| server | {case.unit}, 0 failed, {args.rounds} × {args.duration:g} s | CPU µs/msg at that rate "
              f"| CPU µs/msg {at_same} | oversipd ÷ this: rate | oversipd ÷ this: CPU/msg {at_same} "
-             f"| retransmissions | RcvbufErrors | what failed just above it |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"| busiest process's share of the CPU | retransmissions | RcvbufErrors | what failed just above it |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, search in searches.items():
         other = name != "oversipd" and ours is not None
         limit = search.gave_up or search.limit or f"nothing up to --max-rate {args.max_rate:g}"
@@ -281,6 +285,7 @@ def table(case: Case, searches: dict[str, Search], args: argparse.Namespace, ski
                      f"| {number(search.same_rate_cpu, 1)} "
                      f"| {ratio(ours.rate, search.rate) if other else ''} "
                      f"| {ratio(ours.same_rate_cpu, search.same_rate_cpu) if other else ''} "
+                     f"| {percent(search.busiest_share)} "
                      f"| {search.retransmissions} | {search.rcvbuf_errors} | {limit} |")
     lines += ["", "Target (issues 10 and 11): oversipd's rate ≥ 1.0 × Kamailio's with Debian's default allocator."]
     if skipped:
@@ -401,6 +406,7 @@ def as_json(results: dict[str, dict[str, Search]]) -> dict:
     def run(r: Run) -> dict:
         return {"rate": r.rate, "seconds": r.seconds, "calls": r.calls, "ok": r.ok, "failure": r.failure,
                 "cpu_us_per_message": r.cpu_us_per_message, "messages": r.messages, "cpu_ns": r.cpu_ns,
+                "busiest_share": r.busiest_share,
                 "rcvbuf_errors": r.rcvbuf_errors, "uac": vars(r.uac), "uas": vars(r.uas) if r.uas else None}
     return {case: {name: {"rate": s.rate, "cpu_us_per_message": s.cpu_us_per_message, "gave_up": s.gave_up,
                           "probes": [run(r) for r in s.probes], "sustained": [run(r) for r in s.sustained],

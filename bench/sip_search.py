@@ -35,6 +35,12 @@ class Run:
     cpu_ns: int
     rcvbuf_errors: int
     messages_per_call: int
+    busiest_ns: int = 0          # the CPU time of the server's busiest process in the run
+
+    @property
+    def busiest_share(self) -> float:
+        """The busiest process's share of the server's CPU time: 0.5 is two workers evenly busy."""
+        return self.busiest_ns / self.cpu_ns if self.cpu_ns else math.nan
 
     @property
     def messages(self) -> int:
@@ -182,6 +188,10 @@ class Search:
     @property
     def retransmissions(self) -> int:
         return sum(r.uac.retransmissions + (r.uas.retransmissions if r.uas else 0) for r in self.sustained)
+
+    @property
+    def busiest_share(self) -> float | None:
+        return statistics.median(r.busiest_share for r in self.sustained) if self.rate else None
 
     @property
     def same_rate_cpu(self) -> float | None:

@@ -160,11 +160,15 @@ def _set_options(spec: ListenSettings, sock: socket.socket) -> None:
 
 
 def _refuse_if_taken(spec: ListenSettings, source: str) -> None:
-    """With SO_REUSEPORT a second daemon could join our port: bind once without it to find out."""
+    """With SO_REUSEPORT a second daemon could join our port: bind once without it to find out.
+
+    With the options the real socket gets, SO_REUSEADDR for tcp among them:
+    a connection of an earlier run still in TIME_WAIT must not pass for a
+    daemon (SO_REUSEADDR never lets a second TCP listener in).
+    """
     probe = socket.socket(spec.family, spec.type)
     try:
-        if spec.family == socket.AF_INET6:
-            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        _set_options(spec, probe)
         probe.bind(spec.sockaddr)
     except OSError as error:
         raise ConfigError(source, f"listen.{spec.name}",

@@ -47,9 +47,11 @@ class SipServer:
 
 
 def sip_daemon(oversipd_daemon, script: str = RECORDING_SCRIPT, workers: int = 1, host: str = "127.0.0.1",
-               sip: dict[str, Any] | None = None, start: bool = True, **options: Any) -> SipServer:
-    """A daemon serving SIP over UDP and TCP on one free port of `host`."""
-    port = free_port("tcp", "udp") if host == "127.0.0.1" else _free_port6()
+               sip: dict[str, Any] | None = None, start: bool = True, port: int | None = None,
+               **options: Any) -> SipServer:
+    """A daemon serving SIP over UDP and TCP on one free port of `host` (or on `port`)."""
+    if port is None:
+        port = free_port("tcp", "udp") if host == "127.0.0.1" else _free_port6()
     bracketed = f"[{host}]" if ":" in host else host
     tables = {"listen.sip_udp": listen_table(f"udp://{bracketed}:{port}"),
               "listen.sip_tcp": listen_table(f"tcp://{bracketed}:{port}"),

@@ -165,10 +165,28 @@ def messages_until_both_workers_routed(server, route: str, prefix: str) -> list[
     raise AssertionError(f"{MAX_CALLERS} callers all reached the same worker")
 
 
-def owner_of_connection(daemon, client: "NattedClient | None" = None) -> int:
-    """The slot whose worker accepted the (only, or this) client's connection: the one that got its REGISTER."""
-    (event,) = daemon.find("request", method="REGISTER", **({} if client is None else {"call_id": client.call_id}))
-    return event["worker"]
+def owner_of_connection(daemon, client: "NattedClient") -> int:
+    """The slot whose worker accepted the client's connection (holds its socket).
+
+    Not the one that handled its REGISTER: a worker passes a connection's
+    requests to the worker their Call-ID hashes to (issue 23).
+    """
+    for slot, pid in daemon.worker_pids().items():
+        if any(c.raddr and c.raddr[1] == client.port for c in psutil.Process(pid).net_connections("tcp")):
+            return slot
+    raise AssertionError(f"no worker holds the connection from port {client.port}")
+
+
+def client_accepted_by(server, slot: int) -> "NattedClient":
+    """A client whose connection the worker of `slot` accepted: the kernel's reuseport hash of the
+    connection's 4-tuple picks the slot (transport/sockets.py), so connect until it is that one."""
+    for _ in range(64):
+        client = NattedClient(server)
+        wait_until(lambda: master_holds_connection(server.daemon, client.port), "the connection accepted")
+        if owner_of_connection(server.daemon, client) == slot:
+            return client
+        client.close()
+    raise AssertionError(f"64 connections and none accepted by worker {slot}")
 
 
 def master_holds_connection(daemon, client_port: int) -> bool:
@@ -228,7 +246,7 @@ def test_the_connection_survives_a_crash_of_the_worker_that_accepted_it(flow_ser
     daemon = flow_server.daemon
     with registered_client(flow_server, registrar) as (client, route):
         mark = daemon.mark()
-        daemon.kill_worker(owner_of_connection(daemon))
+        daemon.kill_worker(owner_of_connection(daemon, client))
         daemon.wait_log("adopted 1 TCP connection(s) of this slot's previous worker", since=mark)
         statuses = messages_until_both_workers_routed(flow_server, route, "respawned")
         assert statuses == [200] * len(statuses)
@@ -251,9 +269,9 @@ def test_a_request_for_a_respawning_workers_connection_waits_for_it(oversipd_dae
     daemon = server.daemon
     callers = [UdpClient(server) for _ in range(16)]
     try:
-        with registered_client(server, registrar) as (_, route):
+        with registered_client(server, registrar) as (client, route):
             mark = daemon.mark()
-            daemon.kill_worker(owner_of_connection(daemon))
+            daemon.kill_worker(owner_of_connection(daemon, client))
             daemon.wait_log("killed by SIGKILL; respawned", since=mark)
             # Those that reach the other worker now find no one holding the flow's slot for 0.5 s.
             for number, caller in enumerate(callers):
@@ -351,7 +369,7 @@ def test_a_worker_stopped_alone_leaves_its_connection_to_the_next_worker_of_its_
     daemon = flow_server.daemon
     with registered_client(flow_server, registrar) as (client, route):
         mark = daemon.mark()
-        daemon.kill_worker(owner_of_connection(daemon), signal.SIGTERM)
+        daemon.kill_worker(owner_of_connection(daemon, client), signal.SIGTERM)
         daemon.wait_log("adopted 1 TCP connection(s) of this slot's previous worker", since=mark)
         statuses = messages_until_both_workers_routed(flow_server, route, "after-sigterm")
         assert statuses == [200] * len(statuses)
@@ -359,17 +377,10 @@ def test_a_worker_stopped_alone_leaves_its_connection_to_the_next_worker_of_its_
 
 def test_a_connection_ends_when_its_slot_goes_away_or_the_daemon_stops(flow_server, registrar):
     daemon = flow_server.daemon
-    first = daemon.worker_pids()[1]
-    # Worker 2 (the one SIGTTOU removes) accepts the first client: worker 1 is stopped meanwhile.
-    os.kill(first, signal.SIGSTOP)
+    # Worker 2 (the one SIGTTOU removes) accepts the first client, worker 1 the second.
+    removed = client_accepted_by(flow_server, 2)
+    other = client_accepted_by(flow_server, 1)
     try:
-        removed = NattedClient(flow_server)
-        wait_until(lambda: master_holds_connection(daemon, removed.port), "worker 2 accepting and handing it over")
-    finally:
-        os.kill(first, signal.SIGCONT)
-    other = NattedClient(flow_server)
-    try:
-        wait_until(lambda: master_holds_connection(daemon, other.port), "the second client accepted")
         daemon.remove_worker()
         with pytest.raises(EOFError):
             removed.reader.message()

@@ -110,15 +110,18 @@ def test_status_shows_the_sip_counters(oversipd_daemon, tmp_path):
     client = UdpClient(server)
     client.request("OPTIONS")
     assert client.response().status == 200
-    client.request("INVITE")
-    assert client.response().status == 486
+    client.request("INVITE", branch="z9hG4bKstatus", call_id="status")
+    rejected = client.response()
+    assert rejected.status == 486
+    # Acknowledged, as a UAC does: else the 486 is retransmitted (Timer G) while the test reads status.
+    client.request("ACK", branch="z9hG4bKstatus", call_id="status", to_tag=rejected.to.tag)
     client.send(b"garbage\r\n\r\n")
     client.request("OPTIONS")
     client.response()
     status = server.daemon.run_command("status", "--pid-file", str(tmp_path / "o.pid"))
     assert status.returncode == 0, status.stderr
     line = next(line for line in status.stdout.splitlines() if line.startswith("sip:"))
-    assert "received 4, sent 3, dropped 1" in line and "2xx 2" in line and "4xx 1" in line
+    assert "received 5, sent 3, dropped 1" in line and "2xx 2" in line and "4xx 1" in line
     assert (tmp_path / "o.pid.sip").exists()
     assert server.daemon.stop() == 0
     assert not (tmp_path / "o.pid.sip").exists()   # the master removes the counters file it made

@@ -36,8 +36,8 @@ _interface_addresses: dict[str, tuple[str, ...]] = {}
 # --- in the master ---------------------------------------------------------------
 
 def reuseport_names(settings: "Settings") -> set[str]:
-    """The [listen.*] sections to bind with SO_REUSEPORT (UDP SIP listeners)."""
-    return sockets.udp_sip_listeners(settings.sip, settings.listen)
+    """The [listen.*] sections to bind with SO_REUSEPORT (UDP and TCP SIP listeners)."""
+    return sockets.per_slot_listeners(settings.sip, settings.listen)
 
 
 def prepare_master(settings: "Settings") -> None:
@@ -98,8 +98,8 @@ class WorkerSip:
         sip = self.settings.sip
         assert sip is not None and _counters is not None
         sockets.close_other_slots(self.slot_id)
-        udp = sockets.slot_sockets(self.slot_id)
-        local = [_local_address(name, udp) for name in sip.listen]
+        mine = sockets.slot_sockets(self.slot_id)
+        local = [_local_address(name, mine) for name in sip.listen]
         local += [(host, port) for wildcard, port in local if wildcard in WILDCARDS
                   for host in _interface_addresses.get(wildcard, ())]
         self.core = core = SipCore(sip, local, _counters.row(self.slot_id), self.loop)
@@ -107,19 +107,19 @@ class WorkerSip:
         udp_listeners = {}
         flows = FlowTable(self.slot_id)
         for name, address in zip(sip.listen, local):
-            if name in udp:
-                listener = udp_listeners[name] = UdpListener(name, udp[name], core, self.loop)
+            sock = mine.get(name) or listeners.listen_socket(name)
+            if sock.type == socket.SOCK_DGRAM:
+                listener = udp_listeners[name] = UdpListener(name, sock, core, self.loop)
                 self.listeners.append(listener)
                 by_transport.setdefault("udp", address)
             else:
-                tcp = self.tcp_listeners[name] = TcpListener(name, listeners.listen_socket(name), core, self.loop,
-                                                             flows)
+                tcp = self.tcp_listeners[name] = TcpListener(name, sock, core, self.loop, flows)
                 await tcp.start()
                 self.listeners.append(tcp)
                 by_transport.setdefault("tcp", address)
         proxy.configure(self.settings.proxies, self.settings.dns)
         core.proxy = proxy.ProxyEngine(core, self.slot_id, udp_listeners, by_transport, self.loop, flows,
-                                       self.generation)
+                                       self.generation, self.settings.core.workers)
         await self.adopt_flows()
         core.proxy.start_relay()
 
@@ -155,6 +155,8 @@ class WorkerSip:
                 and settings.sip.listen == self.settings.sip.listen:
             self.settings = settings
             self.core.apply_settings(settings.sip)
+            if self.core.proxy is not None:
+                self.core.proxy.slots = settings.core.workers
             proxy.configure(settings.proxies, settings.dns)
 
     def stop_reading(self) -> None:
@@ -202,8 +204,8 @@ class WorkerSip:
             self.core.close()
 
 
-def _local_address(name: str, udp: dict[str, socket.socket]) -> tuple[str, int]:
-    sock = udp.get(name) or listeners.master_sockets()[name]
+def _local_address(name: str, mine: dict[str, socket.socket]) -> tuple[str, int]:
+    sock = mine.get(name) or listeners.master_sockets()[name]
     address = sock.getsockname()
     return address[0], address[1]
 

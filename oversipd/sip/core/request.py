@@ -195,7 +195,7 @@ class Request:
             self.message.pop_header_value("Route")
             removed = True
             flow = flows.decode(uri.user)
-            if flow is not None and flow[1] != getattr(self.source, "flow_id", None):
+            if flow is not None and flow != self.source.flow:
                 self._flow = flow
         return removed
 

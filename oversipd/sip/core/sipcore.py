@@ -72,8 +72,10 @@ class SipCore(Logger):
         """One datagram or one framed stream message."""
         counts = self.counts
         counts[C.RECEIVED] += 1
-        if data[:8] == RESPONSE_START and self.proxy is not None and self.proxy.pass_on_foreign(data, source, address):
-            return   # another worker's transaction: it parses it, not us too
+        proxy = self.proxy
+        if proxy is not None and (proxy.pass_on_foreign(data, source, address) if data[:8] == RESPONSE_START
+                                  else proxy.pass_on_by_call(data, source, address)):
+            return   # another worker's transaction or call: it parses it, not us too
         try:
             message = parse_message(data)
             if not isinstance(message, Message):

@@ -13,6 +13,7 @@ transaction.  Timer C and CANCEL belong here, not to the transaction.
 from __future__ import annotations
 
 import asyncio
+import zlib
 from typing import TYPE_CHECKING, Any, Callable
 
 from ...logger import Logger
@@ -24,7 +25,9 @@ from ..syntax.message import Request as Message, Response, parse_message
 from ..proxy_settings import DnsSettings, ProxySettings
 from ..transport.relay import SlotRelay, place_of
 from ..core.timers import TableTimer
+from ..transport.listeners import AcceptedConnection
 from ..transport.outgoing import NextHops
+from ..syntax.peek import call_id_of
 from .accepted import AcceptedBranches
 from .headers import OurHeaders, peek_place, place_of_branch
 from ..syntax.uri import SipUri, parse_name_addr, parse_uri
@@ -127,7 +130,8 @@ class ProxyEngine(Logger):
     log_id = "SIP proxy"
 
     def __init__(self, core: "SipCore", slot_id: int, udp: dict[str, Any], local: dict[str, tuple[str, int]],
-                 loop: asyncio.AbstractEventLoop, flows: FlowTable | None = None, generation: int = 1) -> None:
+                 loop: asyncio.AbstractEventLoop, flows: FlowTable | None = None, generation: int = 1,
+                 slots: int = 1) -> None:
         self.core = core
         self.loop = loop
         self.slot_id = slot_id
@@ -140,6 +144,7 @@ class ProxyEngine(Logger):
         self.accepted = AcceptedBranches(loop)   # answered INVITE branches: where their 2xx go
         self.timer = TableTimer(loop, self.on_timer)
         self.flows = flows or FlowTable(slot_id)      # the clients' connections this worker holds
+        self.slots = slots                            # the workers a connection's requests spread over
         self.headers = OurHeaders(self.place, local, core.settings.advertised_host, self.flows)
         self.relay: SlotRelay | None = None           # bound by start_relay()
         self.pending: set[Forward] = set()            # routed, no final outcome yet
@@ -233,7 +238,7 @@ class ProxyEngine(Logger):
         request = forward.request
         # A client's connection: the Route toward it names its flow (oversipd.sip.transport.flows).
         self.headers.add(message, forward.proxy.settings.do_record_routing, request.transport,
-                         request.source.flow_id if request.transport == "tcp" else None, target.transport, branch)
+                         request.source.flow, target.transport, branch)
         data = message.to_bytes()
         settings = forward.proxy.settings
         timeout = settings.timer_B if forward.is_invite else settings.timer_F
@@ -360,6 +365,25 @@ class ProxyEngine(Logger):
         place = peek_place(data)
         return place is not None and self.pass_to_place(place, data, source, address)
 
+    def pass_on_by_call(self, data: bytes, source: Any, address: Any) -> bool:
+        """A request read from a client's connection goes to the worker its Call-ID hashes to (issue 23).
+
+        One connection (a trunk from an SBC, a PBX) can carry thousands of
+        calls a second; read and handled by the one worker that accepted it,
+        they all ran on one core.  The reader passes each request on unparsed,
+        every request of a call to the same worker (its CANCEL and non-2xx ACK
+        meet their INVITE's transaction there), which answers over the flow.
+        False: ours, or the target is not there (handled here then).
+        """
+        if self.slots < 2 or self.relay is None or not isinstance(source, AcceptedConnection):
+            return False
+        call_id = call_id_of(data)
+        if call_id is None:
+            return False
+        slot_id = zlib.crc32(call_id) % self.slots + 1
+        return slot_id != self.slot_id and self.pass_to_place(place_of(slot_id, self.generation), data,
+                                                               source, address)
+
     def pass_to_place(self, place: str, response: bytes, source: Any, address: Any) -> bool:
         """A response for another worker's transaction, to that worker; False: ours, or not passed on."""
         if place == self.place or self.relay is None:
@@ -371,11 +395,11 @@ class ProxyEngine(Logger):
         """How the slot a response is passed to names where it came in: a UDP listener, or a flow."""
         if source.transport == "udp":
             return next((name for name, listener in self.udp.items() if listener is source), None)
-        flow_id = getattr(source, "flow_id", None)
-        return None if flow_id is None else f"{FLOW_SOURCE}{self.slot_id}:{flow_id}"
+        flow = source.flow
+        return None if flow is None else f"{FLOW_SOURCE}{flow[0]}:{flow[1]}"
 
     def relayed(self, listener: str, message: bytes, address: tuple[str, int]) -> None:
-        """A response another slot's worker passed on: received here as if it had come in there."""
+        """A message another slot's worker passed on: received here as if it had come in there."""
         if listener.startswith(FLOW_SOURCE):
             slot_id, _, flow_id = listener[len(FLOW_SOURCE):].partition(":")
             source: Any = RelayedFlow(self, FlowTarget(int(slot_id), int(flow_id)))

@@ -25,7 +25,7 @@ class OurHeaders:
         self._branch_count = 0
         self._branch_salt = os.urandom(4).hex()
 
-    def add(self, message: Message, record_route: bool, incoming: str, flow: int | None,
+    def add(self, message: Message, record_route: bool, incoming: str, flow: tuple[int, int] | None,
             transport: str, branch: str) -> None:
         """Our Via; Record-Route (twice when the transport changes here) or, for REGISTER, Path.
 
@@ -44,7 +44,7 @@ class OurHeaders:
                 message.insert_header("Record-Route", self.route(transport, flow))
         message.insert_header("Via", self.via(transport, branch))
 
-    def route(self, transport: str, flow: int | None = None, outbound: bool = False) -> str:
+    def route(self, transport: str, flow: tuple[int, int] | None = None, outbound: bool = False) -> str:
         """Our Route URI; with the flow token of a client's connection as its user part (RFC 5626 §5.3)."""
         host, port = self.address(transport)
         user = "" if flow is None else self.flows.token(flow) + "@"

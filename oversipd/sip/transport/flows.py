@@ -126,11 +126,18 @@ class FlowTable:
         if connection is not None and release:
             kept.release(kept_key(connection.server.name, flow_id))
 
-    def token(self, flow_id: int) -> str:
-        """The token naming one of our flows, for the user part of our Route toward its client."""
+    def token(self, flow: tuple[int, int]) -> str:
+        """The token naming a flow (slot, flow id), for the user part of our Route toward its client.
+
+        Ours are made once each; another slot's (a request passed to us from
+        a connection it holds) each time.
+        """
+        slot_id, flow_id = flow
+        if slot_id != self.slot_id:
+            return token(slot_id, flow_id)
         made = self.tokens.get(flow_id)
         if made is None:
-            made = self.tokens[flow_id] = token(self.slot_id, flow_id)
+            made = self.tokens[flow_id] = token(slot_id, flow_id)
         return made
 
     def get(self, flow_id: int) -> Any:
@@ -152,6 +159,7 @@ class RelayedFlow:
     def __init__(self, engine: Any, target: FlowTarget) -> None:
         self.engine = engine
         self.target = target
+        self.flow = (target.slot_id, target.flow_id)
 
     def send(self, data: bytes, address: Any) -> bool:
         return self.engine.pass_to_flow(self.target, data)

@@ -38,6 +38,7 @@ class Source(Protocol):
 
     transport: str          # "udp" or "tcp"
     reliable: bool
+    flow: tuple[int, int] | None   # a client's connection: (slot, flow id) (oversipd.sip.transport.flows)
 
     def send(self, data: bytes, address: Any) -> bool: ...
 
@@ -46,6 +47,7 @@ class UdpListener:
     """One UDP SIP socket of this worker's slot."""
 
     transport = "udp"
+    flow = None   # a datagram belongs to no connection
     reliable = False
 
     def __init__(self, name: str, sock: socket.socket, core: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -97,6 +99,7 @@ class TcpConnection(asyncio.Protocol):
     transport_kind = "tcp"
     reliable = True
     flow_id: int | None = None   # an accepted connection's flow (oversipd.sip.transport.flows); ours have none
+    flow: tuple[int, int] | None = None
 
     def __init__(self, server: "TcpListener") -> None:
         self.server = server
@@ -210,6 +213,7 @@ class AcceptedConnection(TcpConnection):
     def connection_made(self, channel: asyncio.BaseTransport) -> None:
         super().connection_made(channel)
         self.flow_id = self.server.flows.opened(self)
+        self.flow = (self.server.flows.slot_id, self.flow_id)
         if self.unread:   # before the socket is read: the stream stays in order
             unread, self.unread = self.unread, b""
             self.data_received(unread)
@@ -234,7 +238,7 @@ class AcceptedConnection(TcpConnection):
 
 
 class TcpListener:
-    """The shared listening socket of one TCP SIP listener, served by this worker."""
+    """One TCP SIP listener in this worker: its slot's listening socket (transport/sockets.py)."""
 
     def __init__(self, name: str, sock: socket.socket, core: Any, loop: asyncio.AbstractEventLoop,
                  flows: Any) -> None:

@@ -1,19 +1,24 @@
-"""Per-slot UDP sockets for the SIP listeners: how a transaction stays in one worker (SIP.md §8).
+"""Per-slot sockets for the SIP listeners: transaction affinity over UDP, spread connections over TCP.
 
-For each UDP SIP listener the master holds one `SO_REUSEPORT` socket per
-worker slot, all bound to the listener's address: slot 1 uses the
-`[listen.NAME]` socket itself, every other slot a socket of its own made
-before its first fork.  Worker K reads and sends only through slot K's
-socket.  Linux hands a datagram to one socket of a reuseport group by a
-hash of its 4-tuple, so every retransmission and ACK from one source
-address lands on the slot that holds its transaction.
+For each UDP and TCP SIP listener the master holds one `SO_REUSEPORT`
+socket per worker slot, all bound to the listener's address: slot 1 uses
+the `[listen.NAME]` socket itself, every other slot a socket of its own made
+before its first fork.  Worker K reads, sends and accepts only through slot
+K's sockets.  Linux hands a datagram, or a new connection, to one socket of
+a reuseport group by a hash of its 4-tuple:
+* UDP: every retransmission and ACK from one source address lands on the
+  slot that holds its transaction;
+* TCP: connections spread over the workers by that hash, where one shared
+  listening socket let whichever worker woke first take them (issue 23).
 
 The master keeps every slot's socket across respawns: a worker that dies
-leaves its socket in the group, what arrives meanwhile queues in it, and
-the replacement reads it.  Adding a slot (SIGTTIN) changes the group's
-size and re-maps most flows; removing one (SIGTTOU) closes its socket
-once its worker has exited, dropping what was queued there.  A TCP
-connection is accepted by any worker and stays with it: nothing to do.
+leaves its socket in the group, what arrives meanwhile queues in it
+(datagrams, or connections in its accept queue), and the replacement reads
+it.  Adding a slot (SIGTTIN) changes the group's size and re-maps most
+flows; removing one (SIGTTOU) closes its sockets once its worker has
+exited, dropping what was queued there (datagrams; connections not yet
+accepted are reset).  A connection once accepted stays with its worker
+(and its slot, oversipd.kept): nothing here moves it.
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ _log = Logger("SIP")
 
 
 @dataclass
-class UdpGroup:
-    """The reuseport group of one UDP SIP listener: slot -> socket."""
+class SlotGroup:
+    """The reuseport group of one UDP or TCP SIP listener: slot -> socket."""
 
     spec: ListenSettings
     shared: socket.socket                     # the [listen.NAME] socket (slot 1's)
@@ -49,14 +54,17 @@ class UdpGroup:
         return self.by_slot.get(slot_id, self.shared)
 
 
-_groups: dict[str, UdpGroup] = {}
+_groups: dict[str, SlotGroup] = {}
 
 
-def udp_sip_listeners(settings: SipSettings | None, listen: dict[str, ListenSettings]) -> set[str]:
-    """The [listen.*] names whose sockets need SO_REUSEPORT (UDP carrying SIP)."""
+PER_SLOT_SCHEMES = ("udp", "tcp")
+
+
+def per_slot_listeners(settings: SipSettings | None, listen: dict[str, ListenSettings]) -> set[str]:
+    """The [listen.*] names whose sockets need SO_REUSEPORT (UDP and TCP carrying SIP)."""
     if settings is None:
         return set()
-    return {name for name in settings.listen if listen[name].scheme == "udp"}
+    return {name for name in settings.listen if listen[name].scheme in PER_SLOT_SCHEMES}
 
 
 def set_receive_buffer(sock: socket.socket) -> None:
@@ -71,16 +79,19 @@ def set_receive_buffer(sock: socket.socket) -> None:
 
 def open_groups(settings: SipSettings | None, listen: dict[str, ListenSettings],
                 sockets: dict[str, socket.socket]) -> None:
-    """In the master, after the [listen.*] sockets are bound: one group per UDP SIP listener."""
-    for name in sorted(udp_sip_listeners(settings, listen)):
+    """In the master, after the [listen.*] sockets are bound: one group per UDP or TCP SIP listener."""
+    for name in sorted(per_slot_listeners(settings, listen)):
         sock = sockets[name]
-        set_receive_buffer(sock)
+        if sock.type == socket.SOCK_DGRAM:
+            set_receive_buffer(sock)
         reuseport = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
         if not reuseport:
+            consequence = ("every worker reads the one socket; a transaction's messages may reach another "
+                           "worker" if sock.type == socket.SOCK_DGRAM else
+                           "every worker accepts on the one socket, whichever the kernel wakes")
             _log.log_system_warn(f"listen.{name}: the socket has no SO_REUSEPORT (passed by systemd?): "
-                                 "every worker reads the one socket; a transaction's messages may "
-                                 "reach another worker")
-        _groups[name] = UdpGroup(listen[name], sock, {FIRST_SLOT: sock}, reuseport)
+                                 f"{consequence}")
+        _groups[name] = SlotGroup(listen[name], sock, {FIRST_SLOT: sock}, reuseport)
 
 
 def ensure_slot(slot_id: int) -> None:
@@ -89,10 +100,10 @@ def ensure_slot(slot_id: int) -> None:
         if slot_id in group.by_slot or not group.reuseport:
             continue
         try:
-            group.by_slot[slot_id] = _bind_like(group.shared)
+            group.by_slot[slot_id] = _bind_like(group.shared, group.spec.backlog)
         except OSError as error:
             _log.log_system_error(f"listen.{name}: cannot open the socket of worker slot {slot_id} "
-                                  f"({error.strerror or error}); that worker reads the shared socket")
+                                  f"({error.strerror or error}); that worker uses the shared socket")
 
 
 def release_slot(slot_id: int) -> None:
@@ -105,7 +116,7 @@ def release_slot(slot_id: int) -> None:
 
 
 def slot_sockets(slot_id: int) -> dict[str, socket.socket]:
-    """In a worker: listener name -> the UDP socket this slot reads and sends through."""
+    """In a worker: listener name -> the socket this slot reads and sends through (UDP) or accepts on (TCP)."""
     return {name: group.socket_for(slot_id) for name, group in _groups.items()}
 
 
@@ -127,15 +138,18 @@ def close_groups() -> None:
     _groups.clear()
 
 
-def _bind_like(shared: socket.socket) -> socket.socket:
-    """A new reuseport socket on the address `shared` is bound to (port 0 resolved)."""
-    sock = socket.socket(shared.family, socket.SOCK_DGRAM)
+def _bind_like(shared: socket.socket, backlog: int) -> socket.socket:
+    """A new reuseport socket on the address `shared` is bound to (port 0 resolved); listening, for TCP."""
+    sock = socket.socket(shared.family, shared.type)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if shared.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        set_receive_buffer(sock)
+        if shared.type == socket.SOCK_DGRAM:
+            set_receive_buffer(sock)
         sock.bind(shared.getsockname())
+        if shared.type == socket.SOCK_STREAM:
+            sock.listen(backlog)
         sock.setblocking(False)
         os.set_inheritable(sock.fileno(), False)
     except BaseException:
@@ -158,7 +172,7 @@ def handover_description() -> tuple[dict[str, dict], list[int]]:
 def adopt_handed_over(description: dict[str, dict]) -> None:
     shared, sections = listeners.master_sockets(), listeners.bound_sections()
     for name, entry in description.items():
-        group = UdpGroup(sections[name], shared[name], {FIRST_SLOT: shared[name]}, entry["reuseport"])
+        group = SlotGroup(sections[name], shared[name], {FIRST_SLOT: shared[name]}, entry["reuseport"])
         for slot, fd in entry["slots"].items():
             sock = socket.socket(fileno=reexec.adopt_fd(fd))
             sock.setblocking(False)
@@ -167,4 +181,6 @@ def adopt_handed_over(description: dict[str, dict]) -> None:
 
 
 # Registered after the listeners' part (this module imports listeners): restored after it.
+# The part keeps its first name, "sip_udp", though TCP groups travel in it too:
+# a core that hands over and the core that adopts must agree on it.
 reexec.register_part("sip_udp", handover_description, adopt_handed_over)
