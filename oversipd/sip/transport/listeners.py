@@ -18,6 +18,7 @@ from ... import kept
 from ...logger import Logger
 from .. import counters as C
 from ..syntax.errors import FramingError, ParseError
+from . import stun
 from .flows import kept_key
 from ..syntax.framing import KEEPALIVE, StreamFramer
 from ..syntax.message import Request as Message, parse_message
@@ -28,6 +29,8 @@ UDP_BATCH = 64
 TCP_HIGH_WATER = 256 * 1024
 CRLF = b"\r\n"
 KEEPALIVE_FIRST = (b"\r", b"\n")
+# A datagram whose first byte is below this is no SIP message: CRLF, STUN (00 or 01), or nothing.
+NOT_SIP_BELOW = b" "
 MAX_DATAGRAM = 65536
 
 _log = Logger("SIP")
@@ -73,9 +76,23 @@ class UdpListener:
                 self.core.counts[C.RECEIVED] += 1
                 self.core.counts[C.DROPPED] += 1   # larger than max_message_size
                 continue
-            if data[:1] in KEEPALIVE_FIRST and not data.strip():
-                continue   # a keep-alive (RFC 5626 §4.4.1): ignored on datagrams
+            if data[:1] < NOT_SIP_BELOW:   # one comparison on the SIP path: a SIP message starts with a letter
+                self.not_sip(data, address)
+                continue
             receive(data, self, address)
+
+    def not_sip(self, data: bytes, address: Any) -> None:
+        """A keep-alive (RFC 5626 §4.4): CRLFs are ignored, a STUN Binding request answered."""
+        if data[:1] in KEEPALIVE_FIRST:
+            if data.strip():
+                self.core.receive(data, self, address)   # CRLFs before a start line (RFC 3261 §7.5)
+            return
+        answer = stun.binding_response(data, address)
+        if answer is None:
+            self.core.counts[C.RECEIVED] += 1
+            self.core.counts[C.DROPPED] += 1   # neither SIP nor a STUN Binding request
+        else:
+            self.send(answer, address)
 
     def send(self, data: bytes, address: Any) -> bool:
         try:
