@@ -46,12 +46,22 @@ REQUEST_TIMEOUT = (408, "Request Timeout")
 _log = Logger("SIP proxy")
 _profiles: dict[str, ProxySettings] | None = None
 _dns: DnsSettings | None = None
+_running: "ProxyEngine | None" = None                       # this worker's, once its SIP service is up
+_waiting: list[Callable[["ProxyEngine"], None]] = []     # what asked for it before (when_running)
 
 
 def configure(profiles: dict[str, ProxySettings], dns: DnsSettings | None) -> None:
     """The [proxy.NAME] tables and [dns] a Proxy is made from (master and workers, at start and reload)."""
     global _profiles, _dns
     _profiles, _dns = dict(profiles), dns
+
+
+def when_running(fn: Callable[["ProxyEngine"], None]) -> None:
+    """fn(engine) with this worker's engine once its SIP service is up: now, or when it is."""
+    if _running is not None:
+        fn(_running)
+    else:
+        _waiting.append(fn)
 
 
 class Proxy:
@@ -62,6 +72,9 @@ class Proxy:
             raise KeyError(f"no [proxy.{profile}] table in the configuration")
         self.settings = _profiles[profile]
         self.callbacks: dict[str, Callable[..., Any]] = {}
+        # OverSIP's modules (oversipd.sip.outbound_mangling): each edits what is sent down
+        # (`outgoing(engine, request, message)`) and the 2xx coming back (`success(response)`).
+        self.manglers: list[Any] = []
 
     def on_provisional_response(self, fn: Callable[[Response], Any]) -> Callable[[Response], Any]:
         self.callbacks["provisional"] = fn
@@ -98,13 +111,15 @@ class Proxy:
 class Forward:
     """One routed request: its branches (one per DNS target tried), its upstream side, its outcome."""
 
-    __slots__ = ("proxy", "request", "future", "destination", "outgoing", "targets", "tx", "provisional",
-                 "cancel_requested", "cancel_sent", "done", "timer_c", "timer_c_at")
+    __slots__ = ("proxy", "request", "future", "upstream", "destination", "outgoing", "targets", "tx",
+                 "provisional", "cancel_requested", "cancel_sent", "done", "timer_c", "timer_c_at")
 
-    def __init__(self, proxy: Proxy, request: "Request", future: "asyncio.Future[Any]") -> None:
+    def __init__(self, proxy: Proxy, request: "Request", future: "asyncio.Future[Any]",
+                 upstream: bool = True) -> None:
         self.proxy = proxy
         self.request = request
         self.future = future
+        self.upstream = upstream   # False: a request of our own (uac.py), nobody to answer
         self.destination: SipUri | None = None
         self.outgoing: Message | None = None    # the request to send, before our Via and Record-Route
         self.targets: list[Target] = []
@@ -153,6 +168,10 @@ class ProxyEngine(Logger):
         request passed on for one of them meanwhile waits (pass_to_flow).
         """
         self.relay = SlotRelay(self.place, self.loop, self)
+        global _running
+        _running = self
+        while _waiting:
+            _waiting.pop(0)(self)
 
     # --- routing -----------------------------------------------------------------
 
@@ -168,16 +187,25 @@ class ProxyEngine(Logger):
             _finish(future, (483, "Too Many Hops"))
             return future
         forward = Forward(proxy, request, future)
-        request._proxy = forward
-        self.pending.add(forward)
-        self.idle.clear()
         if request._destination is None:   # the Via stamped now: the copy sent down carries it
             self.core.stamp_via(request, force_rport=False)
             request._destination = self.core.response_address(request)
         if forward.is_invite:
             self.core.send_reply(request, 100, None, None, b"")
-        self.spawn(self.start(forward, uri))
+        self.begin(forward, uri)
         return future
+
+    def originate(self, proxy: Proxy, request: Any, uri: SipUri | None) -> "asyncio.Future[Any]":
+        """A request of our own (oversipd.sip.proxy.uac): the same client transaction, nobody upstream."""
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self.begin(Forward(proxy, request, future, upstream=False), uri)
+        return future
+
+    def begin(self, forward: Forward, uri: SipUri | None) -> None:
+        forward.request._proxy = forward
+        self.pending.add(forward)
+        self.idle.clear()
+        self.spawn(self.start(forward, uri))
 
     async def start(self, forward: Forward, uri: SipUri | None) -> None:
         try:
@@ -190,7 +218,10 @@ class ProxyEngine(Logger):
     async def resolve_and_send(self, forward: Forward, uri: SipUri | None) -> None:
         message = forward.request.message.copy()   # upstream responses use the original
         forward.destination = uri or next_hop(message)
-        lower_max_forwards(message)
+        if forward.upstream:   # ours starts at 70 (uac.py)
+            lower_max_forwards(message)
+        for mangler in forward.proxy.manglers:
+            mangler.outgoing(self, forward.request, message)
         forward.outgoing = message
         flow = forward.request._flow if uri is None else None
         if flow is not None:   # a Route with our flow token: over that client's connection, no DNS
@@ -232,7 +263,7 @@ class ProxyEngine(Logger):
         branch = self.headers.new_branch()
         request = forward.request
         # A client's connection: the Route toward it names its flow (oversipd.sip.transport.flows).
-        self.headers.add(message, forward.proxy.settings.do_record_routing, request.transport,
+        self.headers.add(message, forward.proxy.settings.do_record_routing and forward.upstream, request.transport,
                          request.source.flow_id if request.transport == "tcp" else None, target.transport, branch)
         data = message.to_bytes()
         settings = forward.proxy.settings
@@ -393,7 +424,7 @@ class ProxyEngine(Logger):
         if response.status == 100 or forward.done:
             return   # 100 is hop by hop
         self.run_callback(forward, "provisional", response)
-        if not forward.request._final_sent:
+        if forward.upstream and not forward.request._final_sent:
             self.core.forward_response(forward.request, response)
 
     def final(self, forward: Forward, tx: ClientTransaction, response: Response) -> None:
@@ -404,10 +435,10 @@ class ProxyEngine(Logger):
             self.send(*tx.destination, ack)
         if tx is not forward.tx:
             return   # an earlier branch, given up
-        if tx.is_invite and status < 300:
+        if tx.is_invite and status < 300 and forward.upstream:
             self.accepted.add(tx.key[0], forward.request.source, forward.request._destination)
         if forward.done:
-            if tx.is_invite and status < 300:   # a 2xx after our 408 still reaches the caller (RFC 3261 §16.7)
+            if tx.is_invite and status < 300 and forward.upstream:   # a 2xx after our 408 still reaches the caller (RFC 3261 §16.7)
                 self.upstream_stateless(forward.request, response)
             return
         if status == 503 and forward.targets and forward.proxy.settings.dns_failover_on_503 \
@@ -415,9 +446,13 @@ class ProxyEngine(Logger):
             self.log_system_info(f"503 from {tx.destination[1]}: trying the next DNS target")
             self.spawn(self.try_next_target(forward))
             return
+        if status < 300:
+            for mangler in forward.proxy.manglers:
+                mangler.success(response)
         self.run_callback(forward, "success" if status < 300 else "failure", response)
         self.finish(forward, response)
-        self.core.forward_response(forward.request, response)
+        if forward.upstream:
+            self.core.forward_response(forward.request, response)
 
     def upstream_stateless(self, request: "Request", response: Response) -> None:
         self.send(request.source, request._destination, response.to_bytes())
@@ -436,7 +471,7 @@ class ProxyEngine(Logger):
 
     def terminated_before_sending(self, forward: Forward) -> None:
         self.finish(forward, (487, "Request Terminated"))
-        if not forward.request._final_sent:
+        if forward.upstream and not forward.request._final_sent:
             self.core.send_reply(forward.request, 487, None, None, b"")
 
     def send_cancel(self, forward: Forward) -> None:
@@ -480,7 +515,7 @@ class ProxyEngine(Logger):
         else:
             self.run_callback(forward, "error", status, reason)
         self.finish(forward, (status, reason))
-        if not forward.request._final_sent:
+        if forward.upstream and not forward.request._final_sent:
             self.core.send_reply(forward.request, status, reason, None, b"")
 
     def finish(self, forward: Forward, outcome: Any) -> None:
@@ -528,6 +563,9 @@ class ProxyEngine(Logger):
         task.add_done_callback(self.core.tasks.discard)
 
     def close(self) -> None:
+        global _running
+        if _running is self:
+            _running = None
         if self.relay is not None:   # kept while retiring: the responses for what we still hold come here
             self.relay.close()
             self.relay = None

@@ -123,6 +123,7 @@ class TcpConnection(asyncio.Protocol):
         self.peer: Any = None
         self.last_activity = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.asserted_user: Any = None   # the user authenticated over it (oversipd.sip.user_assertion)
 
     # The Source protocol of the core calls the transport name `transport`;
     # asyncio's Protocol has no attribute of that name, so it is free here.

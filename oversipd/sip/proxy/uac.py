@@ -1,0 +1,106 @@
+"""Requests the server script originates (SIP.md §13, OverSIP's Uac and UacRequest).
+
+`Uac(profile)` has Proxy's callbacks and profile; `route(UacRequest(...))`
+fills in what a UAC must (RFC 3261 §8.1.1: Call-ID, From tag, CSeq,
+Max-Forwards; the engine adds Via with its branch) and hands the request
+to the worker's ProxyEngine, which sends it as it forwards a proxied one:
+the same client transaction, retransmissions, timers, DNS and next-hop
+connections, with nobody upstream to answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, Mapping
+
+from ..syntax.message import Request as Message
+from ..syntax.uri import SipUri, parse_uri
+from .engine import Proxy, ProxyEngine, when_running
+
+DEFAULT_MAX_FORWARDS = 70
+DEFAULT_FROM_USER = "oversipd"
+
+
+class UacRequest:
+    """What a Uac sends: method, Request-URI, From, To (the R-URI by default), headers and body."""
+
+    def __init__(self, method: str, ruri: SipUri | str, from_: str | None = None, to: str | None = None,
+                 body: bytes = b"", headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
+                 call_id: str | None = None, cseq: int = 1) -> None:
+        self.method = method.upper()
+        self.ruri = parse_uri(ruri) if isinstance(ruri, str) else ruri
+        self.from_ = from_
+        self.to = to
+        self.body = bytes(body)
+        self.headers = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
+        self.call_id = call_id or os.urandom(12).hex()
+        self.cseq = cseq
+
+    def message(self, our_host: str) -> Message:
+        """The request as sent, but for the Via: a From with a new tag, To, Call-ID, CSeq, Max-Forwards."""
+        sender = self.from_ or f"sip:{DEFAULT_FROM_USER}@{our_host}"
+        headers = [("From", f"{_name_addr(sender)};tag={os.urandom(6).hex()}"),
+                   ("To", _name_addr(self.to or str(self.ruri))),
+                   ("Call-ID", self.call_id),
+                   ("CSeq", f"{self.cseq} {self.method}"),
+                   ("Max-Forwards", str(DEFAULT_MAX_FORWARDS)),
+                   *self.headers]
+        return Message(self.method, self.ruri.copy(), headers, self.body)
+
+    def __repr__(self) -> str:
+        return f"<UacRequest {self.method} {self.ruri}>"
+
+
+class Originated:
+    """The engine's view of a request of ours: no source, no server transaction, nothing to answer."""
+
+    transport = None
+    source = None
+    _final_sent = False
+    _destination = None
+    _flow = None
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self._proxy: Any = None
+
+    def __repr__(self) -> str:
+        return f"<UAC {self.message.method} {self.message.ruri}>"
+
+
+class Uac(Proxy):
+    """A server script's handle for originating requests with one [proxy.NAME] profile."""
+
+    def route(self, request: UacRequest, uri: SipUri | str | None = None) -> "asyncio.Future[Any]":  # type: ignore[override]
+        """Send `request`; the future resolves to the final Response or a local (status, reason).
+
+        Before this worker's SIP service is up (SystemEvents.on_started) the
+        request waits for it.
+        """
+        if not isinstance(request, UacRequest):
+            raise TypeError(f"Uac.route() sends a UacRequest, got {request!r}")
+        target = parse_uri(uri) if isinstance(uri, str) else uri
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def send(engine: ProxyEngine) -> None:
+            try:
+                message = request.message(engine.headers.address("udp")[0])
+                _chain(engine.originate(self, Originated(message), target), future)
+            except Exception as error:   # a bad header given: the caller's future says so
+                if not future.done():
+                    future.set_exception(error)
+
+        when_running(send)
+        return future
+
+
+def _name_addr(text: str) -> str:
+    return text if "<" in text else f"<{text}>"
+
+
+def _chain(source: "asyncio.Future[Any]", target: "asyncio.Future[Any]") -> None:
+    def copy(done: "asyncio.Future[Any]") -> None:
+        if not target.done():
+            target.set_result(done.result())
+    source.add_done_callback(copy)
