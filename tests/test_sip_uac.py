@@ -57,10 +57,11 @@ def uac_daemon(oversipd_daemon, target: str | None = None):
     return sip_daemon(oversipd_daemon, script=script, extra_tables={"proxy.proxy_out": PROFILE})
 
 
-def test_a_message_sent_from_on_started_gets_its_200_and_callbacks_with_oversips_names(oversipd_daemon):
-    uas = Callee("message_uas.xml", calls=1)
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_a_message_sent_from_on_started_gets_its_200_and_callbacks_with_oversips_names(oversipd_daemon, transport):
+    uas = Callee("message_uas.xml", transport=transport[0] + "1", calls=1)
     try:
-        server = uac_daemon(oversipd_daemon, f"sip:alice@127.0.0.1:{uas.port}")
+        server = uac_daemon(oversipd_daemon, f"sip:alice@127.0.0.1:{uas.port};transport={transport}")
         status, output = uas.finish()
         assert status == 0, output
         [success] = server.daemon.wait_events("success")
@@ -75,50 +76,49 @@ def test_a_message_sent_from_on_started_gets_its_200_and_callbacks_with_oversips
         uas.stop()
 
 
-def test_a_uac_request_has_what_a_uac_must_fill_in(oversipd_daemon):
-    far_end = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    far_end.bind(("127.0.0.1", 0))
-    far_end.settimeout(15)
-    try:
-        server = uac_daemon(oversipd_daemon)
-        client = UdpClient(server)
-        target = f"sip:alice@127.0.0.1:{far_end.getsockname()[1]}"
-        client.send(request_bytes("OPTIONS", port=server.port, via_port=client.port, extra=f"X-Send-To: {target}"))
-        assert client.response().status == 200
-        data, sender = far_end.recvfrom(65535)
-        head = data.decode()
-        assert head.startswith(f"MESSAGE {target} SIP/2.0\r\n")
-        assert sender == ("127.0.0.1", server.port)                       # from the listener's own socket
-        lines = dict(line.split(": ", 1) for line in head.split("\r\n\r\n")[0].split("\r\n")[1:])
-        assert lines["Via"].startswith(f"SIP/2.0/UDP 127.0.0.1:{server.port};branch=z9hG4bK")
-        assert lines["From"].startswith("<sip:bot@example.com>;tag=") and lines["To"] == f"<{target}>"
-        assert lines["CSeq"] == "1 MESSAGE" and lines["Max-Forwards"] == "70" and lines["Call-ID"]
-        assert lines["Content-Type"] == "text/plain" and lines["Content-Length"] == "2"
-        assert "Record-Route" not in lines
-        assert data.endswith(b"\r\n\r\nhi")
-    finally:
-        far_end.close()
+@pytest.fixture
+def far_end():
+    """A UDP socket that reads what the UAC sends and never answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(15)
+    yield sock
+    sock.close()
 
 
-def test_a_uac_request_to_nobody_ends_in_408_after_timer_f_with_retransmissions(oversipd_daemon):
-    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    silent.bind(("127.0.0.1", 0))
-    silent.settimeout(15)
-    try:
-        server = uac_daemon(oversipd_daemon)
-        client = UdpClient(server)
-        target = f"sip:nobody@127.0.0.1:{silent.getsockname()[1]}"
-        client.send(request_bytes("OPTIONS", port=server.port, via_port=client.port, extra=f"X-Send-To: {target}"))
-        assert client.response().status == 200
-        [outcome] = server.daemon.wait_events("outcome", timeout=10)
-        assert outcome["value"] == [408, "Request Timeout"]
-        [error] = server.daemon.find("error")
-        assert (error["status"], error["reason"]) == (408, "Request Timeout")
-        first, again = silent.recv(65535), silent.recv(65535)   # Timer E: sent again over UDP
-        assert first == again and first.startswith(b"MESSAGE ")
-    finally:
-        silent.close()
+def send_from_on_request(oversipd_daemon, far_end: socket.socket, user: str):
+    """A daemon whose script sends a MESSAGE to `far_end` on the OPTIONS the test sends it."""
+    server = uac_daemon(oversipd_daemon)
+    client = UdpClient(server)
+    target = f"sip:{user}@127.0.0.1:{far_end.getsockname()[1]}"
+    client.send(request_bytes("OPTIONS", port=server.port, via_port=client.port, extra=f"X-Send-To: {target}"))
+    assert client.response().status == 200
+    return server, target
 
+
+def test_a_uac_request_has_what_a_uac_must_fill_in(oversipd_daemon, far_end):
+    server, target = send_from_on_request(oversipd_daemon, far_end, "alice")
+    data, sender = far_end.recvfrom(65535)
+    head = data.decode()
+    assert head.startswith(f"MESSAGE {target} SIP/2.0\r\n")
+    assert sender == ("127.0.0.1", server.port)                       # from the listener's own socket
+    lines = dict(line.split(": ", 1) for line in head.split("\r\n\r\n")[0].split("\r\n")[1:])
+    assert lines["Via"].startswith(f"SIP/2.0/UDP 127.0.0.1:{server.port};branch=z9hG4bK")
+    assert lines["From"].startswith("<sip:bot@example.com>;tag=") and lines["To"] == f"<{target}>"
+    assert lines["CSeq"] == "1 MESSAGE" and lines["Max-Forwards"] == "70" and lines["Call-ID"]
+    assert lines["Content-Type"] == "text/plain" and lines["Content-Length"] == "2"
+    assert "Record-Route" not in lines
+    assert data.endswith(b"\r\n\r\nhi")
+
+
+def test_a_uac_request_to_nobody_ends_in_408_after_timer_f_with_retransmissions(oversipd_daemon, far_end):
+    server, _ = send_from_on_request(oversipd_daemon, far_end, "nobody")
+    [outcome] = server.daemon.wait_events("outcome", timeout=10)
+    assert outcome["value"] == [408, "Request Timeout"]
+    [error] = server.daemon.find("error")
+    assert (error["status"], error["reason"]) == (408, "Request Timeout")
+    first, again = far_end.recv(65535), far_end.recv(65535)   # Timer E: sent again over UDP
+    assert first == again and first.startswith(b"MESSAGE ")
 
 EDITING_PROXY_SCRIPT = """
 from oversipd import SipEvents

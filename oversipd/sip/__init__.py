@@ -5,6 +5,8 @@
     transport/    UDP/TCP listeners, per-slot sockets, flows, the relay between workers
     core/         receive -> transaction -> SipEvents.on_request; the Request
     proxy/        Proxy(profile).route(): forwarding, DNS (RFC 3263); Uac: requests of our own
+    outbound_mangling.py, user_assertion.py
+                  OverSIP's core modules as helpers for server scripts (above the proxy)
     service.py    SIP set-up in the master and in a worker (above every layer)
 
 Beside the layers: `settings` and `proxy_settings` (the [sip], [proxy.*] and

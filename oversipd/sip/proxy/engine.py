@@ -46,22 +46,12 @@ REQUEST_TIMEOUT = (408, "Request Timeout")
 _log = Logger("SIP proxy")
 _profiles: dict[str, ProxySettings] | None = None
 _dns: DnsSettings | None = None
-_running: "ProxyEngine | None" = None                       # this worker's, once its SIP service is up
-_waiting: list[Callable[["ProxyEngine"], None]] = []     # what asked for it before (when_running)
 
 
 def configure(profiles: dict[str, ProxySettings], dns: DnsSettings | None) -> None:
     """The [proxy.NAME] tables and [dns] a Proxy is made from (master and workers, at start and reload)."""
     global _profiles, _dns
     _profiles, _dns = dict(profiles), dns
-
-
-def when_running(fn: Callable[["ProxyEngine"], None]) -> None:
-    """fn(engine) with this worker's engine once its SIP service is up: now, or when it is."""
-    if _running is not None:
-        fn(_running)
-    else:
-        _waiting.append(fn)
 
 
 class Proxy:
@@ -168,10 +158,6 @@ class ProxyEngine(Logger):
         request passed on for one of them meanwhile waits (pass_to_flow).
         """
         self.relay = SlotRelay(self.place, self.loop, self)
-        global _running
-        _running = self
-        while _waiting:
-            _waiting.pop(0)(self)
 
     # --- routing -----------------------------------------------------------------
 
@@ -563,9 +549,6 @@ class ProxyEngine(Logger):
         task.add_done_callback(self.core.tasks.discard)
 
     def close(self) -> None:
-        global _running
-        if _running is self:
-            _running = None
         if self.relay is not None:   # kept while retiring: the responses for what we still hold come here
             self.relay.close()
             self.relay = None

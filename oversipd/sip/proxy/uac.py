@@ -12,14 +12,40 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..syntax.message import Request as Message
 from ..syntax.uri import SipUri, parse_uri
-from .engine import Proxy, ProxyEngine, when_running
+from .engine import Proxy, ProxyEngine
 
 DEFAULT_MAX_FORWARDS = 70
 DEFAULT_FROM_USER = "oversipd"
+# No client transaction of their own (RFC 3261 §17.1.1.3, §9.1): never sent by a UAC alone.
+NOT_ORIGINATED = frozenset(("ACK", "CANCEL"))
+_running: ProxyEngine | None = None                     # this worker's engine, once its SIP service is up
+_waiting: list[Callable[[ProxyEngine], None]] = []   # the requests routed before that
+
+
+def serve(engine: ProxyEngine) -> None:
+    """The worker's SIP service is up (oversipd.sip.service): the requests that waited for it go now."""
+    global _running
+    _running = engine
+    while _waiting:
+        _waiting.pop(0)(engine)
+
+
+def stop(engine: ProxyEngine) -> None:
+    global _running
+    if _running is engine:
+        _running = None
+
+
+def when_running(fn: Callable[[ProxyEngine], None]) -> None:
+    """fn(engine) with this worker's engine: now, or once its SIP service is up."""
+    if _running is not None:
+        fn(_running)
+    else:
+        _waiting.append(fn)
 
 
 class UacRequest:
@@ -27,8 +53,10 @@ class UacRequest:
 
     def __init__(self, method: str, ruri: SipUri | str, from_: str | None = None, to: str | None = None,
                  body: bytes = b"", headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
-                 call_id: str | None = None, cseq: int = 1) -> None:
+                 call_id: str | None = None, cseq: int = 1, max_forwards: int = DEFAULT_MAX_FORWARDS) -> None:
         self.method = method.upper()
+        if self.method in NOT_ORIGINATED:
+            raise ValueError(f"a Uac does not send {self.method} (it belongs to a transaction it does not hold)")
         self.ruri = parse_uri(ruri) if isinstance(ruri, str) else ruri
         self.from_ = from_
         self.to = to
@@ -36,6 +64,7 @@ class UacRequest:
         self.headers = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
         self.call_id = call_id or os.urandom(12).hex()
         self.cseq = cseq
+        self.max_forwards = max_forwards
 
     def message(self, our_host: str) -> Message:
         """The request as sent, but for the Via: a From with a new tag, To, Call-ID, CSeq, Max-Forwards."""
@@ -44,7 +73,7 @@ class UacRequest:
                    ("To", _name_addr(self.to or str(self.ruri))),
                    ("Call-ID", self.call_id),
                    ("CSeq", f"{self.cseq} {self.method}"),
-                   ("Max-Forwards", str(DEFAULT_MAX_FORWARDS)),
+                   ("Max-Forwards", str(self.max_forwards)),
                    *self.headers]
         return Message(self.method, self.ruri.copy(), headers, self.body)
 
@@ -81,7 +110,10 @@ class Uac(Proxy):
         if not isinstance(request, UacRequest):
             raise TypeError(f"Uac.route() sends a UacRequest, got {request!r}")
         target = parse_uri(uri) if isinstance(uri, str) else uri
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        except RuntimeError:
+            raise RuntimeError("Uac.route() runs in a worker: in on_request, on_started or a coroutine") from None
 
         def send(engine: ProxyEngine) -> None:
             try:
