@@ -12,6 +12,10 @@ import socket
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from oversipd.sip.transport import stun
 
 from sip_helpers import UdpClient, sip_daemon
 
@@ -91,3 +95,20 @@ def test_a_crlf_ping_on_tcp_gets_one_crlf_pong(oversipd_daemon):
         for _ in range(2):   # the connection stays open: each ping is answered
             conn.sendall(b"\r\n\r\n")
             assert conn.recv(100) == b"\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64), st.integers(0, 63))
+def test_the_stun_codec_answers_only_a_well_formed_binding_request(noise, cut):
+    """Random bytes, and a Binding request cut or with random attributes: an answer or None, never a raise."""
+    transaction_id = bytes(12)
+    for data in (noise, binding_request(transaction_id, noise)[:20 + cut], binding_request(transaction_id, noise)):
+        answer = stun.binding_response(data, ("192.0.2.7", 5060))
+        if answer is not None:
+            assert mapped_address(answer, data[8:20]) == ("192.0.2.7", 5060)
+
+
+def test_an_ipv4_client_of_a_dual_stack_socket_gets_its_ipv4_address():
+    transaction_id = os.urandom(12)
+    answer = stun.binding_response(binding_request(transaction_id), ("::ffff:192.0.2.7", 5060, 0, 0))
+    assert mapped_address(answer, transaction_id) == ("192.0.2.7", 5060)

@@ -53,7 +53,10 @@ def _attributes_fit(data: bytes, offset: int) -> bool:
 
 def _xor_mapped_address(ip: str, port: int, transaction_id: bytes) -> bytes:
     """RFC 5389 §15.2: the port XORed with the cookie's top half, the address with cookie (+ id)."""
-    packed = ipaddress.ip_address(ip.split("%")[0]).packed
+    address = ipaddress.ip_address(ip.split("%")[0])
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped   # an IPv4 client of a dual-stack socket: its own address
+    packed = address.packed
     family = FAMILY_IPV4 if len(packed) == 4 else FAMILY_IPV6
     mask = (COOKIE_BYTES + transaction_id)[:len(packed)]
     xored = bytes(a ^ b for a, b in zip(packed, mask))
