@@ -143,7 +143,8 @@ def test_a_registrar_without_outbound_reaches_the_client_over_its_connection(ove
     registrar = Callee("registrar_no_outbound.xml", calls=1)
     try:
         script = f"REGISTRAR = 'sip:127.0.0.1:{registrar.port}'\n" + MANGLING_SCRIPT
-        server = sip_daemon(oversipd_daemon, script=script, extra_tables={"proxy.proxy_out": PROFILE})
+        # Two workers: the registrar's MESSAGE may land on the one that does not hold the connection.
+        server = sip_daemon(oversipd_daemon, script=script, workers=2, extra_tables={"proxy.proxy_out": PROFILE})
         with socket.create_connection(("127.0.0.1", server.port), timeout=15) as conn:
             reader = StreamReader(conn)
             conn.sendall(request_bytes("REGISTER", port=server.port, transport="TCP", call_id=uuid.uuid4().hex,
