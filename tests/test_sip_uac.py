@@ -41,8 +41,18 @@ def started():
     if TARGET:
         message(TARGET, "started")
 
+def misuse(make):
+    try:
+        make()
+    except ValueError as error:
+        record("misuse", error=str(error))
+
 @SipEvents.on_request
 def on_request(request):
+    if request.header("X-Misuse"):
+        misuse(lambda: UacRequest("ACK", "sip:alice@127.0.0.1"))
+        misuse(lambda: Uac("proxy_out").route(UacRequest("MESSAGE", "sip:alice@127.0.0.1",
+                                                         headers={"X-Bad": "a\\r\\nb"})))
     target = request.header("X-Send-To")
     if target:
         message(target, "request")
@@ -151,3 +161,12 @@ def test_a_proxy_callback_edits_the_response_by_oversips_names(oversipd_daemon):
         assert uas.finish()[0] == 0
     finally:
         uas.stop()
+
+
+def test_what_a_uac_cannot_send_raises_in_the_caller(oversipd_daemon):
+    server = uac_daemon(oversipd_daemon)
+    client = UdpClient(server)
+    client.request("OPTIONS", extra="X-Misuse: yes")
+    assert client.response().status == 200
+    errors = [event["error"] for event in server.daemon.wait_events("misuse", count=2)]
+    assert "does not send ACK" in errors[0] and "no CR or LF" in errors[1]

@@ -424,7 +424,8 @@ class ProxyEngine(Logger):
         if tx.is_invite and status < 300 and forward.upstream:
             self.accepted.add(tx.key[0], forward.request.source, forward.request._destination)
         if forward.done:
-            if tx.is_invite and status < 300 and forward.upstream:   # a 2xx after our 408 still reaches the caller (RFC 3261 §16.7)
+            # A 2xx after our 408 still reaches the caller (RFC 3261 §16.7).
+            if tx.is_invite and status < 300 and forward.upstream:
                 self.upstream_stateless(forward.request, response)
             return
         if status == 503 and forward.targets and forward.proxy.settings.dns_failover_on_503 \

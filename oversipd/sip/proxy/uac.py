@@ -40,14 +40,6 @@ def stop(engine: ProxyEngine) -> None:
         _running = None
 
 
-def when_running(fn: Callable[[ProxyEngine], None]) -> None:
-    """fn(engine) with this worker's engine: now, or once its SIP service is up."""
-    if _running is not None:
-        fn(_running)
-    else:
-        _waiting.append(fn)
-
-
 class UacRequest:
     """What a Uac sends: method, Request-URI, From, To (the R-URI by default), headers and body."""
 
@@ -101,7 +93,8 @@ class Originated:
 class Uac(Proxy):
     """A server script's handle for originating requests with one [proxy.NAME] profile."""
 
-    def route(self, request: UacRequest, uri: SipUri | str | None = None) -> "asyncio.Future[Any]":  # type: ignore[override]
+    def route(self, request: UacRequest,  # type: ignore[override]
+              uri: SipUri | str | None = None) -> "asyncio.Future[Any]":
         """Send `request`; the future resolves to the final Response or a local (status, reason).
 
         Before this worker's SIP service is up (SystemEvents.on_started) the
@@ -110,29 +103,29 @@ class Uac(Proxy):
         if not isinstance(request, UacRequest):
             raise TypeError(f"Uac.route() sends a UacRequest, got {request!r}")
         target = parse_uri(uri) if isinstance(uri, str) else uri
+        if _running is not None:   # a bad header raises here, in the caller
+            return self.send(_running, request, target)
         try:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         except RuntimeError:
             raise RuntimeError("Uac.route() runs in a worker: in on_request, on_started or a coroutine") from None
-
-        def send(engine: ProxyEngine) -> None:
-            try:
-                message = request.message(engine.headers.address("udp")[0])
-                _chain(engine.originate(self, Originated(message), target), future)
-            except Exception as error:   # a bad header given: the caller's future says so
-                if not future.done():
-                    future.set_exception(error)
-
-        when_running(send)
+        _waiting.append(lambda engine: self.send_later(engine, request, target, future))
         return future
+
+    def send(self, engine: ProxyEngine, request: UacRequest, target: SipUri | None) -> "asyncio.Future[Any]":
+        message = request.message(engine.headers.address("udp")[0])
+        return engine.originate(self, Originated(message), target)
+
+    def send_later(self, engine: ProxyEngine, request: UacRequest, target: SipUri | None,
+                   future: "asyncio.Future[Any]") -> None:
+        """Once the SIP service is up: the outcome into the future route() gave; an error too."""
+        try:
+            outcome = self.send(engine, request, target)
+        except Exception as error:
+            future.set_exception(error)
+            return
+        outcome.add_done_callback(lambda done: future.done() or future.set_result(done.result()))
 
 
 def _name_addr(text: str) -> str:
     return text if "<" in text else f"<{text}>"
-
-
-def _chain(source: "asyncio.Future[Any]", target: "asyncio.Future[Any]") -> None:
-    def copy(done: "asyncio.Future[Any]") -> None:
-        if not target.done():
-            target.set_result(done.result())
-    source.add_done_callback(copy)
