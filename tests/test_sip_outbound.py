@@ -120,7 +120,11 @@ MANGLING_SCRIPT = """
 from oversipd import SipEvents
 from oversipd.sip import Proxy
 from oversipd.sip.outbound_mangling import add_outbound_to_contact, extract_outbound_from_ruri
+from oversipd.sip.user_assertion import assert_connection
 from oversipd.testing import record
+
+def registered(response):   # as OverSIP's default script: the registrar's 2xx asserts the connection's user
+    record("registered", contact=response.header("Contact"), asserted=str(assert_connection(response)))
 
 @SipEvents.on_request
 def on_request(request):
@@ -129,7 +133,7 @@ def on_request(request):
     proxy = Proxy("proxy_out")
     if request.sip_method == "REGISTER":
         add_outbound_to_contact(proxy)
-        proxy.on_success_response(lambda r: record("registered", contact=r.header("Contact")))
+        proxy.on_success_response(registered)
         proxy.route(request, REGISTRAR)
         return
     record("extracted", value=extract_outbound_from_ruri(request), ruri=str(request.ruri))
@@ -139,7 +143,8 @@ PROFILE = {"use_dns": False, "transport_preference": ["udp"], "do_record_routing
 
 
 @pytest.mark.skipif(SIPP is None, reason="sipp is missing: `make test` installs sip-tester")
-def test_a_registrar_without_outbound_reaches_the_client_over_its_connection(oversipd_daemon):
+@pytest.mark.parametrize("ob", [";ob", ""], ids=["outbound", "first-hop"])
+def test_a_registrar_without_outbound_reaches_the_client_over_its_connection(oversipd_daemon, ob):
     registrar = Callee("registrar_no_outbound.xml", calls=1)
     try:
         script = f"REGISTRAR = 'sip:127.0.0.1:{registrar.port}'\n" + MANGLING_SCRIPT
@@ -148,20 +153,21 @@ def test_a_registrar_without_outbound_reaches_the_client_over_its_connection(ove
         with socket.create_connection(("127.0.0.1", server.port), timeout=15) as conn:
             reader = StreamReader(conn)
             conn.sendall(request_bytes("REGISTER", port=server.port, transport="TCP", call_id=uuid.uuid4().hex,
-                                       user="alice", extra=OUTBOUND))
+                                       user="alice", extra=OUTBOUND.replace(";ob", ob)))
             registered = parse_message(reader.message())
             assert registered.status == 200
             # The client finds its own Contact back, without the token the registrar stored.
-            assert registered.header("Contact").startswith("<sip:alice@192.0.2.1:5999;transport=tcp;ob>")
+            assert registered.header("Contact").startswith(f"<sip:alice@192.0.2.1:5999;transport=tcp{ob}>")
             incoming = parse_message(reader.message())   # the registrar's MESSAGE, over this connection
             assert isinstance(incoming, Message) and incoming.method == "MESSAGE"
-            assert str(incoming.ruri) == "sip:alice@192.0.2.1:5999;transport=tcp;ob"
+            assert str(incoming.ruri) == f"sip:alice@192.0.2.1:5999;transport=tcp{ob}"
             conn.sendall(incoming.make_response(200, to_tag="alice1").to_bytes())
             status, output = registrar.finish()
             assert status == 0, output
         [event] = server.daemon.wait_events("extracted")
-        assert (event["value"], event["ruri"]) == (True, "sip:alice@192.0.2.1:5999;transport=tcp;ob")
+        assert (event["value"], event["ruri"]) == (True, f"sip:alice@192.0.2.1:5999;transport=tcp{ob}")
         [registered_event] = server.daemon.wait_events("registered")
         assert "ov-ob" not in registered_event["contact"]
+        assert registered_event["asserted"] == "sip:alice@example.com"   # assert_connection(response)
     finally:
         registrar.stop()

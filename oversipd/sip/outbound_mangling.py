@@ -2,12 +2,15 @@
 
 A registrar that ignores Path sends a request for a registered client
 straight to the Contact it stored, which the client behind NAT cannot be
-reached at.  So the REGISTER a client sends over its connection with
-Outbound asked for (`request.incoming_outbound_requested()`) leaves with
-that connection's flow token as a `;ov-ob=` parameter of its Contact
-URI; the registrar stores it with the binding, and a request to the
-binding comes back to us with the token in its Request-URI, where
-`extract_outbound_from_ruri` takes it out and routes over the flow.
+reached at.  So the REGISTER a client sends over its own connection,
+with us as its first hop, leaves with that connection's flow token as a
+`;ov-ob=` parameter of its Contact URI; the registrar stores it with the
+binding, and a request to the binding comes back to us with the token in
+its Request-URI, where `extract_outbound_from_ruri` takes it out and
+routes over the flow.  (OverSIP does it for a client that asked for
+Outbound, or for any first-hop client once the script called fix_nat,
+as its default script does; every accepted connection is a flow here,
+so the first-hop rule alone decides.)
 
     from oversipd.sip.outbound_mangling import add_outbound_to_contact, extract_outbound_from_ruri
 
@@ -22,7 +25,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from .core.request import OUTBOUND_METHODS
 from .proxy.engine import Proxy
+from .syntax.errors import ParseError
 from .syntax.uri import parse_name_addr
 
 if TYPE_CHECKING:
@@ -38,9 +43,12 @@ class ContactMangling:
 
     def outgoing(self, engine: Any, request: "Request", message: "Message") -> None:
         flow_id = getattr(request.source, "flow_id", None)
-        if flow_id is None or not request.incoming_outbound_requested():
+        if flow_id is None or not _first_hop(message):
             return
-        contact = parse_name_addr(message.header("contact") or "")
+        try:
+            contact = parse_name_addr(message.header("contact") or "")
+        except ParseError:
+            return   # "*" (un-REGISTER all), or nothing we could write back
         if PARAM in contact.uri.params:
             return
         contact.uri.params[PARAM] = engine.flows.token(flow_id)
@@ -54,6 +62,12 @@ class ContactMangling:
 
 
 _MANGLING = ContactMangling()
+
+
+def _first_hop(message: "Message") -> bool:
+    """A REGISTER or dialog-forming request straight from its client (one Via), with one Contact."""
+    return (message.method in OUTBOUND_METHODS and message.to.tag is None
+            and len(message.headers("via")) == 1 and len(message.headers("contact")) == 1)
 
 
 def add_outbound_to_contact(proxy: Proxy) -> None:

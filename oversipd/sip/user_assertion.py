@@ -10,17 +10,23 @@ the connection (in the worker that holds it) and ends with it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
     from .core.request import Request
+    from .syntax.message import Response
     from .syntax.uri import SipUri
 
 ASSERTED = "asserted_user"   # the connection's attribute (transport.listeners.TcpConnection)
 
 
-def assert_connection(request: "Request") -> "SipUri | None":
-    """Tie the request's From URI to the connection it came over; None over UDP or with P-Preferred-Identity."""
+def assert_connection(message: "Union[Request, Response]") -> "SipUri | None":
+    """Tie the request's From URI to the connection it came over; None over UDP or with P-Preferred-Identity.
+
+    Given a response in a proxy callback (OverSIP's script asserts on the
+    registrar's 2xx to a REGISTER), its request's.
+    """
+    request = _request_of(message)
     connection = request.source
     if getattr(connection, "flow_id", None) is None:
         return None   # UDP, or a connection we opened: nobody's own
@@ -35,8 +41,9 @@ def assert_connection(request: "Request") -> "SipUri | None":
     return asserted
 
 
-def revoke_assertion(request: "Request") -> bool:
-    """The connection's user is no longer asserted (e.g. it un-registered)."""
+def revoke_assertion(message: "Union[Request, Response]") -> bool:
+    """The connection's user is no longer asserted (e.g. a REGISTER of it failed); a response: its request's."""
+    request = _request_of(message)
     if getattr(request.source, ASSERTED, None) is not None:
         setattr(request.source, ASSERTED, None)
     return True
@@ -59,3 +66,11 @@ def add_pai(request: "Request") -> bool | None:
         return None
     request.set_header("P-Asserted-Identity", f"<{asserted}>")
     return True
+
+
+def _request_of(message: "Union[Request, Response]") -> "Request":
+    """A request as it is; a response given to a proxy callback: the request it answers."""
+    request = getattr(message, "request", message)
+    if not hasattr(request, "source"):
+        raise TypeError(f"a request, or a response given to a proxy callback, is needed: got {message!r}")
+    return request

@@ -353,6 +353,7 @@ class ProxyEngine(Logger):
         if forward is None:
             return   # the response to our CANCEL
         response.pop_header_value("Via")
+        response.request = forward.request   # OverSIP's `response.request`, for the callbacks
         if response.status < 200:
             self.provisional(forward, response)
         else:
