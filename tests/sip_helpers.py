@@ -5,10 +5,13 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from oversipd.sip.syntax.message import Response, parse_message
 
@@ -17,6 +20,7 @@ from listen_helpers import free_port, listen_table
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
 SIPP = shutil.which("sipp")
 CLIENT_TIMEOUT = 15.0
+START_TIMEOUT = 10.0
 
 # The server script most SIP tests use: every request is recorded, OPTIONS
 # to us gets 200, an INVITE 486, anything else 404.
@@ -170,3 +174,35 @@ def sipp_counts(result: subprocess.CompletedProcess[str]) -> tuple[int, int]:
         line = next(line for line in result.stdout.splitlines() if line.strip().startswith(label))
         return int(line.split("|")[2].strip())
     return cumulated("Successful call"), cumulated("Failed call")
+
+
+class Callee:
+    """A sipp UAS (or any scenario in server mode) on a free port, until stopped."""
+
+    def __init__(self, scenario: str, transport: str = "u1", calls: int = 20) -> None:
+        self.port = free_port("tcp", "udp")
+        self.process = subprocess.Popen(
+            [SIPP, "-sf", str(SIPP_DIR / scenario), "-t", transport, "-i", "127.0.0.1", "-p", str(self.port),
+             "-m", str(calls), "-nostdin", "-timeout", "60s", "-timeout_error"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+        self.wait_listening()
+
+    def wait_listening(self) -> None:
+        """Until sipp's socket is bound (a TCP callee not yet listening would refuse the proxy)."""
+        process = psutil.Process(self.process.pid)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if any(c.laddr and c.laddr.port == self.port for c in process.net_connections("inet")):
+                return
+            assert self.process.poll() is None, self.process.communicate()[0]
+            time.sleep(0.05)
+        raise TimeoutError(f"sipp did not bind port {self.port}")
+
+    def finish(self, timeout: float = 60.0) -> tuple[int, str]:
+        output, _ = self.process.communicate(timeout=timeout)
+        return self.process.returncode, output
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()

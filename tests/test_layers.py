@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("sip transport", ["sip.transport"]),
     ("sip core", ["sip.core"]),
     ("sip proxy", ["sip.proxy"]),
+    ("sip modules (OverSIP's core helpers)", ["sip.outbound_mangling", "sip.user_assertion"]),
     ("sip service", ["sip.service", "sip"]),
     ("public API", ["", "fingerprint", "generations"]),
     ("processes", ["worker", "master", "supervision", "watchdog", "reloading", "swap", "upgrade", "keeper"]),

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import collections
 import socket
-import subprocess
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from dns_server import DnsZone
-from listen_helpers import free_port
-from sip_helpers import SIPP, SIPP_DIR, run_sipp, sip_daemon, sipp_counts
+from sip_helpers import SIPP, Callee, run_sipp, sip_daemon, sipp_counts
 
 
 pytestmark = pytest.mark.skipif(SIPP is None, reason="sipp is missing: `make test` installs sip-tester")
@@ -53,39 +49,6 @@ def on_request(request):
 PROFILE = {"do_record_routing": True, "timer_B": 3, "timer_C": 4, "timer_F": 3,
            "use_naptr": False, "transport_preference": ["udp"]}
 CALLS = 20
-START_TIMEOUT = 10.0
-
-
-class Callee:
-    """A sipp UAS (or any scenario in server mode) on a free port, until stopped."""
-
-    def __init__(self, scenario: str, transport: str = "u1", calls: int = CALLS) -> None:
-        self.port = free_port("tcp", "udp")
-        self.process = subprocess.Popen(
-            [SIPP, "-sf", str(SIPP_DIR / scenario), "-t", transport, "-i", "127.0.0.1", "-p", str(self.port),
-             "-m", str(calls), "-nostdin", "-timeout", "60s", "-timeout_error"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
-        self.wait_listening()
-
-    def wait_listening(self) -> None:
-        """Until sipp's socket is bound (a TCP callee not yet listening would refuse the proxy)."""
-        process = psutil.Process(self.process.pid)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if any(c.laddr and c.laddr.port == self.port for c in process.net_connections("inet")):
-                return
-            assert self.process.poll() is None, self.process.communicate()[0]
-            time.sleep(0.05)
-        raise TimeoutError(f"sipp did not bind port {self.port}")
-
-    def finish(self, timeout: float = 60.0) -> tuple[int, str]:
-        output, _ = self.process.communicate(timeout=timeout)
-        return self.process.returncode, output
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.communicate()
 
 
 @pytest.fixture
@@ -108,9 +71,10 @@ def proxy_server(oversipd_daemon, dns: dict | None = None, **profile):
     return sip_daemon(oversipd_daemon, script=ROUTING_SCRIPT, workers=2, extra_tables=tables)
 
 
-def call(server, callee_at: str, callee_transport: str, transport: str = "u1", calls: int = CALLS):
+def call(server, callee_at: str, callee_transport: str, transport: str = "u1", calls: int = CALLS,
+         rate: int = 10):
     return run_sipp(server, "proxy_call_uac.xml", "-key", "uas", callee_at, "-key", "uas_transport",
-                    callee_transport, "-max_socket", "100", calls=calls, rate=10, transport=transport)
+                    callee_transport, "-max_socket", "100", calls=calls, rate=rate, transport=transport)
 
 
 def assert_callbacks_ran_once_each(daemon, calls: int) -> None:

@@ -1,10 +1,12 @@
 """Issue 23 — TCP load spread over the workers.
 
 A client's connection is accepted by the worker its slot's listening socket
-belongs to (a reuseport group per TCP SIP listener, transport/sockets.py),
-and the requests read from one connection are handled by the worker their
-Call-ID hashes to (ProxyEngine.pass_on_by_call): one trunk connection no
-longer pins every call to one core.
+belongs to (a reuseport group per TCP SIP listener, transport/sockets.py).
+Once a connection carries a trunk's load (TRUNK_RATE requests within a
+second), the requests read from it are handled by the worker their Call-ID
+hashes to (ProxyEngine.pass_on_by_call): one trunk connection no longer
+pins every call to one core, while a phone's connection keeps its requests
+with the worker that holds it.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import psutil
 import pytest
 
 from listen_helpers import free_port
+from oversipd.sip.transport.listeners import TRUNK_RATE
 from sip_helpers import SIPP, StreamReader, request_bytes, sip_daemon, sipp_counts
-from test_sip_proxy_sipp import CALLS, PROFILE, ROUTING_SCRIPT, call, callees  # noqa: F401 (a fixture)
+from test_sip_proxy_sipp import PROFILE, ROUTING_SCRIPT, call, callees  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(SIPP is None, reason="sipp is missing: `make test` installs sip-tester")
 
 CLIENTS = 200
 TRUNK_REQUESTS = 200
+TRUNK_CALLS = 100
 
 
 def connections_held(pid: int, port: int) -> int:
@@ -49,31 +53,45 @@ def test_clients_connecting_at_once_are_accepted_by_every_worker_in_fair_shares(
             sock.close()
 
 
-def test_requests_read_from_one_connection_are_handled_by_both_workers(oversipd_daemon):
-    server = sip_daemon(oversipd_daemon, workers=2)
+def options_over_one_connection(server, count: int) -> list[dict]:
+    """`count` OPTIONS, one after the other, over one connection; the handler's events."""
     with socket.create_connection((server.host, server.port)) as sock:
         reader = StreamReader(sock)
-        for number in range(TRUNK_REQUESTS):
+        for number in range(count):
             sock.sendall(request_bytes("OPTIONS", port=server.port, via_port=sock.getsockname()[1],
-                                       transport="TCP", call_id=f"trunk-{number}"))
+                                       transport="TCP", call_id=f"one-connection-{number}"))
             assert reader.message().startswith(b"SIP/2.0 200")   # back over the same connection
-    events = server.daemon.wait_events("request", count=TRUNK_REQUESTS)
+    events = server.daemon.wait_events("request", count=count)
+    assert len({e["call_id"] for e in events}) == count   # each handled once
+    return events
+
+
+def test_requests_read_from_a_trunk_are_handled_by_both_workers(oversipd_daemon):
+    server = sip_daemon(oversipd_daemon, workers=2)
+    events = options_over_one_connection(server, TRUNK_REQUESTS)   # TRUNK_RATE within a second, and more
     by_worker = collections.Counter(e["worker"] for e in events)
     assert set(by_worker) == {1, 2} and min(by_worker.values()) >= TRUNK_REQUESTS // 4, by_worker
-    assert len({e["call_id"] for e in events}) == TRUNK_REQUESTS   # each handled once
+    server.daemon.wait_log("a trunk, its requests now spread over the workers by Call-ID")
+
+
+def test_a_phones_connection_keeps_its_requests_with_the_worker_holding_it(oversipd_daemon):
+    server = sip_daemon(oversipd_daemon, workers=2)
+    events = options_over_one_connection(server, TRUNK_RATE - 1)
+    assert len({e["worker"] for e in events}) == 1
 
 
 def test_a_trunk_connection_in_and_one_out_carry_calls_routed_by_both_workers(oversipd_daemon, callees):
     server = sip_daemon(oversipd_daemon, script=ROUTING_SCRIPT, workers=2,
                         extra_tables={"proxy.proxy_out": {**PROFILE, "transport_preference": ["tcp"]}})
-    uas = callees("proxy_call_uas.xml", transport="t1", calls=2 * CALLS)
-    result = call(server, f"127.0.0.1:{uas.port}", "tcp", transport="t1", calls=2 * CALLS)
-    assert sipp_counts(result) == (2 * CALLS, 0), result.stdout[-3000:]
+    uas = callees("proxy_call_uas.xml", transport="t1", calls=TRUNK_CALLS)
+    # 100 calls/s: INVITE, ACK and BYE make the caller's connection a trunk within a fraction of a second.
+    result = call(server, f"127.0.0.1:{uas.port}", "tcp", transport="t1", calls=TRUNK_CALLS, rate=100)
+    assert sipp_counts(result) == (TRUNK_CALLS, 0), result.stdout[-3000:]
     status, output = uas.finish()
     assert status == 0, output[-3000:]
-    invites = [e for e in server.daemon.wait_events("success", count=4 * CALLS) if e["method"] == "INVITE"]
+    invites = [e for e in server.daemon.wait_events("success", count=2 * TRUNK_CALLS) if e["method"] == "INVITE"]
     by_worker = collections.Counter(e["worker"] for e in invites)
-    assert set(by_worker) == {1, 2} and min(by_worker.values()) >= CALLS // 2, by_worker
+    assert set(by_worker) == {1, 2} and min(by_worker.values()) >= TRUNK_CALLS // 5, by_worker
 
 
 def test_a_tcp_sip_port_with_a_connection_in_time_wait_still_starts(oversipd_daemon):

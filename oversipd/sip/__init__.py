@@ -4,14 +4,16 @@
     transaction/  server and client transactions, their timers (sans-I/O)
     transport/    UDP/TCP listeners, per-slot sockets, flows, the relay between workers
     core/         receive -> transaction -> SipEvents.on_request; the Request
-    proxy/        Proxy(profile).route(): forwarding, DNS (RFC 3263)
+    proxy/        Proxy(profile).route(): forwarding, DNS (RFC 3263); Uac: requests of our own
+    outbound_mangling.py, user_assertion.py
+                  OverSIP's core modules as helpers for server scripts (above the proxy)
     service.py    SIP set-up in the master and in a worker (above every layer)
 
 Beside the layers: `settings` and `proxy_settings` (the [sip], [proxy.*] and
 [dns] tables, read by oversipd.settings), `counters` (for `oversipd status`).
 
 This package's names are the public ones of SIP.md: the message layer's
-(`SipUri`, `parse_message`, ...) and `Proxy`, loaded on first use.
+(`SipUri`, `parse_message`, ...) and `Proxy`, `Uac`, `UacRequest`, loaded on first use.
 """
 
 from .syntax.errors import FramingError, ParseError
@@ -33,4 +35,7 @@ def __getattr__(name: str):
     if name == "Proxy":
         from .proxy.engine import Proxy
         return Proxy
+    if name in ("Uac", "UacRequest"):
+        from .proxy import uac
+        return getattr(uac, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

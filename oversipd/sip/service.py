@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .. import kept, listeners
 from ..logger import Logger
-from .proxy import engine as proxy
+from .proxy import engine as proxy, uac
 from .transport import sockets
 from .core.sipcore import SipCore   # imported in the master: a worker's start pays no import
 from .counters import Counters, counters_path
@@ -122,6 +122,7 @@ class WorkerSip:
                                        self.generation, self.settings.core.workers)
         await self.adopt_flows()
         core.proxy.start_relay()
+        uac.serve(core.proxy)
 
     async def adopt_flows(self) -> None:
         """The connections this slot's dead worker held: read on here, the peers saw nothing."""
@@ -201,6 +202,8 @@ class WorkerSip:
         self.listeners = []
         self.tcp_listeners = {}
         if self.core is not None:
+            if self.core.proxy is not None:
+                uac.stop(self.core.proxy)
             self.core.close()
 
 

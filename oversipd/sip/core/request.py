@@ -11,6 +11,7 @@ import ipaddress
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..transport import flows
+from ..syntax.errors import ParseError
 from ..syntax.uri import parse_name_addr
 
 if TYPE_CHECKING:
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from ..syntax.uri import NameAddr, SipUri, Via
 
 DEFAULT_MAX_FORWARDS = 70
+# RFC 5626 §4.2.1 / §4.3: what a UA may ask Outbound for (REGISTER, or a request that forms a dialog).
+OUTBOUND_METHODS = frozenset(("REGISTER", "INVITE", "SUBSCRIBE", "REFER"))
 
 
 class Core(Protocol):
@@ -194,10 +197,25 @@ class Request:
         while (uri := self._top_route_if_ours()) is not None:
             self.message.pop_header_value("Route")
             removed = True
-            flow = flows.decode(uri.user)
-            if flow is not None and flow != self.source.flow:
-                self._flow = flow
+            self.use_flow_token(uri.user)
         return removed
+
+    def use_flow_token(self, token: str | None) -> bool:
+        """Route this request over the client's connection that `token` (a flow token of ours) names.
+
+        False, and nothing changes, when it names none, or names the very
+        connection the request came in over (it is on its way from that client).
+        """
+        flow = flows.decode(token)
+        if flow is None or flow == self.source.flow:
+            return False
+        self._flow = flow
+        return True
+
+    @property
+    def flow_routed(self) -> bool:
+        """A flow token (loose_route() or use_flow_token()) sends this request over a client's connection."""
+        return self._flow is not None
 
     def _top_route_if_ours(self) -> "SipUri | None":
         routes = self.message.headers("route")
@@ -210,6 +228,26 @@ class Request:
         if uri.host is not None and self._core.is_local(_normal_host(uri.host), uri.port):
             return uri
         return None
+
+    def incoming_outbound_requested(self) -> bool:
+        """RFC 5626: the client (first hop, reachable only over this flow) asks for Outbound.
+
+        A REGISTER or dialog-forming request, with one Via (no proxy before
+        us), `Supported: outbound`, one Contact with `;ob`, over a connection
+        or with `rport` (a UDP client that keeps its NAT binding open).
+        """
+        message = self.message
+        if message.method not in OUTBOUND_METHODS or message.to.tag is not None:
+            return False
+        if self.source.transport == "udp" and message.top_via.rport is None:
+            return False
+        if not any(tag.lower() == "outbound" for tag in message.headers("supported")):
+            return False
+        contacts = message.headers("contact")
+        try:
+            return len(contacts) == 1 and len(message.via) == 1 and "ob" in parse_name_addr(contacts[0]).uri.params
+        except ParseError:
+            return False
 
     def fix_nat(self) -> None:
         """RFC 3581: `received` and `rport` on the top Via, so responses go where the request came from."""

@@ -26,7 +26,7 @@ from ..proxy_settings import DnsSettings, ProxySettings
 from ..transport.relay import SlotRelay, place_of
 from ..core.timers import TableTimer
 from ..transport.listeners import AcceptedConnection
-from ..transport.outgoing import NextHops
+from ..transport.outgoing import ANOTHER_WORKERS_NEXT_HOP, NextHops
 from ..syntax.peek import call_id_of
 from .accepted import AcceptedBranches
 from .headers import OurHeaders, peek_place, place_of_branch
@@ -43,7 +43,8 @@ TRANSPORT_ERROR = (503, "Transport Error")
 # a request for it waits this long for the new worker before it gets 430.
 FLOW_HOLDER_WAIT = 1.0
 FLOW_RETRY = 0.02
-FLOW_SOURCE = "flow:"   # a relayed response that came in over a flow: "flow:SLOT:FLOW-ID"
+FLOW_SOURCE = "flow:"   # a relayed message that came in over a flow: "flow:SLOT:FLOW-ID"
+NEXT_HOP_SOURCE = "next-hop"   # a relayed response that came in over another worker's next-hop connection
 REQUEST_TIMEOUT = (408, "Request Timeout")
 
 _log = Logger("SIP proxy")
@@ -65,6 +66,9 @@ class Proxy:
             raise KeyError(f"no [proxy.{profile}] table in the configuration")
         self.settings = _profiles[profile]
         self.callbacks: dict[str, Callable[..., Any]] = {}
+        # OverSIP's modules (oversipd.sip.outbound_mangling): each edits what is sent down
+        # (`outgoing(engine, request, message)`) and the 2xx coming back (`success(response)`).
+        self.manglers: list[Any] = []
 
     def on_provisional_response(self, fn: Callable[[Response], Any]) -> Callable[[Response], Any]:
         self.callbacks["provisional"] = fn
@@ -101,13 +105,15 @@ class Proxy:
 class Forward:
     """One routed request: its branches (one per DNS target tried), its upstream side, its outcome."""
 
-    __slots__ = ("proxy", "request", "future", "destination", "outgoing", "targets", "tx", "provisional",
-                 "cancel_requested", "cancel_sent", "done", "timer_c", "timer_c_at")
+    __slots__ = ("proxy", "request", "future", "upstream", "destination", "outgoing", "targets", "tx",
+                 "provisional", "cancel_requested", "cancel_sent", "done", "timer_c", "timer_c_at")
 
-    def __init__(self, proxy: Proxy, request: "Request", future: "asyncio.Future[Any]") -> None:
+    def __init__(self, proxy: Proxy, request: "Request", future: "asyncio.Future[Any]",
+                 upstream: bool = True) -> None:
         self.proxy = proxy
         self.request = request
         self.future = future
+        self.upstream = upstream   # False: a request of our own (uac.py), nobody to answer
         self.destination: SipUri | None = None
         self.outgoing: Message | None = None    # the request to send, before our Via and Record-Route
         self.targets: list[Target] = []
@@ -173,16 +179,25 @@ class ProxyEngine(Logger):
             _finish(future, (483, "Too Many Hops"))
             return future
         forward = Forward(proxy, request, future)
-        request._proxy = forward
-        self.pending.add(forward)
-        self.idle.clear()
         if request._destination is None:   # the Via stamped now: the copy sent down carries it
             self.core.stamp_via(request, force_rport=False)
             request._destination = self.core.response_address(request)
         if forward.is_invite:
             self.core.send_reply(request, 100, None, None, b"")
-        self.spawn(self.start(forward, uri))
+        self.begin(forward, uri)
         return future
+
+    def originate(self, proxy: Proxy, request: Any, uri: SipUri | None) -> "asyncio.Future[Any]":
+        """A request of our own (oversipd.sip.proxy.uac): the same client transaction, nobody upstream."""
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self.begin(Forward(proxy, request, future, upstream=False), uri)
+        return future
+
+    def begin(self, forward: Forward, uri: SipUri | None) -> None:
+        forward.request._proxy = forward
+        self.pending.add(forward)
+        self.idle.clear()
+        self.spawn(self.start(forward, uri))
 
     async def start(self, forward: Forward, uri: SipUri | None) -> None:
         try:
@@ -195,7 +210,10 @@ class ProxyEngine(Logger):
     async def resolve_and_send(self, forward: Forward, uri: SipUri | None) -> None:
         message = forward.request.message.copy()   # upstream responses use the original
         forward.destination = uri or next_hop(message)
-        lower_max_forwards(message)
+        if forward.upstream:   # ours starts at 70 (uac.py)
+            lower_max_forwards(message)
+        for mangler in forward.proxy.manglers:
+            mangler.outgoing(self, forward.request, message)
         forward.outgoing = message
         flow = forward.request._flow if uri is None else None
         if flow is not None:   # a Route with our flow token: over that client's connection, no DNS
@@ -237,8 +255,8 @@ class ProxyEngine(Logger):
         branch = self.headers.new_branch()
         request = forward.request
         # A client's connection: the Route toward it names its flow (oversipd.sip.transport.flows).
-        self.headers.add(message, forward.proxy.settings.do_record_routing, request.transport,
-                         request.source.flow, target.transport, branch)
+        self.headers.add(message, forward.proxy.settings.do_record_routing and forward.upstream, request.transport,
+                         getattr(request.source, "flow", None), target.transport, branch)   # a UAC's: no source
         data = message.to_bytes()
         settings = forward.proxy.settings
         timeout = settings.timer_B if forward.is_invite else settings.timer_F
@@ -341,6 +359,7 @@ class ProxyEngine(Logger):
         if forward is None:
             return   # the response to our CANCEL
         response.pop_header_value("Via")
+        response.request = forward.request   # OverSIP's `response.request`, for the callbacks
         if response.status < 200:
             self.provisional(forward, response)
         else:
@@ -366,16 +385,21 @@ class ProxyEngine(Logger):
         return place is not None and self.pass_to_place(place, data, source, address)
 
     def pass_on_by_call(self, data: bytes, source: Any, address: Any) -> bool:
-        """A request read from a client's connection goes to the worker its Call-ID hashes to (issue 23).
+        """A request read from a trunk goes to the worker its Call-ID hashes to (issue 23).
 
         One connection (a trunk from an SBC, a PBX) can carry thousands of
         calls a second; read and handled by the one worker that accepted it,
-        they all ran on one core.  The reader passes each request on unparsed,
-        every request of a call to the same worker (its CANCEL and non-2xx ACK
-        meet their INVITE's transaction there), which answers over the flow.
+        they all ran on one core.  Once a connection shows it is a trunk
+        (AcceptedConnection.is_trunk), the reader passes each request on
+        unparsed, every request of a call to the same worker (its CANCEL and
+        non-2xx ACK meet their INVITE's transaction there), which answers over
+        the flow.  A phone's or a browser's connection never gets there: its
+        requests stay with the worker that holds it, and with what a script
+        keeps on the connection (cvars, an asserted user).
         False: ours, or the target is not there (handled here then).
         """
-        if self.slots < 2 or self.relay is None or not isinstance(source, AcceptedConnection):
+        if self.slots < 2 or self.relay is None or not isinstance(source, AcceptedConnection) \
+                or not source.is_trunk(self.loop.time()):
             return False
         call_id = call_id_of(data)
         if call_id is None:
@@ -392,17 +416,19 @@ class ProxyEngine(Logger):
         return name is not None and self.relay.pass_on(place, name, response, address)
 
     def relay_name_of(self, source: Any) -> str | None:
-        """How the slot a response is passed to names where it came in: a UDP listener, or a flow."""
+        """How the slot a message is passed to names where it came in: a UDP listener, a flow, a next hop."""
         if source.transport == "udp":
             return next((name for name, listener in self.udp.items() if listener is source), None)
         flow = source.flow
-        return None if flow is None else f"{FLOW_SOURCE}{flow[0]}:{flow[1]}"
+        return NEXT_HOP_SOURCE if flow is None else f"{FLOW_SOURCE}{flow[0]}:{flow[1]}"
 
     def relayed(self, listener: str, message: bytes, address: tuple[str, int]) -> None:
         """A message another slot's worker passed on: received here as if it had come in there."""
         if listener.startswith(FLOW_SOURCE):
             slot_id, _, flow_id = listener[len(FLOW_SOURCE):].partition(":")
             source: Any = RelayedFlow(self, FlowTarget(int(slot_id), int(flow_id)))
+        elif listener == NEXT_HOP_SOURCE:
+            source = ANOTHER_WORKERS_NEXT_HOP
         else:
             source = self.udp.get(listener)
         if source is not None:
@@ -417,7 +443,7 @@ class ProxyEngine(Logger):
         if response.status == 100 or forward.done:
             return   # 100 is hop by hop
         self.run_callback(forward, "provisional", response)
-        if not forward.request._final_sent:
+        if forward.upstream and not forward.request._final_sent:
             self.core.forward_response(forward.request, response)
 
     def final(self, forward: Forward, tx: ClientTransaction, response: Response) -> None:
@@ -428,10 +454,11 @@ class ProxyEngine(Logger):
             self.send(*tx.destination, ack)
         if tx is not forward.tx:
             return   # an earlier branch, given up
-        if tx.is_invite and status < 300:
+        if tx.is_invite and status < 300 and forward.upstream:
             self.accepted.add(tx.key[0], forward.request.source, forward.request._destination)
         if forward.done:
-            if tx.is_invite and status < 300:   # a 2xx after our 408 still reaches the caller (RFC 3261 §16.7)
+            # A 2xx after our 408 still reaches the caller (RFC 3261 §16.7).
+            if tx.is_invite and status < 300 and forward.upstream:
                 self.upstream_stateless(forward.request, response)
             return
         if status == 503 and forward.targets and forward.proxy.settings.dns_failover_on_503 \
@@ -439,9 +466,13 @@ class ProxyEngine(Logger):
             self.log_system_info(f"503 from {tx.destination[1]}: trying the next DNS target")
             self.spawn(self.try_next_target(forward))
             return
+        if status < 300:
+            for mangler in forward.proxy.manglers:
+                mangler.success(response)
         self.run_callback(forward, "success" if status < 300 else "failure", response)
         self.finish(forward, response)
-        self.core.forward_response(forward.request, response)
+        if forward.upstream:
+            self.core.forward_response(forward.request, response)
 
     def upstream_stateless(self, request: "Request", response: Response) -> None:
         self.send(request.source, request._destination, response.to_bytes())
@@ -460,7 +491,7 @@ class ProxyEngine(Logger):
 
     def terminated_before_sending(self, forward: Forward) -> None:
         self.finish(forward, (487, "Request Terminated"))
-        if not forward.request._final_sent:
+        if forward.upstream and not forward.request._final_sent:
             self.core.send_reply(forward.request, 487, None, None, b"")
 
     def send_cancel(self, forward: Forward) -> None:
@@ -504,7 +535,7 @@ class ProxyEngine(Logger):
         else:
             self.run_callback(forward, "error", status, reason)
         self.finish(forward, (status, reason))
-        if not forward.request._final_sent:
+        if forward.upstream and not forward.request._final_sent:
             self.core.send_reply(forward.request, status, reason, None, b"")
 
     def finish(self, forward: Forward, outcome: Any) -> None:
@@ -588,10 +619,13 @@ def _destination_of(uri: SipUri) -> SipDestination:
     return SipDestination(uri.scheme, (uri.host or "").strip("[]"), uri.port, uri.transport)
 
 
-def _transaction_of(request: bytes) -> tuple[str, str] | None:
-    """(branch, method) of a request we sent, to fail its transaction; None for an ACK, which has none."""
-    message = parse_message(request)
-    return None if message.method == "ACK" else (message.top_via.branch or "", message.method)
+def _transaction_of(data: bytes) -> tuple[str, str] | None:
+    """(branch, method) of a request we sent, to fail its transaction; None for an ACK, which has none,
+    and for a response (one going upstream over a flow: nothing of ours to fail)."""
+    message = parse_message(data)
+    if not isinstance(message, Message) or message.method == "ACK":
+        return None
+    return message.top_via.branch or "", message.method
 
 
 def _finish(future: "asyncio.Future[Any]", outcome: Any) -> None:

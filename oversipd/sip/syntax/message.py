@@ -639,6 +639,27 @@ class Response(Message):
         self.version = version
         self._init_headers(headers, body)
 
+    # OverSIP's names (SIP.md §10): an OverSIP script's `response.status_code` ports as it is.
+    @property
+    def status_code(self) -> int:
+        return self.status
+
+    @status_code.setter
+    def status_code(self, value: int) -> None:
+        self.status = value
+        self._raw = None
+
+    @property
+    def reason_phrase(self) -> str:
+        return self.reason
+
+    @reason_phrase.setter
+    def reason_phrase(self, value: str) -> None:
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"no CR or LF in a reason phrase: {value!r}")
+        self.reason = value
+        self._raw = None
+
     def _start_line(self) -> str:
         return f"{self.version} {self.status} {self.reason}"
 

@@ -18,6 +18,7 @@ from ... import kept
 from ...logger import Logger
 from .. import counters as C
 from ..syntax.errors import FramingError, ParseError
+from . import stun
 from .flows import kept_key
 from ..syntax.framing import KEEPALIVE, StreamFramer
 from ..syntax.message import Request as Message, parse_message
@@ -28,7 +29,13 @@ UDP_BATCH = 64
 TCP_HIGH_WATER = 256 * 1024
 CRLF = b"\r\n"
 KEEPALIVE_FIRST = (b"\r", b"\n")
+# A datagram whose first byte is below this is no SIP message: CRLF, STUN (00 or 01), or nothing.
+NOT_SIP_BELOW = b" "
 MAX_DATAGRAM = 65536
+# Requests within one second that make a client's connection a trunk (issue 23).
+# A phone or a browser sends a few a minute, a busy one a few a second; a
+# trunk from an SBC or a PBX carries its callers' hundreds or thousands.
+TRUNK_RATE = 50
 
 _log = Logger("SIP")
 
@@ -75,9 +82,23 @@ class UdpListener:
                 self.core.counts[C.RECEIVED] += 1
                 self.core.counts[C.DROPPED] += 1   # larger than max_message_size
                 continue
-            if data[:1] in KEEPALIVE_FIRST and not data.strip():
-                continue   # a keep-alive (RFC 5626 §4.4.1): ignored on datagrams
+            if data[:1] < NOT_SIP_BELOW:   # one comparison on the SIP path: a SIP message starts with a letter
+                self.not_sip(data, address)
+                continue
             receive(data, self, address)
+
+    def not_sip(self, data: bytes, address: Any) -> None:
+        """A keep-alive (RFC 5626 §4.4): CRLFs are ignored, a STUN Binding request answered."""
+        if data[:1] in KEEPALIVE_FIRST:
+            if data.strip():
+                self.core.receive(data, self, address)   # CRLFs before a start line (RFC 3261 §7.5)
+            return
+        answer = stun.binding_response(data, address)
+        if answer is None:
+            self.core.counts[C.RECEIVED] += 1
+            self.core.counts[C.DROPPED] += 1   # neither SIP nor a STUN Binding request
+        else:
+            self.send(answer, address)
 
     def send(self, data: bytes, address: Any) -> bool:
         try:
@@ -109,6 +130,7 @@ class TcpConnection(asyncio.Protocol):
         self.peer: Any = None
         self.last_activity = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.asserted_user: Any = None   # the user authenticated over it (oversipd.sip.user_assertion)
 
     # The Source protocol of the core calls the transport name `transport`;
     # asyncio's Protocol has no attribute of that name, so it is free here.
@@ -202,6 +224,23 @@ class TcpConnection(asyncio.Protocol):
 
 class AcceptedConnection(TcpConnection):
     """A connection a client opened to us: a flow, reachable from every worker while it lasts."""
+
+    trunk = False       # it carried TRUNK_RATE requests within a second once: it stays a trunk
+    counted = 0         # requests in the second that began at `counting_since`
+    counting_since = 0.0
+
+    def is_trunk(self, now: float) -> bool:
+        """Whether this connection carries the load of many callers (an SBC, a PBX): counted per request."""
+        if self.trunk:
+            return True
+        if now - self.counting_since >= 1.0:
+            self.counting_since, self.counted = now, 0
+        self.counted += 1
+        if self.counted >= TRUNK_RATE:
+            self.trunk = True
+            _log.log_system_info(f"the connection from {self.peer} carries {TRUNK_RATE}+ requests a second: "
+                                 "a trunk, its requests now spread over the workers by Call-ID")
+        return self.trunk
 
     def __init__(self, server: "TcpListener", flow_id: int | None = None, unread: bytes = b"") -> None:
         super().__init__(server)

@@ -86,6 +86,26 @@ class OutgoingConnection(TcpConnection):
             del self.hops.tcp[self.address]
 
 
+class AnotherWorkersNextHop:
+    """Where a response came in that another worker read from one of its next-hop connections.
+
+    A connection we open is read by the worker that opened it; a peer may
+    answer a request of ours over another worker's connection to it (a SIPp
+    UAS does, for the calls of its first connection).  Passed on to us by its
+    branch, the response needs no way back: nothing is sent through this.
+    """
+
+    transport = "tcp"
+    reliable = True
+    flow = None
+
+    def send(self, data: bytes, address: Any) -> bool:
+        return False
+
+
+ANOTHER_WORKERS_NEXT_HOP = AnotherWorkersNextHop()
+
+
 def _family(ip: str) -> int:
     """4 or 6: an IP address (a resolver's target), never a name, so a colon tells."""
     return 6 if ":" in ip else 4
