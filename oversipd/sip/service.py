@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from .. import kept, listeners
 from ..logger import Logger
+from . import auth, registrar
 from .proxy import engine as proxy
 from .transport import sockets
 from .core.sipcore import SipCore   # imported in the master: a worker's start pays no import
@@ -53,6 +54,7 @@ def prepare_master_state(settings: "Settings") -> None:
     global _counters
     assert settings.sip is not None
     proxy.configure(settings.proxies, settings.dns)   # a server script may make its Proxy at import
+    configure_services(settings)   # before the fork: a PostgreSQL store declares its per-worker pool
     if any(settings.listen[name].host in WILDCARDS for name in settings.sip.listen):
         _interface_addresses.update(_machine_addresses())
     path = counters_path(settings.core.pid_file)
@@ -62,6 +64,12 @@ def prepare_master_state(settings: "Settings") -> None:
         _log.log_system_warn(f"cannot create {path} ({error.strerror or error}): "
                              "the SIP counters stay in memory, and `oversipd status` cannot show them")
         _counters = Counters(None)
+
+
+def configure_services(settings: "Settings") -> None:
+    """[registrar] and [auth] (SIP.md §14): what registrar.save() and auth.authenticate() use."""
+    registrar.configure(settings.registrar)
+    auth.configure(settings.auth)
 
 
 def close_master() -> None:
@@ -156,6 +164,7 @@ class WorkerSip:
             self.settings = settings
             self.core.apply_settings(settings.sip)
             proxy.configure(settings.proxies, settings.dns)
+            configure_services(settings)
 
     def stop_reading(self) -> None:
         """A newer generation serves: read no new request here.
