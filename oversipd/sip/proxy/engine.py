@@ -19,13 +19,14 @@ from ...logger import Logger
 from .. import counters as C
 from ..transaction.client import ClientTable, ClientTransaction, Verdict, client_key, make_ack, make_cancel
 from .dns import DnsError, Rfc3263Resolver, SipDestination, Target
-from ..transport.flows import FLOW_FAILED, FlowTable, FlowTarget, RelayedFlow
+from ..transport.flows import FLOW_FAILED, FlowTable, FlowTarget, RelayedFlow, token as flow_token
 from ..syntax.message import Request as Message, Response, parse_message
 from ..proxy_settings import DnsSettings, ProxySettings
 from ..transport.relay import SlotRelay, place_of
 from ..core.timers import TableTimer
 from ..transport.outgoing import NextHops
 from .accepted import AcceptedBranches
+from .forking import BranchTarget, ForkContext, own_flow_route
 from .headers import OurHeaders, peek_place, place_of_branch
 from ..syntax.uri import SipUri, parse_name_addr, parse_uri
 
@@ -87,11 +88,17 @@ class Proxy:
         self.callbacks["error"] = fn
         return fn
 
-    def route(self, request: "Request", uri: SipUri | str | None = None) -> "asyncio.Future[Any]":
-        """Forward `request`; the future resolves to the final Response or a local (status, reason)."""
+    def route(self, request: "Request", uri: SipUri | str | None = None,
+              targets: list[Any] | None = None) -> "asyncio.Future[Any]":
+        """Forward `request`; the future resolves to the final Response or a local (status, reason).
+
+        `targets` (registrar bindings or URIs) forks it in parallel (RFC 3261 §16.7, proxy/forking.py).
+        """
         engine = request._core.proxy
         if engine is None:
             raise RuntimeError("this worker has no SIP proxy engine (no [sip] listeners?)")
+        if targets is not None:
+            return engine.fork(self, request, [BranchTarget(target) for target in targets])
         return engine.route(self, request, parse_uri(uri) if isinstance(uri, str) else uri)
 
 
@@ -99,7 +106,7 @@ class Forward:
     """One routed request: its branches (one per DNS target tried), its upstream side, its outcome."""
 
     __slots__ = ("proxy", "request", "future", "destination", "outgoing", "targets", "tx", "provisional",
-                 "cancel_requested", "cancel_sent", "done", "timer_c", "timer_c_at")
+                 "cancel_requested", "cancel_sent", "done", "timer_c", "timer_c_at", "context", "branch")
 
     def __init__(self, proxy: Proxy, request: "Request", future: "asyncio.Future[Any]") -> None:
         self.proxy = proxy
@@ -115,6 +122,8 @@ class Forward:
         self.done = False                         # a final response (or local failure) went upstream
         self.timer_c: asyncio.TimerHandle | None = None
         self.timer_c_at = 0.0                     # loop time: a provisional response moves it on
+        self.context: ForkContext | None = None   # a branch of a forked request: its outcome goes there
+        self.branch: BranchTarget | None = None
 
     @property
     def is_invite(self) -> bool:
@@ -161,23 +170,48 @@ class ProxyEngine(Logger):
         if request.message.method == "ACK":
             self.spawn(self.forward_ack(proxy, request, uri, future))
             return future
+        if not self.may_route(request, future):
+            return future
+        forward = self.new_forward(proxy, request, future)
+        request._proxy = forward
+        self.spawn(self.start(forward, uri))
+        return future
+
+    def fork(self, proxy: Proxy, request: "Request", targets: list[BranchTarget]) -> "asyncio.Future[Any]":
+        """One branch per target, in parallel; a ForkContext picks the response (proxy/forking.py)."""
+        future: asyncio.Future[Any] = self.loop.create_future()
+        if not targets or request.message.method == "ACK":
+            raise ValueError(f"{request!r}: forking needs targets and a request that is not an ACK")
+        if not self.may_route(request, future):
+            return future
+        context = request._proxy = ForkContext(self, request, future)
+        for target in targets:
+            forward = self.new_forward(proxy, request, self.loop.create_future())
+            forward.context, forward.branch = context, target
+            context.branches.append(forward)
+        for forward in context.branches:
+            self.spawn(self.start(forward, None))
+        return future
+
+    def may_route(self, request: "Request", future: "asyncio.Future[Any]") -> bool:
         if request._final_sent or request._proxy is not None:
             raise RuntimeError(f"{request!r} was already answered or routed")
         if request.message.max_forwards == 0:   # RFC 3261 §16.3 step 2 (the core lets OPTIONS through)
             request.reply(483)
             _finish(future, (483, "Too Many Hops"))
-            return future
-        forward = Forward(proxy, request, future)
-        request._proxy = forward
-        self.pending.add(forward)
-        self.idle.clear()
+            return False
         if request._destination is None:   # the Via stamped now: the copy sent down carries it
             self.core.stamp_via(request, force_rport=False)
             request._destination = self.core.response_address(request)
-        if forward.is_invite:
+        if request.message.method == "INVITE":
             self.core.send_reply(request, 100, None, None, b"")
-        self.spawn(self.start(forward, uri))
-        return future
+        return True
+
+    def new_forward(self, proxy: Proxy, request: "Request", future: "asyncio.Future[Any]") -> Forward:
+        forward = Forward(proxy, request, future)
+        self.pending.add(forward)
+        self.idle.clear()
+        return forward
 
     async def start(self, forward: Forward, uri: SipUri | None) -> None:
         try:
@@ -189,10 +223,13 @@ class ProxyEngine(Logger):
 
     async def resolve_and_send(self, forward: Forward, uri: SipUri | None) -> None:
         message = forward.request.message.copy()   # upstream responses use the original
+        flow = forward.request._flow if uri is None else None
+        if forward.branch is not None:   # a forked branch: its contact, behind its Path
+            forward.branch.apply(message)
+            flow = own_flow_route(message, self.core.is_local)
         forward.destination = uri or next_hop(message)
         lower_max_forwards(message)
         forward.outgoing = message
-        flow = forward.request._flow if uri is None else None
         if flow is not None:   # a Route with our flow token: over that client's connection, no DNS
             forward.targets = [FlowTarget(*flow)]
             await self.try_next_target(forward)
@@ -233,7 +270,8 @@ class ProxyEngine(Logger):
         request = forward.request
         # A client's connection: the Route toward it names its flow (oversipd.sip.transport.flows).
         self.headers.add(message, forward.proxy.settings.do_record_routing, request.transport,
-                         request.source.flow_id if request.transport == "tcp" else None, target.transport, branch)
+                         request.source.flow_id if request.transport == "tcp" else None, target.transport, branch,
+                         flow_token(target.slot_id, target.flow_id) if isinstance(target, FlowTarget) else None)
         data = message.to_bytes()
         settings = forward.proxy.settings
         timeout = settings.timer_B if forward.is_invite else settings.timer_F
@@ -417,7 +455,10 @@ class ProxyEngine(Logger):
             return
         self.run_callback(forward, "success" if status < 300 else "failure", response)
         self.finish(forward, response)
-        self.core.forward_response(forward.request, response)
+        if forward.context is not None:
+            forward.context.branch_done(forward, response)
+        else:
+            self.core.forward_response(forward.request, response)
 
     def upstream_stateless(self, request: "Request", response: Response) -> None:
         self.send(request.source, request._destination, response.to_bytes())
@@ -426,18 +467,25 @@ class ProxyEngine(Logger):
 
     def cancel(self, forward: Forward, cancel: "Request") -> None:
         """A CANCEL from upstream (answered 200 by the core): down the pending branch, which ends 487."""
+        if isinstance(forward, ForkContext):
+            forward.cancel_all()
+            forward = forward.branches[0]
+        elif forward.done or forward.cancel_requested:
+            return
+        self.run_callback(forward, "canceled", cancel)
+        self.cancel_branch(forward)
+
+    def cancel_branch(self, forward: Forward) -> None:
         if forward.done or forward.cancel_requested:
             return
         forward.cancel_requested = True
-        self.run_callback(forward, "canceled", cancel)
         if forward.provisional:
             self.send_cancel(forward)
         # else: RFC 3261 §9.1: a CANCEL waits for a provisional response
 
     def terminated_before_sending(self, forward: Forward) -> None:
         self.finish(forward, (487, "Request Terminated"))
-        if not forward.request._final_sent:
-            self.core.send_reply(forward.request, 487, None, None, b"")
+        self.upstream_failure(forward, 487, "Request Terminated")
 
     def send_cancel(self, forward: Forward) -> None:
         tx = forward.tx
@@ -480,7 +528,12 @@ class ProxyEngine(Logger):
         else:
             self.run_callback(forward, "error", status, reason)
         self.finish(forward, (status, reason))
-        if not forward.request._final_sent:
+        self.upstream_failure(forward, status, reason)
+
+    def upstream_failure(self, forward: Forward, status: int, reason: str) -> None:
+        if forward.context is not None:
+            forward.context.branch_done(forward, (status, reason))
+        elif not forward.request._final_sent:
             self.core.send_reply(forward.request, status, reason, None, b"")
 
     def finish(self, forward: Forward, outcome: Any) -> None:
