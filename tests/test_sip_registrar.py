@@ -1,0 +1,334 @@
+"""SIP.md §14 — registrar, location store, digest authentication, parallel forking: `make run`'s server.py.
+
+The daemon runs the repository's own server.py (the script of `make run`)
+with [registrar] and [auth] on SQLite or on a private PostgreSQL (the same
+tests, parametrised).  Peers are real: SIPp (MD5 digest, calls, callees
+that answer, refuse or ring), and Python clients that compute SHA-256
+digests and keep a TCP connection as a registered phone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from oversipd.sip import digest
+from registrar_helpers import (PASSWORDS, SipPhone, authorization, bound_contacts, challenges, registrar_daemon,
+                               user_command)
+from sip_helpers import SIPP, SIPP_DIR, run_sipp
+from listen_helpers import free_port
+
+STORES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    from test_mod_postgresql import PostgresServer   # the private server of oversip-mod-postgresql's tests
+    base = Path(tempfile.mkdtemp(prefix="ovs-pg-"))
+    server = PostgresServer(base)
+    try:
+        server.initdb()
+        server.start()
+        yield server
+    finally:
+        if server.is_running():
+            server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def store_url(request):
+    """A fresh store: a SQLite file in the daemon's directory, or a new database on the private PostgreSQL."""
+    if request.param == "sqlite":
+        return "sqlite:location.db"
+    import psycopg
+    server = request.getfixturevalue("postgres")
+    name = f"t{uuid.uuid4().hex[:12]}"
+    info = server.conninfo()
+    with psycopg.connect(**info, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return f"postgresql://{info['user']}@/{name}?host={info['host']}&port={info['port']}"
+
+
+def parametrised_stores(test):
+    return pytest.mark.parametrize("store_url", STORES, indirect=True)(test)
+
+
+@pytest.fixture
+def sqlite_server(oversipd_daemon):
+    return registrar_daemon(oversipd_daemon, "sqlite:location.db")
+
+
+# --- registration --------------------------------------------------------------------------------
+
+@parametrised_stores
+def test_register_is_challenged_sha256_first_then_bound_and_listed(oversipd_daemon, store_url):
+    server = registrar_daemon(oversipd_daemon, store_url)
+    phone = SipPhone(server, "alice")
+    challenged = phone.register(f"Contact: {phone.contact()}")
+    assert challenged.status == 401
+    assert [c["algorithm"] for c in challenges(challenged)] == ["SHA-256", "MD5"]
+    assert all(c["qop"] == "auth" and c["realm"] == "oversipd" for c in challenges(challenged))
+    for algorithm in ("SHA-256", "MD5"):
+        ok = phone.authenticated_register(f"Contact: {phone.contact()}", "Expires: 600", algorithm=algorithm)
+        assert ok.status == 200, ok.to_bytes()
+        assert bound_contacts(ok) == {phone.contact()[1:-1]: 600}
+    second = SipPhone(server, "alice")
+    ok = second.authenticated_register(f"Contact: {second.contact(';expires=300')}")
+    assert bound_contacts(ok) == {phone.contact()[1:-1]: pytest.approx(600, abs=2),
+                                  second.contact()[1:-1]: pytest.approx(300, abs=2)}
+
+
+def test_wrong_password_and_unknown_user_get_the_same_answer(sqlite_server):
+    answers = []
+    for user, password in (("alice", "wrong"), ("mallory", "anything")):
+        phone = SipPhone(sqlite_server, user, password=password)
+        response = phone.authenticated_register(f"Contact: {phone.contact()}")
+        answers.append((response.status, response.reason,
+                        [sorted(c) for c in challenges(response)], "stale" in str(response.to_bytes())))
+    assert answers[0] == answers[1] == (401, "Unauthorized", answers[0][2], False)
+
+
+def test_an_expired_nonce_with_the_right_password_gets_stale_true(sqlite_server):
+    phone = SipPhone(sqlite_server, "alice")
+    challenge = challenges(phone.register(f"Contact: {phone.contact()}"))[0]
+    # A nonce made 10 minutes ago by any node: the key every node derives from the store's secret.
+    with sqlite3.connect(sqlite_server.daemon.directory / "location.db") as db:
+        secret = db.execute("SELECT value FROM secrets WHERE name = 'digest nonce'").fetchone()[0]
+    key = hmac.new(bytes.fromhex(secret), b"oversipd", hashlib.sha256).digest()
+    old = {**challenge, "nonce": digest.Nonces(key, 300).make(now=time.time() - 600)}
+    response = phone.register(f"Contact: {phone.contact()}", authorization_header=authorization(
+        "REGISTER", phone.uri, "alice", PASSWORDS["alice"], old))
+    assert response.status == 401
+    assert all(c.get("stale") == "true" for c in challenges(response))
+    forged = {**challenge, "nonce": old["nonce"][:-4] + "AAAA"}
+    response = phone.register(f"Contact: {phone.contact()}", authorization_header=authorization(
+        "REGISTER", phone.uri, "alice", PASSWORDS["alice"], forged))
+    assert response.status == 401 and "stale" not in str(response.to_bytes())
+
+
+@parametrised_stores
+def test_contact_star_with_expires_0_removes_every_binding(oversipd_daemon, store_url):
+    server = registrar_daemon(oversipd_daemon, store_url)
+    phone = SipPhone(server, "bob")
+    other = SipPhone(server, "bob")
+    phone.authenticated_register(f"Contact: {phone.contact()}")
+    assert len(bound_contacts(other.authenticated_register(f"Contact: {other.contact()}"))) == 2
+    assert phone.authenticated_register("Contact: *").status == 400       # no Expires: 0
+    removed = phone.authenticated_register("Contact: *", "Expires: 0")
+    assert removed.status == 200 and bound_contacts(removed) == {}
+    assert bound_contacts(phone.authenticated_register()) == {}           # a query lists nothing
+
+
+@parametrised_stores
+def test_expires_below_min_gets_423_above_max_is_lowered_and_a_binding_expires_by_itself(oversipd_daemon, store_url):
+    server = registrar_daemon(oversipd_daemon, store_url, registrar={"min_expires": 2, "max_expires": 900,
+                                                                                  "default_expires": 900})
+    phone = SipPhone(server, "alice")
+    brief = phone.authenticated_register(f"Contact: {phone.contact()}", "Expires: 1")
+    assert (brief.status, brief.header("Min-Expires")) == (423, "2")
+    long = phone.authenticated_register(f"Contact: {phone.contact(';expires=100000')}")
+    assert list(bound_contacts(long).values()) == [900]
+    other = SipPhone(server, "alice")
+    short = other.authenticated_register(f"Contact: {other.contact()}", "Expires: 2")
+    assert len(bound_contacts(short)) == 2
+    deadline = time.monotonic() + 10
+    while len(bound_contacts(phone.authenticated_register())) == 2:   # until the store lets it go
+        assert time.monotonic() < deadline, "the 2-second binding never expired"
+    assert list(bound_contacts(phone.authenticated_register())) == [phone.contact()[1:-1]]
+
+
+@parametrised_stores
+def test_a_register_older_than_the_binding_in_its_call_id_is_refused(oversipd_daemon, store_url):
+    server = registrar_daemon(oversipd_daemon, store_url)
+    phone = SipPhone(server, "alice")
+    assert phone.authenticated_register(f"Contact: {phone.contact()}", cseq=10).status == 200
+    stale = phone.authenticated_register(f"Contact: {phone.contact()}", "Expires: 0", cseq=3)
+    assert stale.status == 500
+    other_call = phone.authenticated_register(f"Contact: {phone.contact()}", "Expires: 0", cseq=1,
+                                              call_id=uuid.uuid4().hex)
+    assert other_call.status == 200 and bound_contacts(other_call) == {}
+
+
+def test_max_contacts_and_outbound_instances_replace_their_own_binding(oversipd_daemon):
+    server = registrar_daemon(oversipd_daemon, "sqlite:location.db", registrar={"max_contacts": 2})
+    phone = SipPhone(server, "alice", transport="tcp")
+    instance = '+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>";reg-id=1'
+    first = phone.authenticated_register(f"Contact: {phone.contact(';ob;' + instance)}", "Supported: outbound")
+    assert first.status == 200 and first.header("Require") == "outbound"
+    # The same instance and reg-id from a new connection: its binding is replaced, not added.
+    again = SipPhone(server, "alice", transport="tcp")
+    replaced = again.authenticated_register(f"Contact: {again.contact(';ob;' + instance)}", "Supported: outbound")
+    assert list(bound_contacts(replaced)) == [again.contact()[1:-1]]
+    third = SipPhone(server, "alice")
+    assert len(bound_contacts(third.authenticated_register(f"Contact: {third.contact()}"))) == 2
+    fourth = SipPhone(server, "alice")
+    refused = fourth.authenticated_register(f"Contact: {fourth.contact()}")
+    assert refused.status == 403
+
+
+def test_a_user_registers_only_their_own_address(sqlite_server):
+    phone = SipPhone(sqlite_server, "alice")
+    phone.user = "bob"            # alice's credentials, bob's To
+    phone.password = PASSWORDS["alice"]
+    challenged = phone.register(f"Contact: {phone.contact()}")
+    credentials = authorization("REGISTER", phone.uri, "alice", PASSWORDS["alice"], challenges(challenged)[0])
+    assert phone.register(f"Contact: {phone.contact()}", authorization_header=credentials).status == 403
+
+
+# --- SIPp: MD5 digest, calls, forking ---------------------------------------------------------------
+
+def sipp_server(oversipd_daemon):
+    assert SIPP is not None, "sipp is missing: `make test` installs Debian's sip-tester"
+    return registrar_daemon(oversipd_daemon, "sqlite:location.db", algorithms=("MD5",))
+
+
+def test_sipp_registers_with_md5_and_a_wrong_password_is_challenged_again(oversipd_daemon):
+    server = sipp_server(oversipd_daemon)
+    ok = run_sipp(server, "register_auth.xml", "-s", "alice", "-au", "alice", "-ap", PASSWORDS["alice"],
+                  calls=1, rate=1, timeout=10)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    for user, password in (("alice", "wrong"), ("nobody", "wrong")):
+        refused = run_sipp(server, "register_refused.xml", "-s", user, "-au", user, "-ap", password,
+                           calls=1, rate=1, timeout=10)
+        assert refused.returncode == 0, refused.stdout + refused.stderr
+
+
+def start_callee(server, scenario: str, *args: str) -> tuple[subprocess.Popen, int]:
+    """A SIPp UAS on its own port, and bob registered (by a Python phone) with that port as his contact."""
+    port = free_port("udp")
+    callee = subprocess.Popen([SIPP, "-sf", f"{SIPP_DIR}/{scenario}", "-i", server.host,
+                               "-p", str(port), "-m", "1", "-nostdin", "-timeout", "20s", "-timeout_error", *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL)
+    phone = SipPhone(server, "bob")
+    phone.port = port             # the contact is the SIPp callee's address
+    assert phone.authenticated_register(f"Contact: {phone.contact()}").status == 200
+    phone.close()
+    return callee, port
+
+
+def finished(callee: subprocess.Popen) -> tuple[int, str]:
+    out, err = callee.communicate(timeout=30)
+    return callee.returncode, out + err
+
+
+def call_bob(server):
+    return run_sipp(server, "auth_call_uac.xml", "-s", "bob", "-au", "alice", "-ap", PASSWORDS["alice"],
+                    "-key", "caller", "alice", calls=1, rate=1, timeout=15)
+
+
+def test_sipp_caller_reaches_a_registered_sipp_callee_with_record_routing(oversipd_daemon):
+    server = sipp_server(oversipd_daemon)
+    callee, _ = start_callee(server, "proxy_call_uas.xml")
+    caller = call_bob(server)
+    assert caller.returncode == 0, caller.stdout + caller.stderr
+    status, output = finished(callee)
+    assert status == 0, output
+
+
+def test_a_call_forks_to_every_binding_the_200_wins_and_the_ringing_branch_is_cancelled(oversipd_daemon):
+    server = sipp_server(oversipd_daemon)
+    callees = [start_callee(server, "busy_uas.xml"), start_callee(server, "ringing_uas.xml", "-key", "invite_cseq", "2"),
+               start_callee(server, "proxy_call_uas.xml")]
+    caller = call_bob(server)
+    assert caller.returncode == 0, caller.stdout + caller.stderr
+    for callee, _ in callees:
+        status, output = finished(callee)
+        assert status == 0, output
+
+
+def test_an_unregistered_user_gets_480(sqlite_server):
+    phone = SipPhone(sqlite_server, "alice")
+    response = phone.authenticated_register(f"Contact: {phone.contact()}", "Expires: 0")
+    assert response.status == 200
+    assert run_sipp(sqlite_server, "auth_call_uac.xml", "-s", "bob", "-au", "alice", "-ap", PASSWORDS["alice"],
+                    "-key", "caller", "alice", calls=1, rate=1, timeout=5).returncode != 0
+
+
+# --- a phone behind a connection ------------------------------------------------------------------------
+
+def test_a_phone_registered_over_tcp_gets_its_calls_over_that_connection_from_any_worker(oversipd_daemon):
+    server = sipp_server(oversipd_daemon)
+    bob = SipPhone(server, "bob", transport="tcp")
+    # Its contact names a port nobody listens on: only the connection reaches the phone (it sits behind NAT).
+    bob.port = free_port("tcp")
+    assert bob.authenticated_register(f"Contact: {bob.contact()}").status == 200
+    for _ in range(2):   # two calls: over UDP they land on either worker
+        caller = subprocess.Popen([SIPP, "-sf", f"{SIPP_DIR}/auth_call_uac.xml", "-i",
+                                   server.host, "-p", str(free_port("udp")), "-m", "1", "-nostdin", "-s", "bob",
+                                   "-au", "alice", "-ap", PASSWORDS["alice"], "-key", "caller", "alice",
+                                   "-timeout", "15s", "-timeout_error", f"{server.host}:{server.port}"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        answer_one_call(bob, server.daemon)
+        status, output = finished(caller)
+        assert status == 0, output
+
+
+def answer_one_call(phone: SipPhone, daemon=None) -> None:
+    """The callee's side over its TCP connection: 200 to the INVITE (Record-Route copied), ACK, BYE -> 200."""
+    try:
+        invite = phone.receive()
+    except Exception:
+        print(daemon.log_text() if daemon else "")
+        raise
+    assert invite.method == "INVITE", invite.to_bytes()
+    phone.send(reply(invite, "200 OK", to_tag="callee"))
+    while (request := phone.receive()).method != "BYE":
+        assert request.method == "ACK", request.to_bytes()
+    phone.send(reply(request, "200 OK"))
+
+
+def reply(request, status_line: str, to_tag: str | None = None) -> bytes:
+    lines = [f"SIP/2.0 {status_line}"]
+    lines += [f"Via: {value}" for value in request.headers("Via")]
+    lines += [f"Record-Route: {value}" for value in request.headers("Record-Route")]
+    lines += [f"From: {request.header('From')}", f"To: {request.header('To')}" + (f";tag={to_tag}" if to_tag else ""),
+              f"Call-ID: {request.header('Call-ID')}", f"CSeq: {request.header('CSeq')}",
+              "Contact: <sip:bob@127.0.0.1:1;transport=tcp>", "Content-Length: 0"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+# --- oversipd user, the [registrar] and [auth] tables ------------------------------------------------------
+
+def test_user_add_list_del_keep_only_ha1(oversipd_daemon):
+    server = registrar_daemon(oversipd_daemon, "sqlite:location.db", workers=1)
+    daemon = server.daemon
+    assert user_command(daemon, "list").stdout.split() == ["alice", "bob"]
+    changed = user_command(daemon, "add", "alice", password="new-password")
+    assert changed.returncode == 0
+    assert user_command(daemon, "del", "bob").returncode == 0
+    assert user_command(daemon, "list").stdout.split() == ["alice"]
+    missing = user_command(daemon, "del", "bob")
+    assert missing.returncode == 1 and "bob" in missing.stderr
+    store = (daemon.directory / "location.db").read_bytes() + (daemon.directory / "location.db-wal").read_bytes()
+    assert b"new-password" not in store and b"alice-secret" not in store
+    phone = SipPhone(server, "alice", password="new-password")
+    assert phone.authenticated_register(f"Contact: {phone.contact()}").status == 200
+
+
+@pytest.mark.parametrize("table, key, value", [
+    ("registrar", "max_expirs", 10), ("registrar", "min_expires", 0), ("registrar", "store", "mysql://x"),
+    ("auth", "algorithms", ["SHA-512"]), ("auth", "realm", ""), ("auth", "colour", "blue"),
+])
+def test_a_mistake_in_registrar_or_auth_is_exit_2_naming_file_and_key(oversipd_daemon, table, key, value):
+    daemon = oversipd_daemon(start=False, extra_tables={table: {key: value}})
+    for command in (("check",), ("user", "list")):
+        result = daemon.run_command(*command, "-c", str(daemon.conf_path))
+        assert result.returncode == 2, result.stderr
+        assert f"{daemon.conf_path}: {table}.{key}:" in result.stderr
+
+
+def test_user_commands_without_an_auth_table_are_exit_2(oversipd_daemon):
+    daemon = oversipd_daemon(start=False)
+    result = daemon.run_command("user", "list", "-c", str(daemon.conf_path))
+    assert result.returncode == 2 and f"{daemon.conf_path}: auth:" in result.stderr
