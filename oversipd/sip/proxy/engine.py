@@ -26,7 +26,7 @@ from ..transport.relay import SlotRelay, place_of
 from ..core.timers import TableTimer
 from ..transport.outgoing import NextHops
 from .accepted import AcceptedBranches
-from .forking import BranchTarget, ForkContext, own_flow_route
+from .forking import BranchTarget, ForkContext, fork, own_flow_route
 from .headers import OurHeaders, peek_place, place_of_branch
 from ..syntax.uri import SipUri, parse_name_addr, parse_uri
 
@@ -98,7 +98,7 @@ class Proxy:
         if engine is None:
             raise RuntimeError("this worker has no SIP proxy engine (no [sip] listeners?)")
         if targets is not None:
-            return engine.fork(self, request, [BranchTarget(target) for target in targets])
+            return fork(engine, self, request, [BranchTarget(target) for target in targets])
         return engine.route(self, request, parse_uri(uri) if isinstance(uri, str) else uri)
 
 
@@ -175,22 +175,6 @@ class ProxyEngine(Logger):
         forward = self.new_forward(proxy, request, future)
         request._proxy = forward
         self.spawn(self.start(forward, uri))
-        return future
-
-    def fork(self, proxy: Proxy, request: "Request", targets: list[BranchTarget]) -> "asyncio.Future[Any]":
-        """One branch per target, in parallel; a ForkContext picks the response (proxy/forking.py)."""
-        future: asyncio.Future[Any] = self.loop.create_future()
-        if not targets or request.message.method == "ACK":
-            raise ValueError(f"{request!r}: forking needs targets and a request that is not an ACK")
-        if not self.may_route(request, future):
-            return future
-        context = request._proxy = ForkContext(self, request, future)
-        for target in targets:
-            forward = self.new_forward(proxy, request, self.loop.create_future())
-            forward.context, forward.branch = context, target
-            context.branches.append(forward)
-        for forward in context.branches:
-            self.spawn(self.start(forward, None))
         return future
 
     def may_route(self, request: "Request", future: "asyncio.Future[Any]") -> bool:

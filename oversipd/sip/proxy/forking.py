@@ -65,6 +65,23 @@ def own_flow_route(message: Message, is_local: Any) -> tuple[int, int] | None:
     return flow
 
 
+def fork(engine: Any, proxy: Any, request: "Request", targets: list[BranchTarget]) -> "asyncio.Future[Any]":
+    """One branch (an engine Forward) per target, all started at once; a ForkContext picks the response."""
+    future: asyncio.Future[Any] = engine.loop.create_future()
+    if not targets or request.message.method == "ACK":
+        raise ValueError(f"{request!r}: forking needs targets and a request that is not an ACK")
+    if not engine.may_route(request, future):
+        return future
+    context = request._proxy = ForkContext(engine, request, future)
+    for target in targets:
+        forward = engine.new_forward(proxy, request, engine.loop.create_future())
+        forward.context, forward.branch = context, target
+        context.branches.append(forward)
+    for forward in context.branches:
+        engine.spawn(engine.start(forward, None))
+    return future
+
+
 def _rank(status: int) -> tuple[int, int]:
     """Lower is better among 3xx-6xx finals (RFC 3261 §16.7 step 6)."""
     return (0 if status >= 600 else status // 100, status)
