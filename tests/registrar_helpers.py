@@ -12,7 +12,8 @@ from typing import Any
 
 from oversipd.sip.syntax.message import Response, parse_message
 
-from sip_helpers import CLIENT_TIMEOUT, SipServer, StreamReader, sip_daemon
+from listen_helpers import free_port, listen_table
+from sip_helpers import CLIENT_TIMEOUT, SipServer, StreamReader
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER_SCRIPT = (REPO / "server.py").read_text()   # the script `make run` runs, under test
@@ -21,16 +22,22 @@ HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 
 
 def registrar_daemon(oversipd_daemon, store: str, workers: int = 2, algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
-                     registrar: dict[str, Any] | None = None, host: str = "127.0.0.1") -> SipServer:
+                     registrar: dict[str, Any] | None = None, host: str = "127.0.0.1",
+                     sip: dict[str, Any] | None = None, users: bool = True) -> SipServer:
     """server.py with [registrar], [auth] and [proxy.proxy_to_users] on `store`; alice and bob are users."""
+    port = free_port("tcp", "udp")   # checked on 127.0.0.1: free there, free on 127.0.0.2 and .3 too
     tables = {
+        "listen.sip_udp": listen_table(f"udp://{host}:{port}"),
+        "listen.sip_tcp": listen_table(f"tcp://{host}:{port}"),
+        "sip": {"listen": ["sip_udp", "sip_tcp"], **(sip or {})},
         "registrar": {"store": store, "min_expires": 2, **(registrar or {})},
         "auth": {"store": store, "algorithms": list(algorithms), "nonce_lifetime": 300},
         "proxy.proxy_to_users": {"timer_C": 30},
     }
-    server = sip_daemon(oversipd_daemon, script=SERVER_SCRIPT, workers=workers, extra_tables=tables, start=False,
-                        host=host)
-    for name, password in PASSWORDS.items():
+    daemon = oversipd_daemon(start=False, server_script=SERVER_SCRIPT, core={"workers": workers},
+                             extra_tables=tables)
+    server = SipServer(daemon, port, host)
+    for name, password in PASSWORDS.items() if users else ():
         result = user_command(server.daemon, "add", name, password=password)
         assert result.returncode == 0, result.stderr
     server.daemon.start()
@@ -64,8 +71,10 @@ def authorization(method: str, uri: str, user: str, password: str, challenge: di
 class SipPhone:
     """A registering client over UDP or TCP: builds REGISTERs, answers the digest challenge, reads responses."""
 
-    def __init__(self, server: SipServer, user: str, transport: str = "udp", password: str | None = None) -> None:
+    def __init__(self, server: SipServer, user: str, transport: str = "udp", password: str | None = None,
+                 domain: str | None = None) -> None:
         self.server, self.user, self.transport = server, user, transport
+        self.domain = domain or server.host
         self.password = PASSWORDS.get(user, "x") if password is None else password
         kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
         self.sock = socket.socket(socket.AF_INET, kind)
@@ -104,8 +113,8 @@ class SipPhone:
         lines = [f"REGISTER {self.uri} SIP/2.0",
                  f"Via: SIP/2.0/{self.transport.upper()} {self.server.host}:{self.port};"
                  f"branch=z9hG4bK{uuid.uuid4().hex};rport",
-                 f"From: <sip:{self.user}@{self.server.host}>;tag={uuid.uuid4().hex[:8]}",
-                 f"To: <sip:{self.user}@{self.server.host}>",
+                 f"From: <sip:{self.user}@{self.domain}>;tag={uuid.uuid4().hex[:8]}",
+                 f"To: <sip:{self.user}@{self.domain}>",
                  f"Call-ID: {call_id or self.call_id}", f"CSeq: {self.cseq} REGISTER", "Max-Forwards: 70",
                  *headers]
         if authorization_header:

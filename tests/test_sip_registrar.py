@@ -50,8 +50,11 @@ def store_url(request):
     """A fresh store: a SQLite file in the daemon's directory, or a new database on the private PostgreSQL."""
     if request.param == "sqlite":
         return "sqlite:location.db"
+    return new_database(request.getfixturevalue("postgres"))
+
+
+def new_database(server) -> str:
     import psycopg
-    server = request.getfixturevalue("postgres")
     name = f"t{uuid.uuid4().hex[:12]}"
     info = server.conninfo()
     with psycopg.connect(**info, autocommit=True) as connection:
@@ -222,16 +225,25 @@ def finished(callee: subprocess.Popen) -> tuple[int, str]:
     return callee.returncode, out + err
 
 
-def call_bob(server):
-    return run_sipp(server, "auth_call_uac.xml", "-s", "bob", "-au", "alice", "-ap", PASSWORDS["alice"],
-                    "-key", "caller", "alice", calls=1, rate=1, timeout=15)
+def sipp_caller(server, domain: str | None = None, callee: str = "bob") -> subprocess.Popen:
+    """alice calls `callee`@`domain` (default: the server's address) with SIPp, through `server`."""
+    return subprocess.Popen([SIPP, "-sf", f"{SIPP_DIR}/auth_call_uac.xml", "-i", server.host,
+                             "-p", str(free_port("udp")), "-m", "1", "-nostdin", "-s", callee,
+                             "-au", "alice", "-ap", PASSWORDS["alice"], "-key", "caller", "alice",
+                             "-key", "domain", domain or f"{server.host}:{server.port}",
+                             "-timeout", "15s", "-timeout_error", f"{server.host}:{server.port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+
+def call_bob(server) -> tuple[int, str]:
+    return finished(sipp_caller(server))
 
 
 def test_sipp_caller_reaches_a_registered_sipp_callee_with_record_routing(oversipd_daemon):
     server = sipp_server(oversipd_daemon)
     callee, _ = start_callee(server, "proxy_call_uas.xml")
-    caller = call_bob(server)
-    assert caller.returncode == 0, caller.stdout + caller.stderr
+    status, output = call_bob(server)
+    assert status == 0, output
     status, output = finished(callee)
     assert status == 0, output
 
@@ -240,19 +252,17 @@ def test_a_call_forks_to_every_binding_the_200_wins_and_the_ringing_branch_is_ca
     server = sipp_server(oversipd_daemon)
     callees = [start_callee(server, "busy_uas.xml"), start_callee(server, "ringing_uas.xml", "-key", "invite_cseq", "2"),
                start_callee(server, "proxy_call_uas.xml")]
-    caller = call_bob(server)
-    assert caller.returncode == 0, caller.stdout + caller.stderr
+    status, output = call_bob(server)
+    assert status == 0, output
     for callee, _ in callees:
         status, output = finished(callee)
         assert status == 0, output
 
 
-def test_an_unregistered_user_gets_480(sqlite_server):
-    phone = SipPhone(sqlite_server, "alice")
-    response = phone.authenticated_register(f"Contact: {phone.contact()}", "Expires: 0")
-    assert response.status == 200
-    assert run_sipp(sqlite_server, "auth_call_uac.xml", "-s", "bob", "-au", "alice", "-ap", PASSWORDS["alice"],
-                    "-key", "caller", "alice", calls=1, rate=1, timeout=5).returncode != 0
+def test_an_unregistered_user_gets_480(oversipd_daemon):
+    server = sipp_server(oversipd_daemon)
+    status, output = call_bob(server)
+    assert status != 0 and "480" in output, output
 
 
 # --- a phone behind a connection ------------------------------------------------------------------------
@@ -264,11 +274,7 @@ def test_a_phone_registered_over_tcp_gets_its_calls_over_that_connection_from_an
     bob.port = free_port("tcp")
     assert bob.authenticated_register(f"Contact: {bob.contact()}").status == 200
     for _ in range(2):   # two calls: over UDP they land on either worker
-        caller = subprocess.Popen([SIPP, "-sf", f"{SIPP_DIR}/auth_call_uac.xml", "-i",
-                                   server.host, "-p", str(free_port("udp")), "-m", "1", "-nostdin", "-s", "bob",
-                                   "-au", "alice", "-ap", PASSWORDS["alice"], "-key", "caller", "alice",
-                                   "-timeout", "15s", "-timeout_error", f"{server.host}:{server.port}"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        caller = sipp_caller(server)
         answer_one_call(bob, server.daemon)
         status, output = finished(caller)
         assert status == 0, output
@@ -332,3 +338,36 @@ def test_user_commands_without_an_auth_table_are_exit_2(oversipd_daemon):
     daemon = oversipd_daemon(start=False)
     result = daemon.run_command("user", "list", "-c", str(daemon.conf_path))
     assert result.returncode == 2 and f"{daemon.conf_path}: auth:" in result.stderr
+
+
+# --- several nodes, a store that is down ---------------------------------------------------------------------
+
+def test_two_nodes_on_one_postgresql_reach_a_phone_over_the_connection_it_registered_on(oversipd_daemon, postgres):
+    """bob registers over TCP on node A; alice calls him through node B, which routes via A's Route to his connection."""
+    assert SIPP is not None
+    store = new_database(postgres)
+    shared = {"algorithms": ("MD5",), "sip": {"local_domains": ["example.test"]},
+              "registrar": {"domains": ["example.test"]}}
+    node_a = registrar_daemon(oversipd_daemon, store, host="127.0.0.2", **shared)
+    node_b = registrar_daemon(oversipd_daemon, store, host="127.0.0.3", **shared)
+    bob = SipPhone(node_a, "bob", transport="tcp", domain="example.test")
+    bob.port = free_port("tcp")   # a contact nobody listens on: only his connection to node A reaches him
+    assert bob.register(f"Contact: {bob.contact()}").status == 401
+    registered = bob.authenticated_register(f"Contact: {bob.contact()}")
+    assert registered.status == 200, registered.to_bytes()
+    caller = sipp_caller(node_b, domain="example.test")
+    answer_one_call(bob, node_a.daemon)
+    status, output = finished(caller)
+    assert status == 0, output
+
+
+def test_a_store_that_cannot_be_reached_gets_503_with_retry_after_and_options_still_200(oversipd_daemon):
+    server = registrar_daemon(oversipd_daemon, "postgresql://nobody@/nothing?host=/nonexistent&port=1", workers=1,
+                              users=False)
+    phone = SipPhone(server, "alice")
+    refused = phone.register(f"Contact: {phone.contact()}")
+    assert (refused.status, refused.header("Retry-After")) == (503, "5"), server.daemon.log_text()
+    phone.send(f"OPTIONS {phone.uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{phone.port};branch=z9hG4bKo1\r\n"
+               f"From: <sip:a@x>;tag=1\r\nTo: <{phone.uri}>\r\nCall-ID: o1\r\nCSeq: 1 OPTIONS\r\n"
+               "Content-Length: 0\r\n\r\n".encode())
+    assert phone.receive().status == 200

@@ -55,7 +55,7 @@ async def authenticate(request: "Request") -> str | None:
         nonces = await _nonces_for(settings)
         user, stale = await _check(request, settings, nonces, proxy_auth)
     except StoreError as error:
-        _log.log_system_warning(f"authentication store: {error}")
+        _log.log_system_warn(f"authentication store: {error}")
         request.reply(503, headers=[("Retry-After", RETRY_AFTER)])
         return None
     if user is not None:

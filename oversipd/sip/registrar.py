@@ -75,7 +75,7 @@ async def save(request: "Request", user: str | None = None) -> None:
         request.reply(refusal.status, refusal.reason, headers=refusal.headers)
         return
     except StoreError as error:
-        _log.log_system_warning(f"location store: {error}")
+        _log.log_system_warn(f"location store: {error}")
         request.reply(503, headers=[("Retry-After", RETRY_AFTER)])
         return
     request.reply(200, headers=_ok_headers(request, bindings, outbound, time.time()))

@@ -17,7 +17,7 @@ from .base import SCHEMA, StoreError
 from .sql import SqlStore, Statement
 
 POOL_SIZE = 2
-CONNECT_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 2.0   # seconds a request waits for a connection before its 503
 
 
 class PostgresqlStore(SqlStore):
