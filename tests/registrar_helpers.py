@@ -106,24 +106,31 @@ class SipPhone:
             return parse_message(data)
         return parse_message(self.reader.message())
 
+    def send_request(self, method: str, ruri: str, *headers: str, cseq: int, to: str, branch: str | None = None,
+                     call_id: str | None = None, from_tag: str = "caller") -> None:
+        lines = [f"{method} {ruri} SIP/2.0",
+                 f"Via: SIP/2.0/{self.transport.upper()} {self.server.host}:{self.port};"
+                 f"branch={branch or 'z9hG4bK' + uuid.uuid4().hex};rport",
+                 f"From: <sip:{self.user}@{self.domain}>;tag={from_tag}", f"To: {to}",
+                 f"Call-ID: {call_id or self.call_id}", f"CSeq: {cseq} {method}", "Max-Forwards: 70", *headers]
+        self.send(("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode())
+
+    def response(self, status: int | None = None) -> Response:
+        """The next final response (or the next one of `status`), skipping the others."""
+        while True:
+            response = self.receive()
+            if isinstance(response, Response) and (response.status == status if status else response.status >= 200):
+                return response
+
     def register(self, *headers: str, authorization_header: str | None = None, cseq: int | None = None,
                  call_id: str | None = None) -> Response:
         """One REGISTER (no Contact header added: pass it), its final response."""
         self.cseq = cseq if cseq is not None else self.cseq + 1
-        lines = [f"REGISTER {self.uri} SIP/2.0",
-                 f"Via: SIP/2.0/{self.transport.upper()} {self.server.host}:{self.port};"
-                 f"branch=z9hG4bK{uuid.uuid4().hex};rport",
-                 f"From: <sip:{self.user}@{self.domain}>;tag={uuid.uuid4().hex[:8]}",
-                 f"To: <sip:{self.user}@{self.domain}>",
-                 f"Call-ID: {call_id or self.call_id}", f"CSeq: {self.cseq} REGISTER", "Max-Forwards: 70",
-                 *headers]
         if authorization_header:
-            lines.append(f"Authorization: {authorization_header}")
-        self.send(("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode())
-        while True:
-            response = self.receive()
-            if isinstance(response, Response) and response.status >= 200:
-                return response
+            headers = (*headers, f"Authorization: {authorization_header}")
+        self.send_request("REGISTER", self.uri, *headers, cseq=self.cseq, to=f"<sip:{self.user}@{self.domain}>",
+                          call_id=call_id, from_tag=uuid.uuid4().hex[:8])
+        return self.response()
 
     def authenticated_register(self, *headers: str, algorithm: str | None = None, **options: Any) -> Response:
         """REGISTER, 401, REGISTER with credentials (the first challenge, or `algorithm`'s)."""

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import shutil
 import sqlite3
 import subprocess
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -26,23 +23,9 @@ from registrar_helpers import (PASSWORDS, SipPhone, authorization, bound_contact
                                user_command)
 from sip_helpers import SIPP, SIPP_DIR, run_sipp
 from listen_helpers import free_port
+from test_mod_postgresql import postgres  # noqa: F401  the private PostgreSQL of oversip-mod-postgresql's tests
 
 STORES = ["sqlite", "postgresql"]
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    from test_mod_postgresql import PostgresServer   # the private server of oversip-mod-postgresql's tests
-    base = Path(tempfile.mkdtemp(prefix="ovs-pg-"))
-    server = PostgresServer(base)
-    try:
-        server.initdb()
-        server.start()
-        yield server
-    finally:
-        if server.is_running():
-            server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -255,6 +238,28 @@ def test_a_call_forks_to_every_binding_the_200_wins_and_the_ringing_branch_is_ca
     status, output = call_bob(server)
     assert status == 0, output
     for callee, _ in callees:
+        status, output = finished(callee)
+        assert status == 0, output
+
+
+def test_a_forked_call_cancelled_by_the_caller_cancels_every_branch_and_ends_487(oversipd_daemon):
+    server = sipp_server(oversipd_daemon)
+    callees = [start_callee(server, "ringing_uas.xml", "-key", "invite_cseq", "2") for _ in range(2)]
+    alice = SipPhone(server, "alice")
+    ruri = f"sip:bob@{server.host}:{server.port}"
+    first, second = (f"z9hG4bK{uuid.uuid4().hex}" for _ in range(2))
+    alice.send_request("INVITE", ruri, cseq=1, to=f"<{ruri}>", branch=first)
+    challenged = alice.response()
+    assert challenged.status == 407
+    alice.send_request("ACK", ruri, cseq=1, to=challenged.header("To"), branch=first)
+    credentials = authorization("INVITE", ruri, "alice", PASSWORDS["alice"],
+                                challenges(challenged, "Proxy-Authenticate")[0])
+    alice.send_request("INVITE", ruri, f"Proxy-Authorization: {credentials}", cseq=2, to=f"<{ruri}>", branch=second)
+    alice.response(180)
+    alice.send_request("CANCEL", ruri, cseq=2, to=f"<{ruri}>", branch=second)
+    finals = {alice.response().status, alice.response().status}   # the CANCEL's 200 and the INVITE's 487
+    assert finals == {200, 487}
+    for callee, _ in callees:   # each rang, got its CANCEL, answered 487 and got the proxy's ACK
         status, output = finished(callee)
         assert status == 0, output
 

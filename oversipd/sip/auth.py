@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..logger import Logger
 from . import digest
@@ -128,7 +128,3 @@ def _require_settings() -> AuthSettings:
         raise RuntimeError("no [auth] table in the configuration: auth.authenticate() has no users")
     return _settings
 
-
-def hash_user(settings: AuthSettings, name: str, password: str) -> dict[str, Any]:
-    """What `oversipd user add` stores: HA1 per algorithm for this realm."""
-    return digest.ha1_all(name, settings.realm, password)

@@ -11,7 +11,8 @@ caller gets:
 * a 6xx CANCELs the other branches and goes upstream at once (we do not
   wait for their 487s: the caller learns the answer a round trip sooner);
 * otherwise, once every branch ended, the best final response goes up:
-  the lowest class among 3xx-5xx (a 503 becomes 500, RFC 3261 §16.7 step 6).
+  the lowest class among 3xx-5xx (a 503 becomes 500, RFC 3261 §16.7 step 6);
+  after a CANCEL from the caller, a branch's 487 (RFC 3261 §16.10).
 """
 
 from __future__ import annotations
@@ -82,8 +83,10 @@ def fork(engine: Any, proxy: Any, request: "Request", targets: list[BranchTarget
     return future
 
 
-def _rank(status: int) -> tuple[int, int]:
-    """Lower is better among 3xx-6xx finals (RFC 3261 §16.7 step 6)."""
+def _rank(status: int, cancelled: bool = False) -> tuple[int, int]:
+    """Lower is better among 3xx-6xx finals (RFC 3261 §16.7 step 6); a cancelled caller's 487 comes first."""
+    if cancelled and status == 487:
+        return (-1, status)
     return (0 if status >= 600 else status // 100, status)
 
 
@@ -97,6 +100,7 @@ class ForkContext:
         self.branches: list[Any] = []
         self.best: Outcome = None
         self.answered = False       # a final response went upstream
+        self.cancelled = False      # the caller CANCELled: it gets 487 once every branch ended
 
     def branch_done(self, forward: Any, outcome: Outcome) -> None:
         status = outcome.status if isinstance(outcome, Response) else outcome[0]
@@ -105,7 +109,7 @@ class ForkContext:
             return
         if self.answered:
             return
-        if self.best is None or _rank(status) < _rank(_status(self.best)):
+        if self.best is None or _rank(status, self.cancelled) < _rank(_status(self.best), self.cancelled):
             self.best = outcome
         if status >= 600:
             self.cancel_others(forward)
@@ -128,6 +132,7 @@ class ForkContext:
 
     def cancel_all(self) -> None:
         """A CANCEL from upstream: down every pending branch; their 487s come back here."""
+        self.cancelled = True
         for branch in self.branches:
             self.engine.cancel_branch(branch)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 # Plain SQL both backends accept (placeholders are the backend's).
@@ -35,7 +35,6 @@ class Binding:
     instance: str = ""           # +sip.instance (RFC 5626)
     reg_id: int = 0
     q: float = 1.0
-    extra: dict = field(default_factory=dict, compare=False)
 
     def row(self) -> tuple:
         return (self.aor, self.key, self.contact, self.expires, self.call_id, self.cseq,
