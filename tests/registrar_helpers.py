@@ -8,6 +8,7 @@ import socket
 import subprocess
 import uuid
 from pathlib import Path
+
 from typing import Any
 
 from oversipd.sip.syntax.message import Response, parse_message
@@ -153,3 +154,53 @@ def bound_contacts(response: Response) -> dict[str, int]:
         uri = value[value.index("<") + 1:value.index(">")]
         found[uri] = int(re.search(r";expires=(\d+)", value).group(1))
     return found
+
+
+class Baresip:
+    """A baresip softphone (Debian's, null audio) with one account on `server`; its output read line by line."""
+
+    def __init__(self, directory: Path, user: str, server: SipServer, *commands: str) -> None:
+        import queue
+        import threading
+        directory.mkdir()
+        port = free_port("udp", "tcp")
+        (directory / "config").write_text(
+            f"sip_listen {server.host}:{port}\nmodule_path /usr/lib/baresip/modules\n"
+            "module g711.so\nmodule aubridge.so\nmodule account.so\nmodule menu.so\n"
+            f"audio_player aubridge,{user}\naudio_source aubridge,{user}\naudio_alert aubridge,{user}\n")
+        (directory / "accounts").write_text(
+            f"<sip:{user}@{server.host}:{server.port}>;auth_pass={PASSWORDS[user]};regint=600;answermode=auto\n")
+        args = [arg for command in commands for arg in ("-e", command)]
+        self.process = subprocess.Popen(["stdbuf", "-oL", "baresip", "-f", str(directory), *args],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        text=True, errors="replace")
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def wait_for(self, text: str, timeout: float = CLIENT_TIMEOUT) -> str:
+        """The first line of its output holding `text` (case-insensitive)."""
+        import queue
+        import time
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.seen:
+                if text.lower() in line.lower():
+                    return line
+            try:
+                self.seen.append(self.lines.get(timeout=max(deadline - time.monotonic(), 0.01)))
+            except queue.Empty:
+                raise AssertionError(f"baresip never said {text!r}:\n{''.join(self.seen)}") from None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import shutil
 import sqlite3
 import subprocess
 import time
+import tomllib
 import uuid
 
 import pytest
 
 from oversipd.sip import digest
-from registrar_helpers import (PASSWORDS, SipPhone, authorization, bound_contacts, challenges, registrar_daemon,
+from registrar_helpers import (PASSWORDS, REPO, Baresip, SipPhone, authorization, bound_contacts, challenges, registrar_daemon,
                                user_command)
 from sip_helpers import SIPP, SIPP_DIR, run_sipp
 from listen_helpers import free_port
@@ -376,3 +378,26 @@ def test_a_store_that_cannot_be_reached_gets_503_with_retry_after_and_options_st
                f"From: <sip:a@x>;tag=1\r\nTo: <{phone.uri}>\r\nCall-ID: o1\r\nCSeq: 1 OPTIONS\r\n"
                "Content-Length: 0\r\n\r\n".encode())
     assert phone.receive().status == 200
+
+
+# --- two softphones through `make run`'s configuration ------------------------------------------------------
+
+@pytest.fixture
+def baresip_phones():
+    phones = []
+    yield phones
+    for phone in phones:
+        phone.stop()
+
+
+def test_two_baresip_phones_register_with_passwords_and_call_each_other(oversipd_daemon, tmp_path, baresip_phones):
+    assert shutil.which("baresip"), "baresip is missing: `make test` installs Debian's baresip-core"
+    make_run = tomllib.loads((REPO / "oversipd.conf").read_text())["auth"]   # what `make run` offers
+    server = registrar_daemon(oversipd_daemon, "sqlite:location.db", algorithms=tuple(make_run["algorithms"]))
+    bob = Baresip(tmp_path / "bob", "bob", server)
+    baresip_phones.append(bob)
+    bob.wait_for("200 OK")                      # registered
+    alice = Baresip(tmp_path / "alice", "alice", server, f"/dial sip:bob@{server.host}:{server.port}")
+    baresip_phones.append(alice)
+    alice.wait_for("call established")
+    bob.wait_for("call established")
