@@ -24,7 +24,10 @@ async def on_request(request):
                  f"over {request.transport}")
     if not request.check_max_forwards(MAX_FORWARDS):
         return                                   # 483 already sent
-    if request.loose_route():                    # inside a dialog: where our Record-Route says
+    if request.loose_route() and (request.in_dialog or request.to_flow):
+        # Inside a dialog, where our Record-Route says; or to a phone on a connection
+        # of ours, sent by another node of the cluster (our Route named the phone's flow).
+        # A Route to us that a phone preloads (its "outbound proxy") is just dropped.
         Proxy("proxy_to_users").route(request)
         return
     if request.sip_method == "ACK":

@@ -76,6 +76,14 @@ def test_register_is_challenged_sha256_first_then_bound_and_listed(oversipd_daem
                                   second.contact()[1:-1]: pytest.approx(300, abs=2)}
 
 
+def test_a_register_with_a_preloaded_route_to_us_is_handled_here(sqlite_server):
+    phone = SipPhone(sqlite_server, "alice")   # a phone whose "outbound proxy" is this server
+    route = f"Route: <sip:{sqlite_server.host}:{sqlite_server.port};lr>"
+    ok = phone.authenticated_register(route, f"Contact: {phone.contact()}")
+    assert ok.status == 200 and list(bound_contacts(ok)) == [phone.contact()[1:-1]]
+    assert ok.headers("Path") == [], "the REGISTER went round through ourselves as a proxy"
+
+
 def test_wrong_password_and_unknown_user_get_the_same_answer(sqlite_server):
     answers = []
     for user, password in (("alice", "wrong"), ("mallory", "anything")):

@@ -125,6 +125,15 @@ class Request:
     def cancelled(self) -> bool:
         return self._cancelled
 
+    @property
+    def to_flow(self) -> bool:
+        """True once loose_route() removed our Route naming a client's connection: route() goes over it.
+
+        Such a Route is one we made (its token is authenticated): a Record-Route
+        of ours, or the Path of a phone registered here that another node routes to.
+        """
+        return self._flow is not None
+
     # --- headers --------------------------------------------------------------------
 
     def header(self, name: str) -> str | None:
