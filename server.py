@@ -32,6 +32,9 @@ async def on_request(request):
         return
     if request.sip_method == "ACK":
         return                                   # a stray ACK gets no response
+    if request.sip_method == "CANCEL":
+        request.reply(481)                       # no INVITE of ours to cancel (the core takes the others)
+        return
     if request.in_dialog:
         request.reply(481)                       # a dialog that never went through us
         return

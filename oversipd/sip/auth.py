@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..logger import Logger
 from . import digest
 from .registrar_settings import AuthSettings
-from .store import Store, StoreError, open_store
+from .store import StoreError, StoreSettings
 
 if TYPE_CHECKING:
     from .core.request import Request
@@ -29,19 +29,13 @@ RETRY_AFTER = "5"
 UNCHALLENGEABLE = ("ACK", "CANCEL")
 
 _log = Logger("SIP auth")
-_settings: AuthSettings | None = None
 _nonces: dict[tuple[str, int], digest.Nonces] = {}   # (store url, pid) -> its Nonces
 
 
-def configure(settings: AuthSettings | None) -> None:
-    global _settings
-    _settings = settings
-    if settings is not None:
-        open_store(settings.store)
-
-
-def store() -> Store:
-    return open_store(_require_settings().store)
+_configured: StoreSettings[AuthSettings] = StoreSettings("auth")
+configure = _configured.configure   # service.py, at start and reload
+store = _configured.store
+_require_settings = _configured.get
 
 
 async def authenticate(request: "Request") -> str | None:
@@ -121,10 +115,3 @@ async def _nonces_for(settings: AuthSettings) -> digest.Nonces:
 def _to_us(request: "Request") -> bool:
     """Addressed to this server itself (no user part): 401; a request for a user or elsewhere is proxied: 407."""
     return request.ruri.user is None and request.destination_myself()
-
-
-def _require_settings() -> AuthSettings:
-    if _settings is None:
-        raise RuntimeError("no [auth] table in the configuration: auth.authenticate() has no users")
-    return _settings
-

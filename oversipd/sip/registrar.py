@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..logger import Logger
 from .registrar_settings import RegistrarSettings
-from .store import Binding, Store, StoreError, open_store
+from .store import Binding, StoreError, StoreSettings
 from .syntax.uri import SipUri, parse_name_addr, parse_uri
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ TOO_MANY_CONTACTS = (403, "Too Many Registered Contacts")
 STREAM_TRANSPORTS = ("tcp", "tls", "ws", "wss")
 
 _log = Logger("SIP registrar")
-_settings: RegistrarSettings | None = None
 
 
 class Refused(Exception):
@@ -42,15 +41,10 @@ class Refused(Exception):
         self.status, self.reason, self.headers = status, reason, headers or []
 
 
-def configure(settings: RegistrarSettings | None) -> None:
-    global _settings
-    _settings = settings
-    if settings is not None:
-        open_store(settings.store)
-
-
-def store() -> Store:
-    return open_store(_require_settings().store)
+_configured: StoreSettings[RegistrarSettings] = StoreSettings("registrar")
+configure = _configured.configure   # service.py, at start and reload
+store = _configured.store
+_require_settings = _configured.get
 
 
 def aor_of(uri: SipUri) -> str:
@@ -203,9 +197,3 @@ def _ok_headers(request: "Request", bindings: list[Binding], outbound: bool, now
         headers.append(("Require", "outbound"))
     headers.append(("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))))
     return headers
-
-
-def _require_settings() -> RegistrarSettings:
-    if _settings is None:
-        raise RuntimeError("no [registrar] table in the configuration")
-    return _settings
