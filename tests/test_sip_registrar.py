@@ -243,7 +243,8 @@ def test_sipp_caller_reaches_a_registered_sipp_callee_with_record_routing(oversi
 
 def test_a_call_forks_to_every_binding_the_200_wins_and_the_ringing_branch_is_cancelled(oversipd_daemon):
     server = sipp_server(oversipd_daemon)
-    callees = [start_callee(server, "busy_uas.xml"), start_callee(server, "ringing_uas.xml", "-key", "invite_cseq", "2"),
+    callees = [start_callee(server, "busy_uas.xml"),
+               start_callee(server, "ringing_uas.xml", "-key", "invite_cseq", "2"),
                start_callee(server, "proxy_call_uas.xml")]
     status, output = call_bob(server)
     assert status == 0, output
@@ -255,23 +256,56 @@ def test_a_call_forks_to_every_binding_the_200_wins_and_the_ringing_branch_is_ca
 def test_a_forked_call_cancelled_by_the_caller_cancels_every_branch_and_ends_487(oversipd_daemon):
     server = sipp_server(oversipd_daemon)
     callees = [start_callee(server, "ringing_uas.xml", "-key", "invite_cseq", "2") for _ in range(2)]
-    alice = SipPhone(server, "alice")
+    alice, branch = invite_bob_as_alice(server)
     ruri = f"sip:bob@{server.host}:{server.port}"
-    first, second = (f"z9hG4bK{uuid.uuid4().hex}" for _ in range(2))
-    alice.send_request("INVITE", ruri, cseq=1, to=f"<{ruri}>", branch=first)
-    challenged = alice.response()
-    assert challenged.status == 407
-    alice.send_request("ACK", ruri, cseq=1, to=challenged.header("To"), branch=first)
-    credentials = authorization("INVITE", ruri, "alice", PASSWORDS["alice"],
-                                challenges(challenged, "Proxy-Authenticate")[0])
-    alice.send_request("INVITE", ruri, f"Proxy-Authorization: {credentials}", cseq=2, to=f"<{ruri}>", branch=second)
     alice.response(180)
-    alice.send_request("CANCEL", ruri, cseq=2, to=f"<{ruri}>", branch=second)
+    alice.send_request("CANCEL", ruri, cseq=2, to=f"<{ruri}>", branch=branch)
     finals = {alice.response().status, alice.response().status}   # the CANCEL's 200 and the INVITE's 487
     assert finals == {200, 487}
     for callee, _ in callees:   # each rang, got its CANCEL, answered 487 and got the proxy's ACK
         status, output = finished(callee)
         assert status == 0, output
+
+
+def invite_bob_as_alice(server, *headers: str) -> tuple[SipPhone, str]:
+    """alice's INVITE to bob through `server`, answering its 407: (alice's phone, the INVITE's branch)."""
+    alice = SipPhone(server, "alice")
+    ruri = f"sip:bob@{server.host}:{server.port}"
+    first, second = (f"z9hG4bK{uuid.uuid4().hex}" for _ in range(2))
+    alice.send_request("INVITE", ruri, *headers, cseq=1, to=f"<{ruri}>", branch=first)
+    challenged = alice.response()
+    assert challenged.status == 407, challenged.to_bytes()
+    alice.send_request("ACK", ruri, cseq=1, to=challenged.header("To"), branch=first)
+    credentials = authorization("INVITE", ruri, "alice", PASSWORDS["alice"],
+                                challenges(challenged, "Proxy-Authenticate")[0])
+    alice.send_request("INVITE", ruri, f"Proxy-Authorization: {credentials}", *headers, cseq=2, to=f"<{ruri}>",
+                       branch=second)
+    return alice, second
+
+
+def test_a_6xx_from_one_branch_cancels_the_others_and_reaches_the_caller(oversipd_daemon):
+    server = sipp_server(oversipd_daemon)
+    ringing = start_callee(server, "ringing_uas.xml", "-key", "invite_cseq", "2")
+    declining = start_callee(server, "decline_uas.xml")
+    alice, _ = invite_bob_as_alice(server)
+    assert alice.response().status == 603
+    for callee, _ in (ringing, declining):
+        status, output = finished(callee)
+        assert status == 0, output
+
+
+def test_a_binding_s_path_becomes_the_route_set_of_its_branch(oversipd_daemon):
+    server = sipp_server(oversipd_daemon)
+    edge = SipPhone(server, "bob")              # an edge proxy in front of bob: the REGISTER came through it
+    path = f"<sip:{server.host}:{edge.port};lr>"
+    contact = f"sip:bob@192.0.2.9:5060"         # bob's address, reachable only through the edge proxy
+    registered = edge.authenticated_register(f"Path: {path}", f"Contact: <{contact}>")
+    assert registered.status == 200 and registered.headers("Path") == [path]   # echoed (RFC 3327 §5.3)
+    alice, _ = invite_bob_as_alice(server)
+    invite = edge.receive()
+    assert (invite.method, str(invite.ruri), invite.headers("Route")) == ("INVITE", contact, [path])
+    edge.send(reply(invite, "486 Busy Here", to_tag="edge"))
+    assert alice.response().status == 486
 
 
 def test_an_unregistered_user_gets_480(oversipd_daemon):
