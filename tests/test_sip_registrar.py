@@ -371,6 +371,33 @@ def test_user_add_list_del_keep_only_ha1(oversipd_daemon):
     assert phone.authenticated_register(f"Contact: {phone.contact()}").status == 200
 
 
+def test_user_add_asks_for_the_password_twice_on_a_terminal(oversipd_daemon):
+    import os
+    import pty
+    import select
+    server = registrar_daemon(oversipd_daemon, "sqlite:location.db", workers=1)
+    daemon = server.daemon
+    pid, terminal = pty.fork()
+    if pid == 0:   # the child: `oversipd user add carol` on a terminal
+        os.execvpe(daemon.command()[0], [*daemon.command("user", "add", "carol", "-c", str(daemon.conf_path))],
+                   daemon.environment())
+    said = b""
+    for answer in (b"carol-secret\n", b"carol-secret\n", None):
+        while answer is not None and not said.rstrip().endswith(b":"):
+            assert select.select([terminal], [], [], 15)[0], said
+            said += os.read(terminal, 1024)
+        if answer is None:
+            break
+        os.write(terminal, answer)
+        said += b"|"
+    _, status = os.waitpid(pid, 0)
+    os.close(terminal)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert b"Password:" in said and b"Again:" in said and b"carol-secret" not in said   # not echoed
+    phone = SipPhone(server, "carol", password="carol-secret")
+    assert phone.authenticated_register(f"Contact: {phone.contact()}").status == 200
+
+
 @pytest.mark.parametrize("table, key, value", [
     ("registrar", "max_expirs", 10), ("registrar", "min_expires", 0), ("registrar", "store", "mysql://x"),
     ("auth", "algorithms", ["SHA-512"]), ("auth", "realm", ""), ("auth", "colour", "blue"),
