@@ -172,6 +172,18 @@ def test_max_contacts_and_outbound_instances_replace_their_own_binding(oversipd_
     assert refused.status == 403
 
 
+def test_a_reload_applies_new_registrar_settings(oversipd_daemon):
+    server = registrar_daemon(oversipd_daemon, "sqlite:location.db", registrar={"max_contacts": 1})
+    first, second = SipPhone(server, "alice"), SipPhone(server, "alice")
+    assert first.authenticated_register(f"Contact: {first.contact()}").status == 200
+    assert second.authenticated_register(f"Contact: {second.contact()}").status == 403
+    server.daemon.extra_tables["registrar"]["max_contacts"] = 2
+    server.daemon.write_conf()
+    server.daemon.reload()
+    for _ in range(4):   # whichever worker takes it
+        assert second.authenticated_register(f"Contact: {second.contact()}").status == 200
+
+
 def test_a_user_registers_only_their_own_address(sqlite_server):
     phone = SipPhone(sqlite_server, "alice")
     phone.user = "bob"            # alice's credentials, bob's To

@@ -126,6 +126,7 @@ class WorkerSip:
                 self.listeners.append(tcp)
                 by_transport.setdefault("tcp", address)
         proxy.configure(self.settings.proxies, self.settings.dns)
+        configure_services(self.settings)   # a worker respawned after a reload runs on the settings it got
         core.proxy = proxy.ProxyEngine(core, self.slot_id, udp_listeners, by_transport, self.loop, flows,
                                        self.generation)
         await self.adopt_flows()
