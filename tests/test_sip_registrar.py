@@ -306,6 +306,18 @@ def test_a_6xx_from_one_branch_cancels_the_others_and_reaches_the_caller(oversip
         assert status == 0, output
 
 
+def test_the_407_of_a_forked_call_carries_the_challenges_of_every_branch(oversipd_daemon):
+    server = sipp_server(oversipd_daemon)
+    callees = [start_callee(server, "challenge_uas.xml", "-key", "realm", realm) for realm in ("one", "two")]
+    alice, _ = invite_bob_as_alice(server)
+    challenged = alice.response()
+    assert challenged.status == 407
+    assert sorted(c["realm"] for c in challenges(challenged, "Proxy-Authenticate")) == ["one", "two"]
+    for callee, _ in callees:
+        status, output = finished(callee)
+        assert status == 0, output
+
+
 def test_a_binding_s_path_becomes_the_route_set_of_its_branch(oversipd_daemon):
     server = sipp_server(oversipd_daemon)
     edge = SipPhone(server, "bob")              # an edge proxy in front of bob: the REGISTER came through it

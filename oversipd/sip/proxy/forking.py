@@ -12,7 +12,8 @@ caller gets:
   wait for their 487s: the caller learns the answer a round trip sooner);
 * otherwise, once every branch ended, the best final response goes up:
   the lowest class among 3xx-5xx (a 503 becomes 500, RFC 3261 §16.7 step 6);
-  after a CANCEL from the caller, a branch's 487 (RFC 3261 §16.10).
+  after a CANCEL from the caller, a branch's 487 (RFC 3261 §16.10); a 401
+  or 407 carries the challenges of every branch that sent one (step 7).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from ..core.request import Request
 
 Outcome = Any   # a Response, or a local (status, reason)
+CHALLENGES = ("WWW-Authenticate", "Proxy-Authenticate")
 # The engine and its Forward (one per branch) sit above this module: they are passed in, never imported.
 
 
@@ -101,6 +103,7 @@ class ForkContext:
         self.best: Outcome = None
         self.answered = False       # a final response went upstream
         self.cancelled = False      # the caller CANCELled: it gets 487 once every branch ended
+        self.challenges: list[tuple[str, str]] = []   # of every 401/407 branch, for the one sent up
 
     def branch_done(self, forward: Any, outcome: Outcome) -> None:
         status = outcome.status if isinstance(outcome, Response) else outcome[0]
@@ -109,6 +112,8 @@ class ForkContext:
             return
         if self.answered:
             return
+        if status in (401, 407) and isinstance(outcome, Response):
+            self.challenges += [(name, value) for name in CHALLENGES for value in outcome.headers(name)]
         if self.best is None or _rank(status, self.cancelled) < _rank(_status(self.best), self.cancelled):
             self.best = outcome
         if status >= 600:
@@ -143,12 +148,22 @@ class ForkContext:
         if self.request._final_sent:
             return
         if isinstance(outcome, Response):
+            if outcome.status in (401, 407):
+                self.gather_challenges(outcome)
             if outcome.status == 503:
                 self.engine.core.send_reply(self.request, 500, None, None, b"")
             else:
                 self.engine.core.forward_response(self.request, outcome)
         else:
             self.engine.core.send_reply(self.request, outcome[0], outcome[1], None, b"")
+
+
+    def gather_challenges(self, response: Response) -> None:
+        """RFC 3261 §16.7 step 7: a 401/407 going up carries the challenges of every branch."""
+        for name in CHALLENGES:
+            response.delete_header(name)
+        for name, value in self.challenges:
+            response.append_header(name, value)
 
 
 def _status(outcome: Outcome) -> int:
