@@ -332,6 +332,15 @@ def test_a_binding_s_path_becomes_the_route_set_of_its_branch(oversipd_daemon):
     assert alice.response().status == 486
 
 
+def test_a_binding_whose_flow_token_no_longer_checks_gets_430_not_a_loop(oversipd_daemon):
+    server = sipp_server(oversipd_daemon)
+    bob = SipPhone(server, "bob")
+    stale = f"<sip:ovfAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA@{server.host}:{server.port};transport=tcp;lr;ob>"  # another life's
+    assert bob.authenticated_register(f"Path: {stale}", f"Contact: {bob.contact()}").status == 200
+    alice, _ = invite_bob_as_alice(server)
+    assert alice.response().status == 430
+
+
 def test_an_unregistered_user_gets_480(oversipd_daemon):
     server = sipp_server(oversipd_daemon)
     status, output = call_bob(server)

@@ -210,7 +210,10 @@ class ProxyEngine(Logger):
         flow = forward.request._flow if uri is None else None
         if forward.branch is not None:   # a forked branch: its contact, behind its Path
             forward.branch.apply(message)
-            flow = own_flow_route(message, self.core.is_local)
+            ours, flow = own_flow_route(message, self.core.is_local)
+            if ours and flow is None:
+                self.fail(forward, *FLOW_FAILED)
+                return
         forward.destination = uri or next_hop(message)
         lower_max_forwards(message)
         forward.outgoing = message

@@ -52,20 +52,24 @@ class BranchTarget:
             message.insert_header("Route", route)
 
 
-def own_flow_route(message: Message, is_local: Any) -> tuple[int, int] | None:
-    """A top Route of ours naming a flow (a binding learnt over a connection): popped, its flow returned."""
+def own_flow_route(message: Message, is_local: Any) -> tuple[bool, tuple[int, int] | None]:
+    """A top Route of ours (a binding learnt over a connection): popped; (True, its flow or None if stale).
+
+    A token that no longer checks (a restart made a new secret) names a
+    connection that is gone: the branch fails 430 rather than loop to us.
+    """
     routes = message.headers("route")
     if not routes:
-        return None
+        return False, None
     try:
         uri = parse_name_addr(routes[0]).uri
     except Exception:
-        return None
-    flow = flows.decode(uri.user)
-    if flow is None or not is_local((uri.host or "").strip("[]").lower(), uri.port):
-        return None
+        return False, None
+    if not (uri.user or "").startswith(flows.TOKEN_PREFIX) or not is_local((uri.host or "").strip("[]").lower(),
+                                                                          uri.port):
+        return False, None
     message.pop_header_value("Route")
-    return flow
+    return True, flows.decode(uri.user)
 
 
 def fork(engine: Any, proxy: Any, request: "Request", targets: list[BranchTarget]) -> "asyncio.Future[Any]":
