@@ -184,6 +184,27 @@ def test_a_reload_applies_new_registrar_settings(oversipd_daemon):
         assert second.authenticated_register(f"Contact: {second.contact()}").status == 200
 
 
+BAD_REGISTERS = [
+    ("Contact: <sip:alice@127.0.0.1:5>;expires=soon",), ("Contact: <sip:alice@127.0.0.1:5>", "Expires: -5"),
+    ("Contact: <sip:alice@127.0.0.1:5>;q=2",), ("Contact: *", "Contact: <sip:alice@127.0.0.1:5>", "Expires: 0"),
+    ("Contact: <sip:alice@127.0.0.1:5>;+sip.instance=\"<urn:x>\";reg-id=one",), ("Contact: <>",),
+]
+BAD_CREDENTIALS = [
+    "Digest", "Digest garbage", 'Digest username="alice", realm="oversipd", nonce="1.2.3", uri="x", response="0"',
+    'Basic YWxpY2U6eA==', 'Digest username="alice", realm="oversipd", nonce="' + "9" * 300 + '", qop=auth-int',
+]
+
+
+def test_bad_registers_get_400_bad_credentials_a_fresh_challenge_and_the_worker_serves_on(sqlite_server):
+    phone = SipPhone(sqlite_server, "alice")
+    for headers in BAD_REGISTERS:
+        assert phone.authenticated_register(*headers).status == 400, headers
+    for credentials in BAD_CREDENTIALS:
+        response = phone.register(f"Contact: {phone.contact()}", authorization_header=credentials)
+        assert response.status == 401 and len(challenges(response)) == 2, credentials
+    assert phone.authenticated_register(f"Contact: {phone.contact()}").status == 200
+
+
 def test_a_user_registers_only_their_own_address(sqlite_server):
     phone = SipPhone(sqlite_server, "alice")
     phone.user = "bob"            # alice's credentials, bob's To
