@@ -442,10 +442,7 @@ class ProxyEngine(Logger):
             return
         self.run_callback(forward, "success" if status < 300 else "failure", response)
         self.finish(forward, response)
-        if forward.context is not None:
-            forward.context.branch_done(forward, response)
-        else:
-            self.core.forward_response(forward.request, response)
+        self.upstream(forward, response)
 
     def upstream_stateless(self, request: "Request", response: Response) -> None:
         self.send(request.source, request._destination, response.to_bytes())
@@ -472,7 +469,7 @@ class ProxyEngine(Logger):
 
     def terminated_before_sending(self, forward: Forward) -> None:
         self.finish(forward, (487, "Request Terminated"))
-        self.upstream_failure(forward, 487, "Request Terminated")
+        self.upstream(forward, (487, "Request Terminated"))
 
     def send_cancel(self, forward: Forward) -> None:
         tx = forward.tx
@@ -515,13 +512,16 @@ class ProxyEngine(Logger):
         else:
             self.run_callback(forward, "error", status, reason)
         self.finish(forward, (status, reason))
-        self.upstream_failure(forward, status, reason)
+        self.upstream(forward, (status, reason))
 
-    def upstream_failure(self, forward: Forward, status: int, reason: str) -> None:
+    def upstream(self, forward: Forward, outcome: Any) -> None:
+        """A final response, or a local (status, reason), to the caller; a forked branch's to its context."""
         if forward.context is not None:
-            forward.context.branch_done(forward, (status, reason))
+            forward.context.branch_done(forward, outcome)
+        elif isinstance(outcome, Response):
+            self.core.forward_response(forward.request, outcome)
         elif not forward.request._final_sent:
-            self.core.send_reply(forward.request, status, reason, None, b"")
+            self.core.send_reply(forward.request, outcome[0], outcome[1], None, b"")
 
     def finish(self, forward: Forward, outcome: Any) -> None:
         forward.done = True
