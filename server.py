@@ -1,48 +1,57 @@
-"""The server script for `make run`: the single SystemEvents handlers and SipEvents.on_request."""
+"""The server script for `make run`: a registrar with digest authentication, and calls between its users.
 
-from oversipd import Logger, SipEvents, SystemEvents, module_settings
+SIP.md §14: phones register (401 challenge, then 200), and a call to a
+registered user forks to every phone the user registered; requests inside
+a dialog follow the Record-Route we put in.  Users: `oversipd user add
+NAME -c oversipd.conf`.  The edge proxy of OverSIP's kind is in examples/.
+"""
+
+from oversipd import Logger, SipEvents, SystemEvents
+from oversipd.sip import Proxy, auth, registrar
 
 log = Logger("server.py")
-
-
-@SystemEvents.on_initialize
-def configure_modules():
-    log.log_info(f"on_initialize (master, before the fork); example settings: {module_settings('example')}")
+MAX_FORWARDS = 10
 
 
 @SystemEvents.on_started
 def started():
-    log.log_info("SystemEvents.on_started")
-
-
-@SystemEvents.on_user_reload
-def user_reload():
-    log.log_notice("SystemEvents.on_user_reload (SIGUSR1)")
-
-
-@SystemEvents.on_terminated
-def terminated(error):
-    log.log_info(f"SystemEvents.on_terminated(error={error})")
-
-
-# In the spirit of OverSIP's default server script: we are no registrar
-# and no proxy yet, so OPTIONS to us gets 200, a request for someone else
-# 404, and a method we do not implement 501.
-MAX_FORWARDS = 10
-HANDLED_HERE = ("OPTIONS",)
+    log.log_info("registrar ready: `oversipd user add NAME -c oversipd.conf`, then register a phone")
 
 
 @SipEvents.on_request
-def on_request(request):
+async def on_request(request):
     log.log_info(f"{request.sip_method} {request.ruri} from {request.source_ip}:{request.source_port} "
                  f"over {request.transport}")
-    if request.sip_method == "ACK":
-        return  # an ACK gets no response
     if not request.check_max_forwards(MAX_FORWARDS):
-        return  # 483 already sent
+        return                                   # 483 already sent
+    if request.loose_route() and (request.in_dialog or request.to_flow):
+        # Inside a dialog, where our Record-Route says; or to a phone on a connection
+        # of ours, sent by another node of the cluster (our Route named the phone's flow).
+        # A Route to us that a phone preloads (its "outbound proxy") is just dropped.
+        Proxy("proxy_to_users").route(request)
+        return
+    if request.sip_method == "ACK":
+        return                                   # a stray ACK gets no response
+    if request.sip_method == "CANCEL":
+        request.reply(481)                       # no INVITE of ours to cancel (the core takes the others)
+        return
+    if request.in_dialog:
+        request.reply(481)                       # a dialog that never went through us
+        return
+    if request.sip_method == "OPTIONS" and request.destination_myself():
+        request.reply(200)                       # keep-alive pings of phones need no password
+        return
+    user = await auth.authenticate(request)      # None: 401/407 already sent
+    if user is None:
+        return
+    if request.sip_method == "REGISTER":
+        await registrar.save(request, user)      # 200 with the bindings, or 4xx
+        return
     if not request.destination_myself():
-        request.reply(404, "Not Here")
-    elif request.sip_method in HANDLED_HERE:
-        request.reply(200)
-    else:
-        request.reply(501)
+        request.reply(403, "Relaying Denied")    # we call our own users only
+        return
+    bindings = await registrar.lookup(request.ruri)
+    if not bindings:
+        request.reply(480)
+        return
+    Proxy("proxy_to_users").route(request, targets=bindings)   # parallel forking

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import oversipd
 
-from . import listeners, logger, pidfile, privileges, process, reexec
+from . import listeners, logger, pidfile, privileges, process, reexec, user_commands
 from .daemonize import DEFAULT_READY_TIMEOUT
 from .errors import ALREADY_RUNNING, EXIT_FATAL, EXIT_OK, EXIT_USAGE, ConfigError, HaltServer, StartupError
 from .generations import running_module_code
@@ -21,7 +21,7 @@ from .settings import LOG_LEVELS, Overrides, Settings, default_conf_path, load_s
 if TYPE_CHECKING:
     from .daemonize import StartupReport
 
-COMMANDS = ("run", "check", "reload", "stop", "status", "new-module")
+COMMANDS = ("run", "check", "reload", "stop", "status", "new-module", "user")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     new_module.add_argument("--dir", default=".", metavar="DIR", help="where to create it (default: .)")
     new_module.add_argument("--with-resource", action="store_true",
                             help="a module holding one connection per worker (oversipd.worker_resource)")
+    user_commands.add_parser(commands, _add_conf)
     return parser
 
 
@@ -252,7 +253,7 @@ def command_new_module(args: argparse.Namespace) -> int:
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": command_run, "check": command_check,
     "reload": command_control, "stop": command_control, "status": command_control,
-    "new-module": command_new_module,
+    "new-module": command_new_module, "user": user_commands.run,
 }
 
 

@@ -13,6 +13,7 @@ from .errors import ConfigError, toml_key
 
 if TYPE_CHECKING:
     from .sip.proxy_settings import DnsSettings, ProxySettings
+    from .sip.registrar_settings import AuthSettings, RegistrarSettings
     from .sip.settings import SipSettings
 
 LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
@@ -66,6 +67,9 @@ class Settings:
     # [dns] and [proxy.NAME] (SIP.md §10), read by the proxy; None: no [dns] table (its defaults).
     dns: "DnsSettings | None" = None
     proxies: "dict[str, ProxySettings]" = field(default_factory=dict)
+    # [registrar] and [auth] (SIP.md §14); None: no such table.
+    registrar: "RegistrarSettings | None" = None
+    auth: "AuthSettings | None" = None
 
     def module_settings(self, name: str) -> dict[str, Any]:
         return dict(self.modules.get(name, {}))
@@ -150,8 +154,9 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
     listen = parse_listen_tables(_table(document, "listen", source), source)
     sip = _sip_table(document, listen, source)
     dns, proxies = _proxy_tables(document, source)
+    registrar, auth = _registrar_tables(document, source)
     for name in document:
-        if name not in ("core", "modules", "listen", "sip", "dns", "proxy"):
+        if name not in ("core", "modules", "listen", "sip", "dns", "proxy", "registrar", "auth"):
             raise ConfigError(source, toml_key(name), "unknown table or key")
 
     raw: dict[str, Any] = {}
@@ -187,7 +192,7 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
                                "graceful_timeout", "worker_timeout", "respawn_limit") if k in raw},
     )
     return Settings(path=conf_path, core=core, modules=modules, workers_in_file=workers_in_file,
-                    listen=listen, sip=sip, dns=dns, proxies=proxies)
+                    listen=listen, sip=sip, dns=dns, proxies=proxies, registrar=registrar, auth=auth)
 
 
 # The SIP package costs start-up time: imported only for a configuration that speaks SIP.
@@ -205,6 +210,14 @@ def _proxy_tables(document: dict[str, Any], source: str) -> "tuple[DnsSettings |
     from .sip.proxy_settings import parse_dns_table, parse_proxy_tables
     return (parse_dns_table(_table(document, "dns", source), source),
             parse_proxy_tables(_table(document, "proxy", source), source))
+
+
+def _registrar_tables(document: dict[str, Any], source: str) -> "tuple[RegistrarSettings | None, AuthSettings | None]":
+    if "registrar" not in document and "auth" not in document:
+        return None, None
+    from .sip.registrar_settings import parse_auth_table, parse_registrar_table
+    return (parse_registrar_table(document["registrar"], source) if "registrar" in document else None,
+            parse_auth_table(document["auth"], source) if "auth" in document else None)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -17,18 +17,21 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["errors", "process", "logger", "altstack", "systemd", "control", "callbacks",
                     "forking", "modules"]),
     ("configuration", ["addresses", "settings", "sip.settings", "sip.proxy_settings", "sip.counters",
+                       "sip.registrar_settings",
                        "heartbeat", "pidfile", "privileges", "activation", "launcher", "kept"]),
     ("mechanisms", ["reexec", "listeners", "resources", "loader", "daemonize", "slots"]),
+    ("sip store", ["sip.store", "sip.digest"]),
     ("sip syntax", ["sip.syntax"]),
     ("sip transaction", ["sip.transaction"]),
     ("sip transport", ["sip.transport"]),
     ("sip core", ["sip.core"]),
     ("sip proxy", ["sip.proxy"]),
     ("sip modules (OverSIP's core helpers)", ["sip.outbound_mangling", "sip.user_assertion"]),
+    ("sip registrar", ["sip.registrar", "sip.auth"]),
     ("sip service", ["sip.service", "sip"]),
     ("public API", ["", "fingerprint", "generations"]),
     ("processes", ["worker", "master", "supervision", "watchdog", "reloading", "swap", "upgrade", "keeper"]),
-    ("commands", ["cli", "control_commands", "scaffold", "testing", "__main__"]),
+    ("commands", ["cli", "control_commands", "user_commands", "scaffold", "testing", "__main__"]),
 ]
 
 

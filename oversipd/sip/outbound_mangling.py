@@ -85,6 +85,6 @@ def extract_outbound_from_ruri(request: "Request") -> bool:
     a Route with our flow token already decided (a registrar that kept Path).
     """
     token = request.ruri.params.pop(PARAM, None)
-    if token is None or request.flow_routed:
+    if token is None or request.to_flow:
         return False
     return request.use_flow_token(token)

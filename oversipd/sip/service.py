@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from .. import kept, listeners
 from ..logger import Logger
+from . import auth, registrar
 from .proxy import engine as proxy, uac
 from .transport import sockets
 from .core.sipcore import SipCore   # imported in the master: a worker's start pays no import
@@ -53,6 +54,7 @@ def prepare_master_state(settings: "Settings") -> None:
     global _counters
     assert settings.sip is not None
     proxy.configure(settings.proxies, settings.dns)   # a server script may make its Proxy at import
+    configure_services(settings)   # before the fork: a PostgreSQL store declares its per-worker pool
     if any(settings.listen[name].host in WILDCARDS for name in settings.sip.listen):
         _interface_addresses.update(_machine_addresses())
     path = counters_path(settings.core.pid_file)
@@ -62,6 +64,12 @@ def prepare_master_state(settings: "Settings") -> None:
         _log.log_system_warn(f"cannot create {path} ({error.strerror or error}): "
                              "the SIP counters stay in memory, and `oversipd status` cannot show them")
         _counters = Counters(None)
+
+
+def configure_services(settings: "Settings") -> None:
+    """[registrar] and [auth] (SIP.md §14): what registrar.save() and auth.authenticate() use."""
+    registrar.configure(settings.registrar)
+    auth.configure(settings.auth)
 
 
 def close_master() -> None:
@@ -118,6 +126,7 @@ class WorkerSip:
                 self.listeners.append(tcp)
                 by_transport.setdefault("tcp", address)
         proxy.configure(self.settings.proxies, self.settings.dns)
+        configure_services(self.settings)   # a worker respawned after a reload runs on the settings it got
         core.proxy = proxy.ProxyEngine(core, self.slot_id, udp_listeners, by_transport, self.loop, flows,
                                        self.generation, self.settings.core.workers)
         await self.adopt_flows()
@@ -159,6 +168,7 @@ class WorkerSip:
             if self.core.proxy is not None:
                 self.core.proxy.slots = settings.core.workers
             proxy.configure(settings.proxies, settings.dns)
+            configure_services(settings)
 
     def stop_reading(self) -> None:
         """A newer generation serves: read no new request here.

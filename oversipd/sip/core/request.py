@@ -128,6 +128,16 @@ class Request:
     def cancelled(self) -> bool:
         return self._cancelled
 
+    @property
+    def to_flow(self) -> bool:
+        """True once a flow token of ours sends this request over a client's connection: route() goes over it.
+
+        The token came from a Route of ours that loose_route() removed (a
+        Record-Route of ours, or the Path of a phone registered here that
+        another node routes to), or from use_flow_token() (Outbound mangling).
+        """
+        return self._flow is not None
+
     # --- headers --------------------------------------------------------------------
 
     def header(self, name: str) -> str | None:
@@ -211,11 +221,6 @@ class Request:
             return False
         self._flow = flow
         return True
-
-    @property
-    def flow_routed(self) -> bool:
-        """A flow token (loose_route() or use_flow_token()) sends this request over a client's connection."""
-        return self._flow is not None
 
     def _top_route_if_ours(self) -> "SipUri | None":
         routes = self.message.headers("route")

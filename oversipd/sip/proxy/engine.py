@@ -20,7 +20,7 @@ from ...logger import Logger
 from .. import counters as C
 from ..transaction.client import ClientTable, ClientTransaction, Verdict, client_key, make_ack, make_cancel
 from .dns import DnsError, Rfc3263Resolver, SipDestination, Target
-from ..transport.flows import FLOW_FAILED, FlowTable, FlowTarget, RelayedFlow
+from ..transport.flows import FLOW_FAILED, FlowTable, FlowTarget, RelayedFlow, token as flow_token
 from ..syntax.message import Request as Message, Response, parse_message
 from ..proxy_settings import DnsSettings, ProxySettings
 from ..transport.relay import SlotRelay, place_of
@@ -29,6 +29,7 @@ from ..transport.listeners import AcceptedConnection
 from ..transport.outgoing import ANOTHER_WORKERS_NEXT_HOP, NextHops
 from ..syntax.peek import call_id_of
 from .accepted import AcceptedBranches
+from .forking import BranchTarget, ForkContext, fork, own_flow_route
 from .headers import OurHeaders, peek_place, place_of_branch
 from ..syntax.uri import SipUri, parse_name_addr, parse_uri
 
@@ -94,11 +95,17 @@ class Proxy:
         self.callbacks["error"] = fn
         return fn
 
-    def route(self, request: "Request", uri: SipUri | str | None = None) -> "asyncio.Future[Any]":
-        """Forward `request`; the future resolves to the final Response or a local (status, reason)."""
+    def route(self, request: "Request", uri: SipUri | str | None = None,
+              targets: list[Any] | None = None) -> "asyncio.Future[Any]":
+        """Forward `request`; the future resolves to the final Response or a local (status, reason).
+
+        `targets` (registrar bindings or URIs) forks it in parallel (RFC 3261 §16.7, proxy/forking.py).
+        """
         engine = request._core.proxy
         if engine is None:
             raise RuntimeError("this worker has no SIP proxy engine (no [sip] listeners?)")
+        if targets is not None:
+            return fork(engine, self, request, [BranchTarget(target) for target in targets])
         return engine.route(self, request, parse_uri(uri) if isinstance(uri, str) else uri)
 
 
@@ -106,7 +113,8 @@ class Forward:
     """One routed request: its branches (one per DNS target tried), its upstream side, its outcome."""
 
     __slots__ = ("proxy", "request", "future", "upstream", "destination", "outgoing", "targets", "tx",
-                 "provisional", "cancel_requested", "cancel_sent", "done", "timer_c", "timer_c_at")
+                 "provisional", "cancel_requested", "cancel_sent", "done", "timer_c", "timer_c_at", "context",
+                 "branch")
 
     def __init__(self, proxy: Proxy, request: "Request", future: "asyncio.Future[Any]",
                  upstream: bool = True) -> None:
@@ -124,6 +132,8 @@ class Forward:
         self.done = False                         # a final response (or local failure) went upstream
         self.timer_c: asyncio.TimerHandle | None = None
         self.timer_c_at = 0.0                     # loop time: a provisional response moves it on
+        self.context: ForkContext | None = None   # a branch of a forked request: its outcome goes there
+        self.branch: BranchTarget | None = None
 
     @property
     def is_invite(self) -> bool:
@@ -172,31 +182,41 @@ class ProxyEngine(Logger):
         if request.message.method == "ACK":
             self.spawn(self.forward_ack(proxy, request, uri, future))
             return future
+        if not self.may_route(request, future):
+            return future
+        self.begin(self.new_forward(proxy, request, future), uri)
+        return future
+
+    def may_route(self, request: "Request", future: "asyncio.Future[Any]") -> bool:
         if request._final_sent or request._proxy is not None:
             raise RuntimeError(f"{request!r} was already answered or routed")
         if request.message.max_forwards == 0:   # RFC 3261 §16.3 step 2 (the core lets OPTIONS through)
             request.reply(483)
             _finish(future, (483, "Too Many Hops"))
-            return future
-        forward = Forward(proxy, request, future)
+            return False
         if request._destination is None:   # the Via stamped now: the copy sent down carries it
             self.core.stamp_via(request, force_rport=False)
             request._destination = self.core.response_address(request)
-        if forward.is_invite:
+        if request.message.method == "INVITE":
             self.core.send_reply(request, 100, None, None, b"")
-        self.begin(forward, uri)
-        return future
+        return True
+
+    def new_forward(self, proxy: Proxy, request: Any, future: "asyncio.Future[Any]",
+                    upstream: bool = True) -> Forward:
+        """A Forward counted as pending until its outcome (a routed request, a forked branch, a UAC's)."""
+        forward = Forward(proxy, request, future, upstream)
+        self.pending.add(forward)
+        self.idle.clear()
+        return forward
 
     def originate(self, proxy: Proxy, request: Any, uri: SipUri | None) -> "asyncio.Future[Any]":
         """A request of our own (oversipd.sip.proxy.uac): the same client transaction, nobody upstream."""
         future: asyncio.Future[Any] = self.loop.create_future()
-        self.begin(Forward(proxy, request, future, upstream=False), uri)
+        self.begin(self.new_forward(proxy, request, future, upstream=False), uri)
         return future
 
     def begin(self, forward: Forward, uri: SipUri | None) -> None:
         forward.request._proxy = forward
-        self.pending.add(forward)
-        self.idle.clear()
         self.spawn(self.start(forward, uri))
 
     async def start(self, forward: Forward, uri: SipUri | None) -> None:
@@ -209,13 +229,19 @@ class ProxyEngine(Logger):
 
     async def resolve_and_send(self, forward: Forward, uri: SipUri | None) -> None:
         message = forward.request.message.copy()   # upstream responses use the original
+        flow = forward.request._flow if uri is None else None
+        if forward.branch is not None:   # a forked branch: its contact, behind its Path
+            forward.branch.apply(message)
+            ours, flow = own_flow_route(message, self.core.is_local)
+            if ours and flow is None:
+                self.fail(forward, *FLOW_FAILED)
+                return
         forward.destination = uri or next_hop(message)
         if forward.upstream:   # ours starts at 70 (uac.py)
             lower_max_forwards(message)
         for mangler in forward.proxy.manglers:
             mangler.outgoing(self, forward.request, message)
         forward.outgoing = message
-        flow = forward.request._flow if uri is None else None
         if flow is not None:   # a Route with our flow token: over that client's connection, no DNS
             forward.targets = [FlowTarget(*flow)]
             await self.try_next_target(forward)
@@ -256,7 +282,8 @@ class ProxyEngine(Logger):
         request = forward.request
         # A client's connection: the Route toward it names its flow (oversipd.sip.transport.flows).
         self.headers.add(message, forward.proxy.settings.do_record_routing and forward.upstream, request.transport,
-                         getattr(request.source, "flow", None), target.transport, branch)   # a UAC's: no source
+                         getattr(request.source, "flow", None), target.transport, branch,   # a UAC's: no source
+                         flow_token(target.slot_id, target.flow_id) if isinstance(target, FlowTarget) else None)
         data = message.to_bytes()
         settings = forward.proxy.settings
         timeout = settings.timer_B if forward.is_invite else settings.timer_F
@@ -471,8 +498,7 @@ class ProxyEngine(Logger):
                 mangler.success(response)
         self.run_callback(forward, "success" if status < 300 else "failure", response)
         self.finish(forward, response)
-        if forward.upstream:
-            self.core.forward_response(forward.request, response)
+        self.answer_caller(forward, response)
 
     def upstream_stateless(self, request: "Request", response: Response) -> None:
         self.send(request.source, request._destination, response.to_bytes())
@@ -481,18 +507,25 @@ class ProxyEngine(Logger):
 
     def cancel(self, forward: Forward, cancel: "Request") -> None:
         """A CANCEL from upstream (answered 200 by the core): down the pending branch, which ends 487."""
+        if isinstance(forward, ForkContext):
+            forward.cancel_all()
+            forward = forward.branches[0]
+        elif forward.done or forward.cancel_requested:
+            return
+        self.run_callback(forward, "canceled", cancel)
+        self.cancel_branch(forward)
+
+    def cancel_branch(self, forward: Forward) -> None:
         if forward.done or forward.cancel_requested:
             return
         forward.cancel_requested = True
-        self.run_callback(forward, "canceled", cancel)
         if forward.provisional:
             self.send_cancel(forward)
         # else: RFC 3261 §9.1: a CANCEL waits for a provisional response
 
     def terminated_before_sending(self, forward: Forward) -> None:
         self.finish(forward, (487, "Request Terminated"))
-        if forward.upstream and not forward.request._final_sent:
-            self.core.send_reply(forward.request, 487, None, None, b"")
+        self.answer_caller(forward, (487, "Request Terminated"))
 
     def send_cancel(self, forward: Forward) -> None:
         tx = forward.tx
@@ -535,8 +568,19 @@ class ProxyEngine(Logger):
         else:
             self.run_callback(forward, "error", status, reason)
         self.finish(forward, (status, reason))
-        if forward.upstream and not forward.request._final_sent:
-            self.core.send_reply(forward.request, status, reason, None, b"")
+        self.answer_caller(forward, (status, reason))
+
+    def answer_caller(self, forward: Forward, outcome: Any) -> None:
+        """A final response, or a local (status, reason), to the caller; a forked branch's to its context;
+        nothing for a request of our own (uac.py)."""
+        if forward.context is not None:
+            forward.context.branch_done(forward, outcome)
+        elif not forward.upstream:
+            return
+        elif isinstance(outcome, Response):
+            self.core.forward_response(forward.request, outcome)
+        elif not forward.request._final_sent:
+            self.core.send_reply(forward.request, outcome[0], outcome[1], None, b"")
 
     def finish(self, forward: Forward, outcome: Any) -> None:
         forward.done = True

@@ -26,11 +26,16 @@ class OurHeaders:
         self._branch_salt = os.urandom(4).hex()
 
     def add(self, message: Message, record_route: bool, incoming: str, flow: tuple[int, int] | None,
-            transport: str, branch: str) -> None:
+            transport: str, branch: str, outgoing_token: str | None = None) -> None:
         """Our Via; Record-Route (twice when the transport changes here) or, for REGISTER, Path.
 
-        `incoming` is the transport the request came in on, `flow` the flow of
-        the client's connection it came over (the Route toward it names it).
+        `incoming` is the transport the request came in on, `flow` the (slot,
+        flow id) of the client's connection it came over (the Route toward it
+        names it).
+        `outgoing_token` names the client's flow it leaves over (a phone
+        registered over a connection): the Record-Route on that side carries
+        it, so that the caller's in-dialog requests reach that connection too
+        (RFC 5626 §5.3); then there is one Record-Route per side.
         """
         if record_route:
             method = message.method
@@ -38,16 +43,19 @@ class OurHeaders:
             if method == "REGISTER":
                 message.insert_header("Path", self.route(transport, flow, outbound=flow is not None))
             elif (method in RECORD_ROUTED_INITIAL and not in_dialog) or (method == "NOTIFY" and in_dialog):
-                if incoming != transport:   # RFC 5658: one Record-Route per side
+                if incoming != transport or outgoing_token:   # RFC 5658: one Record-Route per side
                     message.insert_header("Record-Route", self.route(incoming, flow))
                     flow = None
-                message.insert_header("Record-Route", self.route(transport, flow))
+                message.insert_header("Record-Route", self.route(transport, flow, token=outgoing_token))
         message.insert_header("Via", self.via(transport, branch))
 
-    def route(self, transport: str, flow: tuple[int, int] | None = None, outbound: bool = False) -> str:
+    def route(self, transport: str, flow: tuple[int, int] | None = None, outbound: bool = False,
+              token: str | None = None) -> str:
         """Our Route URI; with the flow token of a client's connection as its user part (RFC 5626 §5.3)."""
         host, port = self.address(transport)
-        user = "" if flow is None else self.flows.token(flow) + "@"
+        if flow is not None:
+            token = self.flows.token(flow)
+        user = "" if token is None else token + "@"
         suffix = "" if transport == "udp" else f";transport={transport}"
         return f"<sip:{user}{host}:{port}{suffix};lr{';ob' if outbound else ''}>"
 
