@@ -4,7 +4,7 @@ A client's connection is accepted by the worker its slot's listening socket
 belongs to (a reuseport group per TCP SIP listener, transport/sockets.py).
 Once a connection carries a trunk's load (TRUNK_RATE requests within a
 second), the requests read from it are handled by the worker their Call-ID
-hashes to (ProxyEngine.pass_on_by_call): one trunk connection no longer
+hashes to (OtherWorkers.pass_on_by_call, proxy/places.py): one trunk connection no longer
 pins every call to one core, while a phone's connection keeps its requests
 with the worker that holds it.
 """

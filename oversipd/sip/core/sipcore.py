@@ -72,9 +72,9 @@ class SipCore(Logger):
         """One datagram or one framed stream message."""
         counts = self.counts
         counts[C.RECEIVED] += 1
-        proxy = self.proxy
-        if proxy is not None and (proxy.pass_on_foreign(data, source, address) if data[:8] == RESPONSE_START
-                                  else proxy.pass_on_by_call(data, source, address)):
+        others = self.proxy and self.proxy.others
+        if others is not None and (others.pass_on_foreign(data, source, address) if data[:8] == RESPONSE_START
+                                   else others.pass_on_by_call(data, source, address)):
             return   # another worker's transaction or call: it parses it, not us too
         try:
             message = parse_message(data)

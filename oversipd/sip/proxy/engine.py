@@ -13,24 +13,22 @@ transaction.  Timer C and CANCEL belong here, not to the transaction.
 from __future__ import annotations
 
 import asyncio
-import zlib
 from typing import TYPE_CHECKING, Any, Callable
 
 from ...logger import Logger
 from .. import counters as C
 from ..transaction.client import ClientTable, ClientTransaction, Verdict, client_key, make_ack, make_cancel
 from .dns import DnsError, Rfc3263Resolver, SipDestination, Target
-from ..transport.flows import FLOW_FAILED, FlowTable, FlowTarget, RelayedFlow, token as flow_token
+from ..transport.flows import FLOW_FAILED, FlowTable, FlowTarget, token as flow_token
 from ..syntax.message import Request as Message, Response, parse_message
 from ..proxy_settings import DnsSettings, ProxySettings
-from ..transport.relay import SlotRelay, place_of
+from ..transport.relay import place_of
 from ..core.timers import TableTimer
-from ..transport.listeners import AcceptedConnection
-from ..transport.outgoing import ANOTHER_WORKERS_NEXT_HOP, NextHops
-from ..syntax.peek import call_id_of
+from ..transport.outgoing import NextHops
 from .accepted import AcceptedBranches
 from .forking import BranchTarget, ForkContext, fork, own_flow_route
-from .headers import OurHeaders, peek_place, place_of_branch
+from .headers import OurHeaders, place_of_branch
+from .places import OtherWorkers
 from ..syntax.uri import SipUri, parse_name_addr, parse_uri
 
 if TYPE_CHECKING:
@@ -40,12 +38,6 @@ if TYPE_CHECKING:
 # Timer C fires this early at the most: the loop may run a timer a hair before its time.
 TIMER_C_SLACK = 0.001
 TRANSPORT_ERROR = (503, "Transport Error")
-# A flow's slot that nobody holds is being respawned (milliseconds) or gone:
-# a request for it waits this long for the new worker before it gets 430.
-FLOW_HOLDER_WAIT = 1.0
-FLOW_RETRY = 0.02
-FLOW_SOURCE = "flow:"   # a relayed message that came in over a flow: "flow:SLOT:FLOW-ID"
-NEXT_HOP_SOURCE = "next-hop"   # a relayed response that came in over another worker's next-hop connection
 REQUEST_TIMEOUT = (408, "Request Timeout")
 
 _log = Logger("SIP proxy")
@@ -162,7 +154,7 @@ class ProxyEngine(Logger):
         self.flows = flows or FlowTable(slot_id)      # the clients' connections this worker holds
         self.slots = slots                            # the workers a connection's requests spread over
         self.headers = OurHeaders(self.place, local, core.settings.advertised_host, self.flows)
-        self.relay: SlotRelay | None = None           # bound by start_relay()
+        self.others = OtherWorkers(self)              # what passes between this worker and the others
         self.pending: set[Forward] = set()            # routed, no final outcome yet
         self.idle = asyncio.Event()                   # set while `pending` is empty
         self.idle.set()
@@ -171,9 +163,9 @@ class ProxyEngine(Logger):
         """Take this slot's relay name: from now on other workers pass on what is ours.
 
         Called once the flows of the slot's dead predecessor are adopted: a
-        request passed on for one of them meanwhile waits (pass_to_flow).
+        request passed on for one of them meanwhile waits (OtherWorkers.pass_to_flow).
         """
-        self.relay = SlotRelay(self.place, self.loop, self)
+        self.others.start()
 
     # --- routing -----------------------------------------------------------------
 
@@ -320,42 +312,9 @@ class ProxyEngine(Logger):
 
     async def transport_for(self, target: Target | FlowTarget) -> tuple[Any, Any]:
         if isinstance(target, FlowTarget):
-            return self.flow_source(target)
+            return self.others.flow_source(target)
         address = (target.ip, target.port)
         return await self.next_hops.source_for(target.transport, address), address
-
-    def flow_source(self, target: FlowTarget) -> tuple[Any, Any]:
-        """The connection of a flow: ours, or another slot's reached over the relay."""
-        if target.slot_id != self.slot_id:
-            return RelayedFlow(self, target), ("flow", target.flow_id)
-        connection = self.flows.get(target.flow_id)
-        if connection is None:
-            raise OSError("the client's connection (its flow) is gone")
-        return connection, connection.peer
-
-    def pass_to_flow(self, target: FlowTarget, request: bytes, waited: float = 0.0) -> bool:
-        """To the worker holding the flow; while nobody holds its slot (a respawn), try again for a while."""
-        relay = self.relay
-        # The slot's worker of our own generation holds the flow (or is adopting it).
-        if relay is not None and relay.pass_to_flow(place_of(target.slot_id, self.generation), target.flow_id,
-                                                    request):
-            return True
-        if relay is None or waited >= FLOW_HOLDER_WAIT:
-            transaction = _transaction_of(request)
-            if transaction is not None:
-                self.flow_gone(*transaction)
-        else:
-            self.loop.call_later(FLOW_RETRY, self.pass_to_flow, target, request, waited + FLOW_RETRY)
-        return True   # sent as far as the transaction knows: flow_gone ends it if it never gets there
-
-    def send_on_flow(self, flow_id: int, origin: str, request: bytes) -> None:
-        """Another worker's request for a flow of ours: out over it, or tell that worker it is gone."""
-        connection = self.flows.get(flow_id)
-        if connection is not None and connection.send(request, connection.peer):
-            return
-        transaction = _transaction_of(request)
-        if transaction is not None and self.relay is not None:
-            self.relay.tell_flow_gone(origin, *transaction)
 
     def flow_gone(self, branch: str, method: str) -> None:
         """The flow a request of ours was passed to is gone: 430 upstream (SIP.md §10)."""
@@ -397,7 +356,7 @@ class ProxyEngine(Logger):
         """A response without a transaction here: another worker's, a retransmitted 2xx, or none of ours."""
         branch = response.top_via.branch or ""
         place = place_of_branch(branch)
-        if place is not None and self.pass_to_place(place, response.to_bytes(), source, address):
+        if place is not None and self.others.pass_to_place(place, response.to_bytes(), source, address):
             return
         upstream = self.accepted.upstream(branch)
         if upstream is not None and 200 <= response.status < 300:
@@ -405,61 +364,6 @@ class ProxyEngine(Logger):
             self.send(*upstream, response.to_bytes())
             return
         self.core.counts[C.DROPPED] += 1
-
-    def pass_on_foreign(self, data: bytes, source: Any, address: Any) -> bool:
-        """Before any parsing: a response whose branch names another place goes there as it came."""
-        place = peek_place(data)
-        return place is not None and self.pass_to_place(place, data, source, address)
-
-    def pass_on_by_call(self, data: bytes, source: Any, address: Any) -> bool:
-        """A request read from a trunk goes to the worker its Call-ID hashes to (issue 23).
-
-        One connection (a trunk from an SBC, a PBX) can carry thousands of
-        calls a second; read and handled by the one worker that accepted it,
-        they all ran on one core.  Once a connection shows it is a trunk
-        (AcceptedConnection.is_trunk), the reader passes each request on
-        unparsed, every request of a call to the same worker (its CANCEL and
-        non-2xx ACK meet their INVITE's transaction there), which answers over
-        the flow.  A phone's or a browser's connection never gets there: its
-        requests stay with the worker that holds it, and with what a script
-        keeps on the connection (cvars, an asserted user).
-        False: ours, or the target is not there (handled here then).
-        """
-        if self.slots < 2 or self.relay is None or not isinstance(source, AcceptedConnection) \
-                or not source.is_trunk(self.loop.time()):
-            return False
-        call_id = call_id_of(data)
-        if call_id is None:
-            return False
-        slot_id = zlib.crc32(call_id) % self.slots + 1
-        return slot_id != self.slot_id and self.pass_to_place(place_of(slot_id, self.generation), data,
-                                                               source, address)
-
-    def pass_to_place(self, place: str, response: bytes, source: Any, address: Any) -> bool:
-        """A response for another worker's transaction, to that worker; False: ours, or not passed on."""
-        if place == self.place or self.relay is None:
-            return False
-        name = self.relay_name_of(source)
-        return name is not None and self.relay.pass_on(place, name, response, address)
-
-    def relay_name_of(self, source: Any) -> str | None:
-        """How the slot a message is passed to names where it came in: a UDP listener, a flow, a next hop."""
-        if source.transport == "udp":
-            return next((name for name, listener in self.udp.items() if listener is source), None)
-        flow = source.flow
-        return NEXT_HOP_SOURCE if flow is None else f"{FLOW_SOURCE}{flow[0]}:{flow[1]}"
-
-    def relayed(self, listener: str, message: bytes, address: tuple[str, int]) -> None:
-        """A message another slot's worker passed on: received here as if it had come in there."""
-        if listener.startswith(FLOW_SOURCE):
-            slot_id, _, flow_id = listener[len(FLOW_SOURCE):].partition(":")
-            source: Any = RelayedFlow(self, FlowTarget(int(slot_id), int(flow_id)))
-        elif listener == NEXT_HOP_SOURCE:
-            source = ANOTHER_WORKERS_NEXT_HOP
-        else:
-            source = self.udp.get(listener)
-        if source is not None:
-            self.core.receive(message, source, address)
 
     def provisional(self, forward: Forward, response: Response) -> None:
         forward.provisional = True
@@ -627,9 +531,7 @@ class ProxyEngine(Logger):
         task.add_done_callback(self.core.tasks.discard)
 
     def close(self) -> None:
-        if self.relay is not None:   # kept while retiring: the responses for what we still hold come here
-            self.relay.close()
-            self.relay = None
+        self.others.close()
         self.timer.cancel()
         self.accepted.close()
         self.next_hops.close()
@@ -661,15 +563,6 @@ _CALLBACK_NAMES = {"provisional": "provisional_response", "success": "success_re
 
 def _destination_of(uri: SipUri) -> SipDestination:
     return SipDestination(uri.scheme, (uri.host or "").strip("[]"), uri.port, uri.transport)
-
-
-def _transaction_of(data: bytes) -> tuple[str, str] | None:
-    """(branch, method) of a request we sent, to fail its transaction; None for an ACK, which has none,
-    and for a response (one going upstream over a flow: nothing of ours to fail)."""
-    message = parse_message(data)
-    if not isinstance(message, Message) or message.method == "ACK":
-        return None
-    return message.top_via.branch or "", message.method
 
 
 def _finish(future: "asyncio.Future[Any]", outcome: Any) -> None:

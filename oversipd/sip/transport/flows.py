@@ -156,10 +156,10 @@ class RelayedFlow:
     # absorbs a duplicate over TCP like any retransmission).
     reliable = False
 
-    def __init__(self, engine: Any, target: FlowTarget) -> None:
-        self.engine = engine
+    def __init__(self, others: Any, target: FlowTarget) -> None:
+        self.others = others   # what passes to the other workers (oversipd.sip.proxy.places)
         self.target = target
         self.flow = (target.slot_id, target.flow_id)
 
     def send(self, data: bytes, address: Any) -> bool:
-        return self.engine.pass_to_flow(self.target, data)
+        return self.others.pass_to_flow(self.target, data)
