@@ -29,8 +29,9 @@ EVENT_TIMEOUT = 20.0
 RSS_WARMUP_CHECKS = 5         # imports and caches settle in the first steps of a master
 RSS_TOLERANCE = 2 << 20       # bytes a master may grow after its warm-up
 # What the master holds for each worker slot: its control channel, and the
-# slot's own UDP socket of the SIP listener (oversipd.sip.transport.sockets).
-PER_SLOT_FDS = 2
+# slot's own UDP and TCP sockets of the SIP listeners (oversipd.sip.transport.sockets;
+# slot 1 uses the [listen.*] sockets themselves: a constant the baseline absorbs).
+PER_SLOT_FDS = 3
 
 
 class Violation(Exception):

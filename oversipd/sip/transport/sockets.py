@@ -143,6 +143,11 @@ def _bind_like(shared: socket.socket, backlog: int) -> socket.socket:
     sock = socket.socket(shared.family, shared.type)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if shared.type == socket.SOCK_STREAM:
+            # As the [listen] socket has (listeners.py): the connections accepted
+            # here inherit it, and their TIME_WAIT must not keep a restart from
+            # binding the port again.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if shared.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if shared.type == socket.SOCK_DGRAM:
