@@ -206,8 +206,16 @@ class AcceptedConnection(TcpConnection):
         self.unread = unread     # what that worker had read but not framed yet
         self.left_open = False   # handed over, or left to this slot's next worker: closing ours must not end it
         self.server: TcpListener = server
+        self.admitted = False    # counted in the worker's connections (SIP.md §15 max_connections)
 
     def connection_made(self, channel: asyncio.BaseTransport) -> None:
+        # A new connection beyond max_connections is closed at once; one adopted
+        # from this slot's previous worker (flow_id given) is already ours.
+        if not self.core.admission.admit_connection(adopted=self.flow_id is not None):
+            self.core.counts[C.CONN_REFUSED] += 1
+            channel.abort()  # type: ignore[attr-defined]
+            return
+        self.admitted = True
         super().connection_made(channel)
         self.flow_id = self.server.flows.opened(self)
         if self.unread:   # before the socket is read: the stream stays in order
@@ -227,6 +235,9 @@ class AcceptedConnection(TcpConnection):
                 self.idle_timer.cancel()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.core.admission.connection_ended()
         if self.flow_id is not None:
             sock = None if self.left_open or self.channel is None else self.channel.get_extra_info("socket")
             self.server.flows.closed(self.flow_id, sock, release=not self.left_open)
