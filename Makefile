@@ -189,6 +189,14 @@ bench-sip: $(BENCH_STAMP) sip-tester kamailio-server
 	PATH="$$PATH:/usr/sbin" BENCH_COMMAND="make bench-sip$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
 	  $(BENCH_PY) -m bench.sip --write docs/BENCHMARKS.md --json bench/results/sip.json $(BENCH_ARGS)
 
+# --- overload (issue 22, SIP.md §15): one worker under ~3x its capacity ---------
+# Unique OPTIONS and INVITEs over UDP from SIPp for 60 s: RSS, 503s, latency of
+# the accepted requests, recovery (bench/overload.py; over 2 minutes, both cores).
+# e.g. BENCH_ARGS="--duration 20 --max-transactions 50000".
+.PHONY: bench-overload
+bench-overload: $(STAMP) sip-tester
+	$(PY) bench/overload.py $(BENCH_ARGS)
+
 # --- install / uninstall (issue 3) ------------------------------------------
 # `make install` puts oversipd in its own virtual environment under
 # $(PREFIX)/lib/oversipd, on $(INSTALL_PYTHON): the service must not run on
