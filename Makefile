@@ -34,7 +34,7 @@ check: $(STAMP)
 	chmod go-w modules.d modules.d/*.py
 	$(VENV)/bin/oversipd check -c oversipd.conf
 
-test: $(STAMP) $(MOD_PG_STAMP) $(MOD_MYSQL_STAMP) postgresql-server mariadb-server dnsmasq-base sip-tester service-test-deps
+test: $(STAMP) $(MOD_PG_STAMP) $(MOD_MYSQL_STAMP) postgresql-server mariadb-server dnsmasq-base sip-tester service-test-deps sip-scanners
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # oversip-mod-postgresql: a distribution of its own, installed (editable)
@@ -93,6 +93,13 @@ dnsmasq-base:
 sip-tester:
 	@command -v sipp >/dev/null 2>&1 || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester; }
+
+# tests/test_sip_scanners.py runs the attack tools against oversipd (127.0.0.1
+# only): Debian's sipvicious (svmap, svwar, svcrack) and sipsak, when missing.
+.PHONY: sip-scanners
+sip-scanners:
+	@{ command -v svwar >/dev/null 2>&1 && command -v sipsak >/dev/null 2>&1; } || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sipvicious sipsak; }
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build dist *.egg-info .pytest_cache

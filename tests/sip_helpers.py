@@ -5,11 +5,13 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oversipd.sip.counters import read_counters
 from oversipd.sip.syntax.message import Response, parse_message
 
 from listen_helpers import free_port, listen_table
@@ -168,3 +170,17 @@ def sipp_counts(result: subprocess.CompletedProcess[str]) -> tuple[int, int]:
         line = next(line for line in result.stdout.splitlines() if line.strip().startswith(label))
         return int(line.split("|")[2].strip())
     return cumulated("Successful call"), cumulated("Failed call")
+
+
+def counters(pid_file: Path, name: str) -> int:
+    """The SIP counter `name` summed over the workers (`oversipd status` reads the same)."""
+    rows = read_counters(pid_file) or {}
+    return sum(row[name] for row in rows.values())
+
+
+def wait_counter(pid_file: Path, name: str, value: int, timeout: float = CLIENT_TIMEOUT) -> None:
+    """Until the workers' counter `name` reached `value` (shared memory: there is no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while counters(pid_file, name) < value:
+        assert time.monotonic() < deadline, f"counter {name} stayed at {counters(pid_file, name)}, not {value}"
+        time.sleep(0.01)

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 
 from oversipd.errors import EXIT_USAGE
-from oversipd.sip.counters import read_counters
 from oversipd.sip.settings import LimitSettings
 from oversipd.sip.syntax.message import parse_message
 
 from conftest import module
-from sip_helpers import StreamReader, UdpClient, request_bytes, sip_daemon
+from sip_helpers import StreamReader, UdpClient, counters, request_bytes, sip_daemon, wait_counter
 
 # INVITEs stay pending (a transaction each) until CANCELed; "fail" counts a failed
 # authentication through the hook; everything else gets 200.
@@ -36,19 +35,6 @@ def on_request(request):
         return
     request.reply(200, headers=[("X-Blocked", str(auth_blocked(request)))])
 ''')
-
-
-def counters(pid_file: Path, name: str) -> int:
-    rows = read_counters(pid_file) or {}
-    return sum(row[name] for row in rows.values())
-
-
-def wait_counter(pid_file: Path, name: str, value: int, timeout: float = 15.0) -> None:
-    """Until the workers' counter `name` reached `value` (the counters are shared memory)."""
-    deadline = time.monotonic() + timeout
-    while counters(pid_file, name) < value:
-        assert time.monotonic() < deadline, f"counter {name} stayed at {counters(pid_file, name)}, not {value}"
-        time.sleep(0.01)
 
 
 def limited(oversipd_daemon, tmp_path: Path, **limits: int):
