@@ -99,19 +99,25 @@ LIMIT_KEYS: dict[str, Callable[[Any], int]] = {
 }
 
 
+def checked_values(table: dict[str, Any], checkers: dict[str, Callable[[Any], Any]],
+                   source: str, *where: str) -> dict[str, Any]:
+    """Every key of `table` known and valid, or a ConfigError naming it."""
+    values = {}
+    for key, value in table.items():
+        if key not in checkers:
+            raise ConfigError(source, toml_key(*where, key), "unknown key")
+        try:
+            values[key] = checkers[key](value)
+        except ValueError as why:
+            raise ConfigError(source, toml_key(*where, key), str(why)) from None
+    return values
+
+
 def parse_limits_table(table: Any, source: str) -> LimitSettings:
     """The `[limits]` table -> LimitSettings; every mistake names file and key."""
     if not isinstance(table, dict):
         raise ConfigError(source, "limits", "expected a table [limits]")
-    values: dict[str, int] = {}
-    for key, value in table.items():
-        if key not in LIMIT_KEYS:
-            raise ConfigError(source, toml_key("limits", key), "unknown key")
-        try:
-            values[key] = LIMIT_KEYS[key](value)
-        except ValueError as why:
-            raise ConfigError(source, toml_key("limits", key), str(why)) from None
-    return LimitSettings(**values)
+    return LimitSettings(**checked_values(table, LIMIT_KEYS, source, "limits"))
 
 
 def parse_sip_table(table: Any, listen: dict[str, ListenSettings], source: str,
@@ -119,16 +125,7 @@ def parse_sip_table(table: Any, listen: dict[str, ListenSettings], source: str,
     """The `[sip]` table -> SipSettings (with the parsed `[limits]`); every mistake names file and key."""
     if not isinstance(table, dict):
         raise ConfigError(source, "sip", "expected a table [sip]")
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key == "listen":
-            continue
-        if key not in SIP_KEYS:
-            raise ConfigError(source, toml_key("sip", key), "unknown key")
-        try:
-            values[key] = SIP_KEYS[key](value)
-        except ValueError as why:
-            raise ConfigError(source, toml_key("sip", key), str(why)) from None
+    values = checked_values({key: value for key, value in table.items() if key != "listen"}, SIP_KEYS, source, "sip")
     return SipSettings(listen=_listen_names(table.get("listen"), listen, source), limits=limits, **values)
 
 
