@@ -239,15 +239,20 @@ async def open_declared() -> None:
         _tell_degraded()
 
 
-async def _try_open(resource: WorkerResource[Any]) -> str | None:
-    """None when `resource` opened here, else why not (a ResourceError's message, or the exception)."""
+async def _try_open(resource: WorkerResource[Any], retry: bool = False) -> str | None:
+    """None when `resource` opened here, else why not (a ResourceError's message, or the exception).
+
+    An unexpected exception's traceback is logged on the first try only: a
+    retry every few seconds must not fill the log with the same one.
+    """
     try:
         await resource.open_here()
     except ResourceError as error:
         return str(error)
     except Exception as error:
-        _log.log_system_crit(f"{resource.name}: open raised:")
-        _log.log_system_crit(error)
+        if not retry:
+            _log.log_system_crit(f"{resource.name}: open raised:")
+            _log.log_system_crit(error)
         return f"cannot open: {error!r}"
     return None
 
@@ -257,7 +262,7 @@ async def _retry(resource: WorkerResource[Any]) -> None:
     delay = RETRY_FIRST
     while True:
         await asyncio.sleep(delay)
-        problem = await _try_open(resource)
+        problem = await _try_open(resource, retry=True)
         if problem is None:
             break
         _log.log_system_debug(f"{resource.name}: still not open ({problem}); next try in {delay:g} s")
