@@ -117,9 +117,8 @@ def test_svcrack_is_stopped_by_auth_failures(oversipd_daemon, tmp_path):
     finally:
         svcrack.kill()
         svcrack.wait()
-    attempts = server.daemon.find("attempt")
     # Five failures block the source: the rest of the dictionary never reaches the script.
-    assert len(attempts) == 5
+    assert len(server.daemon.wait_events("attempt", count=5)) == 5
     client = UdpClient(server)
     client.request("OPTIONS")
     assert client.response().status == 403
