@@ -178,3 +178,30 @@ def test_a_bad_limit_exits_2_naming_file_and_key(oversipd_daemon, table, key, pr
 def test_limit_defaults_are_sip_md_s():
     assert LimitSettings() == LimitSettings(max_transactions=100000, max_connections=10000,
                                             per_source_rate=0, auth_failures=10)
+
+
+# Each request costs the reactor 5 ms: 200 sent at once queue up in the socket.
+SLOW_SCRIPT = module('''
+from oversipd import SipEvents
+
+@SipEvents.on_request
+def on_request(request):
+    end = time.perf_counter() + 0.005
+    while time.perf_counter() < end:
+        pass
+    request.reply(200)
+''')
+
+
+def test_a_standing_receive_queue_is_shed_with_503_not_dropped(oversipd_daemon, tmp_path):
+    pid_file = tmp_path / "o.pid"
+    server = sip_daemon(oversipd_daemon, script=SLOW_SCRIPT, core={"pid_file": str(pid_file)})
+    client = UdpClient(server)
+    for n in range(200):
+        client.request("OPTIONS", call_id=f"burst-{n}")
+    statuses = [client.response().status for _ in range(200)]   # every request is answered
+    # The first batch of reads is served; once the queue stood 50 ms, the rest is refused.
+    assert 64 <= statuses.count(200) < 200 and statuses.count(503) == 200 - statuses.count(200)
+    assert counters(pid_file, "busy_503") == statuses.count(503)
+    client.request("OPTIONS", call_id="after")   # the queue emptied: served again
+    assert client.response().status == 200

@@ -10,6 +10,12 @@ The rules (README "Overload"):
 * `max_transactions`: while a worker holds that many server + client
   transactions, a new request gets 503 with Retry-After, sent statelessly
   (no transaction, so the refusal itself costs no memory).
+* A standing receive queue: when every read of a UDP socket has found more
+  waiting for SHED_AFTER seconds in a row, the worker is behind (what it
+  reads now waited in the kernel's buffer); new requests get the same 503
+  until a read empties the queue.  A 503 costs a fraction of a served
+  request, so the queue drains, the excess hears 503 instead of being
+  dropped by the kernel in silence, and what is accepted waits little.
 * `per_source_rate` R: a token bucket per source IP, R requests/s with a
   burst of R.  Beyond it a request gets 503 with Retry-After, at most R
   such 503s per second per source; what the source sends beyond that is
@@ -30,6 +36,7 @@ RETRY_AFTER_BUSY = 5     # seconds: transactions end within 32 s, most much soon
 RETRY_AFTER_RATE = 1     # seconds: the bucket refills within one
 AUTH_WINDOW = 60.0       # seconds: failures counted per minute, and the block lasts one
 MAX_SOURCES = 65536      # source IPs tracked per table and worker (~10 MB at most)
+SHED_AFTER = 0.05        # seconds of standing UDP receive queue before new requests get 503
 
 
 class Verdict(enum.Enum):
@@ -75,6 +82,7 @@ class Admission:
         self.buckets: dict[str, Bucket] = {}
         self.failures: dict[str, Failures] = {}
         self.connections = 0   # accepted TCP connections open in this worker
+        self.backlogged_since: float | None = None   # since when every UDP read found more waiting
         self.configure(settings)
 
     def configure(self, settings: LimitSettings) -> None:
@@ -97,7 +105,16 @@ class Admission:
                 return verdict
         if transactions >= self.max_transactions:
             return Verdict.BUSY
+        if self.backlogged_since is not None and now - self.backlogged_since >= SHED_AFTER:
+            return Verdict.BUSY
         return Verdict.ADMIT
+
+    def read_udp(self, emptied: bool, now: float) -> None:
+        """A UDP listener's batch of reads ended: with the socket `emptied`, or with more still waiting."""
+        if emptied:
+            self.backlogged_since = None
+        elif self.backlogged_since is None:
+            self.backlogged_since = now
 
     def charge(self, ip: str, now: float) -> Verdict:
         """Take a token from `ip`'s bucket; a 503 token when none is left; silence after both."""

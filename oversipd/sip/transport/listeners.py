@@ -66,6 +66,7 @@ class UdpListener:
             try:
                 data, address = recvfrom(size)
             except (BlockingIOError, InterruptedError):
+                self.core.admission.read_udp(True, self.loop.time())
                 return
             except OSError:   # e.g. ECONNREFUSED reported for an earlier sendto: nothing to read
                 continue
@@ -76,6 +77,8 @@ class UdpListener:
             if data[:1] in KEEPALIVE_FIRST and not data.strip():
                 continue   # a keep-alive (RFC 5626 §4.4.1): ignored on datagrams
             receive(data, self, address)
+        # A whole batch and more waiting: the worker may be behind (admission control).
+        self.core.admission.read_udp(False, self.loop.time())
 
     def send(self, data: bytes, address: Any) -> bool:
         try:
