@@ -3,8 +3,8 @@
 oversipd: one worker on UDP with `[limits] max_transactions`; its server
 script answers OPTIONS 200 and INVITE 486 after ~SCRIPT_WORK_US of work (a
 script does something per request).  First a short calibration: SIPp offers
-more than the worker can take and the worker's answered requests per second
-are its capacity C.  Then two SIPp UACs offer unique OPTIONS and unique
+OPTIONS at a ladder of rates, 3 s each; the highest the worker serves whole
+(>= 97 % answered, no 503) is its capacity C.  Then two SIPp UACs offer unique OPTIONS and unique
 INVITEs, 1.5 C each (3 C in all), for --duration seconds; afterwards a probe
 measures how soon a request is accepted again.
 
@@ -50,7 +50,7 @@ INVITE_UAC = HERE / "sipp" / "overload-invite.xml"
 KAMAILIO_CFG = HERE / "kamailio" / "overload.cfg"
 SCRIPT_WORK_US = 150
 SIPP_BUFFER = 4 * 1024 * 1024
-CALIBRATION_RATE = 10000
+CALIBRATION_LADDER = (1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500, 5000, 6000, 7000, 8000)
 SAMPLE_PERIOD = 0.5
 
 SCRIPT = textwrap.dedent(f"""
@@ -242,15 +242,14 @@ def stop_sipp(run: subprocess.Popen) -> None:
 
 
 def response_times(directory: Path) -> list[float]:
-    """Milliseconds of every accepted response (SIPp's *_rtt.csv: date;dateMs;rtd_no;response time)."""
+    """Milliseconds of every accepted response (SIPp's *_rtt.csv: Date_ms;response_time_ms;rtd_no)."""
     times = []
     for path in glob.glob(str(directory / "*_rtt.csv")):
-        for line in Path(path).read_text().splitlines()[1:]:
-            parts = line.split(";")
-            if len(parts) >= 3:
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle, delimiter=";"):
                 try:
-                    times.append(float(parts[2]))
-                except ValueError:
+                    times.append(float(row["response_time_ms"]))
+                except (KeyError, TypeError, ValueError):
                     pass
     return times
 
@@ -355,18 +354,26 @@ def flood(server, rate: int, duration: float, directory: Path) -> Outcome:
                    recovery * 1000, {name: after.get(name, 0) - before.get(name, 0) for name in after})
 
 
-def calibrate(daemon: Oversipd, directory: Path, seconds: float = 4.0) -> int:
-    """Answered requests per second while SIPp offers more than the worker takes: its capacity."""
+def calibrate(daemon: Oversipd, directory: Path, step_seconds: float = 3.0) -> int:
+    """The worker's capacity: the highest rate of a ladder it serves whole (>= 97 % answered, no 503).
+
+    Offering far more instead would measure less: the worker would spend
+    part of its time refusing (the standing-queue 503s).
+    """
     directory.mkdir()
-    before = daemon.counters()
-    run = sipp(OPTIONS_UAC, daemon.port, CALIBRATION_RATE, int(CALIBRATION_RATE * seconds), directory, seconds)
-    start = time.monotonic()
-    time.sleep(seconds)   # the calibration window
-    after = daemon.counters()
-    elapsed = time.monotonic() - start
-    stop_sipp(run)
-    answered = sum(after.get(name, 0) - before.get(name, 0) for name in ("2xx", "4xx"))
-    return max(1, int(answered / elapsed))
+    capacity = CALIBRATION_LADDER[0]
+    for rate in CALIBRATION_LADDER:
+        before = daemon.counters()
+        run = sipp(OPTIONS_UAC, daemon.port, rate, int(rate * step_seconds), directory, step_seconds)
+        time.sleep(step_seconds + 0.5)   # the step, and its last answers
+        stop_sipp(run)
+        after = daemon.counters()
+        answered = after.get("2xx", 0) - before.get("2xx", 0)
+        refused = after.get("busy_503", 0) - before.get("busy_503", 0)
+        if refused or answered < 0.97 * rate * step_seconds:
+            break
+        capacity = rate
+    return capacity
 
 
 def main() -> int:
@@ -401,7 +408,7 @@ def main() -> int:
             kamailio.stop()
     print(f"one worker each; oversipd: max_transactions {args.max_transactions}, script work {SCRIPT_WORK_US} µs/request; "
           f"Kamailio: pike {capacity} requests/s per source (2 s units)")
-    print(f"oversipd's capacity (calibration, answered/s while offered {CALIBRATION_RATE}/s): {capacity}")
+    print(f"oversipd's capacity (calibration: the highest OPTIONS/s of a ladder served whole): {capacity}")
     print(HEADER)
     for outcome in outcomes:
         print(outcome.row())
