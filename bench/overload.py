@@ -125,6 +125,15 @@ class Sampler(threading.Thread):
 
 # --- the servers -------------------------------------------------------------------
 
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM, and SIGKILL after 30 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 class Oversipd:
     label = "oversipd"
 
@@ -173,11 +182,7 @@ class Oversipd:
         return "worker RSS"
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_server(self.process)
         self.log.close()
 
 
@@ -212,11 +217,7 @@ class Kamailio:
         return {}
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_server(self.process)
         self.log.close()
 
 

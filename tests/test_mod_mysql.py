@@ -13,9 +13,9 @@ from typing import Any, Iterator
 import pytest
 
 from db_helpers import (fatal_start_line, pool_daemon_options, pool_errors_script, pool_lookup_outcomes,
-                        pool_server_script, run_in_each_worker, wait_until)
+                        respawn_while_the_store_is_down, run_in_each_worker, sip_store_script, wait_until)
 from mariadb_server import MariadbServer, started_server
-from sip_helpers import UdpClient, sip_daemon
+from sip_helpers import sip_daemon
 from oversipd.testing import DEFAULT_TIMEOUT, Daemon
 
 SERVER_BACK_TIMEOUT = max(DEFAULT_TIMEOUT, 60)
@@ -225,43 +225,16 @@ def test_the_lookup_example_finds_the_account_on_reload(running_mariadb: Mariadb
 
 
 # SIP.md §15: OPTIONS needs no store; MESSAGE queries it (PoolNotOpenError -> the core's 503).
-STORE_SCRIPT = pool_server_script("mysql", "mytest") + """
-from oversipd import SipEvents
-
-@SipEvents.on_request
-async def on_request(request):
-    if request.sip_method == "OPTIONS":
-        request.reply(200)
-        return
-    async with mysql.pool("db").acquire() as connection:
-        async with connection.cursor() as cursor:
-            await cursor.execute("SELECT 1")
-    request.reply(200)
-"""
+STORE_SCRIPT = sip_store_script("mysql", "mytest", """
+async with mysql.pool("db").acquire() as connection:
+    async with connection.cursor() as cursor:
+        await cursor.execute("SELECT 1")
+""")
 
 
 def test_a_worker_respawned_while_the_store_is_down_serves_degraded_then_recovers(
         running_mariadb: MariadbServer, oversipd_daemon, tmp_path: Path) -> None:
     server = sip_daemon(oversipd_daemon, script=STORE_SCRIPT, core={"pid_file": str(tmp_path / "o.pid")},
                         settings={"mytest": {**running_mariadb.connect_options(), "pool_size": 1}})
-    daemon = server.daemon
-    client = UdpClient(server)
-    client.request("MESSAGE")
-    assert client.response().status == 200
-    try:
-        running_mariadb.stop()
-        down = daemon.mark()
-        daemon.kill_worker(1)
-        daemon.wait_log("serving without it, retrying in the background", since=down)
-        client.request("OPTIONS")   # what needs no store is served
-        assert client.response().status == 200
-        client.request("MESSAGE")
-        refused = client.response()
-        assert (refused.status, refused.header("Retry-After")) == (503, "10")
-    finally:
-        if not running_mariadb.is_running():
-            running_mariadb.start()
-    daemon.wait_log("open again; no longer degraded", since=down, timeout=SERVER_BACK_TIMEOUT)
-    client.request("MESSAGE")
-    assert client.response().status == 200
-    assert daemon.stop() == 0
+    respawn_while_the_store_is_down(server, running_mariadb, tmp_path / "o.pid", "mysql pool 'db'",
+                                    back_timeout=SERVER_BACK_TIMEOUT)

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 
 from db_helpers import (fatal_start_line, pool_daemon_options, pool_errors_script, pool_lookup_outcomes,
-                        pool_server_script, run_in_each_worker, wait_until)
-from sip_helpers import UdpClient, sip_daemon
+                        respawn_while_the_store_is_down, run_in_each_worker, sip_store_script, wait_until)
+from sip_helpers import sip_daemon
 from oversipd.testing import DEFAULT_TIMEOUT, Daemon
 
 PG_PORT = 23432          # only names the socket file: the server listens on no TCP port
@@ -265,56 +265,14 @@ def test_pool_lookup_errors_are_clear(postgres: PostgresServer, oversipd_daemon)
 
 
 # SIP.md §15: OPTIONS needs no store; MESSAGE queries it (PoolNotOpenError -> the core's 503).
-STORE_SCRIPT = pool_server_script("postgresql", "pgtest") + """
-from oversipd import SipEvents
-
-@SipEvents.on_request
-async def on_request(request):
-    if request.sip_method == "OPTIONS":
-        request.reply(200)
-        return
-    async with postgresql.pool("db").connection(timeout=5) as connection:
-        await connection.execute("SELECT 1")
-    request.reply(200)
-"""
-
-
-def status_notified(daemon: Daemon, text: str) -> None:
-    """Wait for a STATUS= (sd_notify) that contains `text`."""
-    daemon.notifications.wait_for(lambda items: any(text in line for message in items for line in message
-                                                    if line.startswith("STATUS=")),
-                                  DEFAULT_TIMEOUT, f"a STATUS with {text!r}")
+STORE_SCRIPT = sip_store_script("postgresql", "pgtest", """
+async with postgresql.pool("db").connection(timeout=5) as connection:
+    await connection.execute("SELECT 1")
+""")
 
 
 def test_a_worker_respawned_while_the_store_is_down_serves_degraded_then_recovers(
         postgres: PostgresServer, oversipd_daemon, tmp_path: Path) -> None:
-    pid_file = tmp_path / "o.pid"
-    server = sip_daemon(oversipd_daemon, script=STORE_SCRIPT, core={"pid_file": str(pid_file)},
+    server = sip_daemon(oversipd_daemon, script=STORE_SCRIPT, core={"pid_file": str(tmp_path / "o.pid")},
                         settings={"pgtest": {**postgres.conninfo(), "pool_size": 1}})
-    daemon = server.daemon
-    client = UdpClient(server)
-    client.request("MESSAGE")
-    assert client.response().status == 200
-    try:
-        postgres.stop()
-        down = daemon.mark()
-        daemon.kill_worker(1)
-        daemon.wait_log("serving without it, retrying in the background", since=down)
-        status_notified(daemon, "degraded: worker 1 (postgresql pool 'db')")
-        client.request("OPTIONS")   # what needs no store is served
-        assert client.response().status == 200
-        client.request("MESSAGE")
-        refused = client.response()
-        assert (refused.status, refused.header("Retry-After")) == (503, "10")
-        status = daemon.run_command("status", "--pid-file", str(pid_file))
-        assert any(line.startswith("worker") and "degraded" in line for line in status.stdout.splitlines()), status.stdout
-        assert daemon.running
-    finally:
-        if not postgres.is_running():
-            postgres.start()
-    daemon.wait_log("open again; no longer degraded", since=down, timeout=60)
-    client.request("MESSAGE")
-    assert client.response().status == 200
-    status = daemon.run_command("status", "--pid-file", str(pid_file))
-    assert "degraded" not in status.stdout
-    assert daemon.stop() == 0
+    respawn_while_the_store_is_down(server, postgres, tmp_path / "o.pid", "postgresql pool 'db'", back_timeout=60)
