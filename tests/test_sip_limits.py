@@ -203,5 +203,12 @@ def test_a_standing_receive_queue_is_shed_with_503_not_dropped(oversipd_daemon, 
     # The first batch of reads is served; once the queue stood 50 ms, the rest is refused.
     assert 64 <= statuses.count(200) < 200 and statuses.count(503) == 200 - statuses.count(200)
     assert counters(pid_file, "busy_503") == statuses.count(503)
-    client.request("OPTIONS", call_id="after")   # the queue emptied: served again
-    assert client.response().status == 200
+    # Served again once the queue is empty.  A request sent on the last response may
+    # still be read with the burst (the queue had not been found empty yet): its 503
+    # is then the burst's last, and the worker's next read finds the queue empty.
+    client.request("OPTIONS", call_id="after")
+    status = client.response().status
+    if status == 503:
+        client.request("OPTIONS", call_id="after-again")
+        status = client.response().status
+    assert status == 200

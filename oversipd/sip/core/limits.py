@@ -82,7 +82,8 @@ class Admission:
         self.buckets: dict[str, Bucket] = {}
         self.failures: dict[str, Failures] = {}
         self.connections = 0   # accepted TCP connections open in this worker
-        self.backlogged_since: float | None = None   # since when every UDP read found more waiting
+        self.backlogged_since: float | None = None   # since when every read found more waiting (the oldest listener)
+        self.backlogs: dict[Any, float] = {}          # UDP listener -> since when its reads find more waiting
         self.configure(settings)
 
     def configure(self, settings: LimitSettings) -> None:
@@ -109,12 +110,16 @@ class Admission:
             return Verdict.BUSY
         return Verdict.ADMIT
 
-    def read_udp(self, emptied: bool, now: float) -> None:
-        """A UDP listener's batch of reads ended: with the socket `emptied`, or with more still waiting."""
+    def read_udp(self, listener: Any, emptied: bool, now: float) -> None:
+        """A UDP listener's batch of reads ended: with its socket `emptied`, or with more still waiting."""
         if emptied:
-            self.backlogged_since = None
-        elif self.backlogged_since is None:
-            self.backlogged_since = now
+            if self.backlogs.pop(listener, None) is None:
+                return
+        elif listener not in self.backlogs:
+            self.backlogs[listener] = now
+        else:
+            return
+        self.backlogged_since = min(self.backlogs.values(), default=None)
 
     def charge(self, ip: str, now: float) -> Verdict:
         """Take a token from `ip`'s bucket; a 503 token when none is left; silence after both."""

@@ -66,7 +66,7 @@ class UdpListener:
             try:
                 data, address = recvfrom(size)
             except (BlockingIOError, InterruptedError):
-                self.core.admission.read_udp(True, self.loop.time())
+                self.core.admission.read_udp(self, True, self.loop.time())
                 return
             except OSError:   # e.g. ECONNREFUSED reported for an earlier sendto: nothing to read
                 continue
@@ -77,8 +77,17 @@ class UdpListener:
             if data[:1] in KEEPALIVE_FIRST and not data.strip():
                 continue   # a keep-alive (RFC 5626 §4.4.1): ignored on datagrams
             receive(data, self, address)
-        # A whole batch and more waiting: the worker may be behind (admission control).
-        self.core.admission.read_udp(False, self.loop.time())
+        # A whole batch: is more waiting?  Then the worker may be behind (admission control).
+        self.core.admission.read_udp(self, not self.more_waiting(), self.loop.time())
+
+    def more_waiting(self) -> bool:
+        try:
+            self.sock.recvfrom(1, socket.MSG_PEEK)   # non-blocking; leaves the datagram queued
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:   # an error queued for an earlier sendto: something is there
+            return True
+        return True
 
     def send(self, data: bytes, address: Any) -> bool:
         try:
