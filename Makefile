@@ -34,7 +34,7 @@ check: $(STAMP)
 	chmod go-w modules.d modules.d/*.py
 	$(VENV)/bin/oversipd check -c oversipd.conf
 
-test: $(STAMP) $(MOD_PG_STAMP) $(MOD_MYSQL_STAMP) postgresql-server mariadb-server dnsmasq-base sip-tester service-test-deps baresip
+test: $(STAMP) $(MOD_PG_STAMP) $(MOD_MYSQL_STAMP) postgresql-server mariadb-server dnsmasq-base sip-tester service-test-deps baresip sip-scanners
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # oversip-mod-postgresql: a distribution of its own, installed (editable)
@@ -100,6 +100,13 @@ sip-tester:
 baresip:
 	@command -v baresip >/dev/null 2>&1 || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends baresip-core; }
+
+# tests/test_sip_scanners.py runs the attack tools against oversipd (127.0.0.1
+# only): Debian's sipvicious (svmap, svwar, svcrack) and sipsak, when missing.
+.PHONY: sip-scanners
+sip-scanners:
+	@{ command -v svwar >/dev/null 2>&1 && command -v sipsak >/dev/null 2>&1; } || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sipvicious sipsak; }
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build dist *.egg-info .pytest_cache
@@ -201,6 +208,14 @@ kamailio-server:
 bench-sip: $(BENCH_STAMP) sip-tester kamailio-server
 	PATH="$$PATH:/usr/sbin" BENCH_COMMAND="make bench-sip$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
 	  $(BENCH_PY) -m bench.sip --write docs/BENCHMARKS.md --json bench/results/sip.json $(BENCH_ARGS)
+
+# --- overload (issue 22, SIP.md §15): one worker under ~3x its capacity ---------
+# Unique OPTIONS and INVITEs over UDP from SIPp for 60 s: RSS, 503s, latency of
+# the accepted requests, recovery (bench/overload.py; over 2 minutes, both cores).
+# e.g. BENCH_ARGS="--duration 20 --max-transactions 50000".
+.PHONY: bench-overload
+bench-overload: $(STAMP) sip-tester
+	$(PY) bench/overload.py $(BENCH_ARGS)
 
 # --- install / uninstall (issue 3) ------------------------------------------
 # `make install` puts oversipd in its own virtual environment under

@@ -21,6 +21,7 @@ ADOPT = "adopt"              # argument: (key, unread bytes); the packet carries
 # worker -> master
 STARTED = "started"
 RELOADED = "reloaded"
+DEGRADED = "degraded"        # argument: names of the resources the worker could not open (() = none)
 KEEP = "keep"                # argument: a key; the packet carries the descriptor to keep
 RELEASE = "release"          # argument: the key of a kept descriptor, which the master closes
 HAND_OVER = "hand_over"      # argument: (key, unread bytes); a retiring worker's kept connection for its successor

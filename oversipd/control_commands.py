@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .errors import EXIT_FATAL, EXIT_NOT_RUNNING, EXIT_OK, NO_PID_FILE, NOT_RUNNING, ConfigError
 from .pidfile import running_pid
-from .process import all_worker_processes
+from .process import DEGRADED_MARK, all_worker_processes
 from .settings import CoreSettings, default_conf_path, load_settings
 
 if TYPE_CHECKING:
@@ -164,6 +164,8 @@ def _row(process: "psutil.Process", role: str, slot: str, generation: str) -> tu
         cpu = _field(process.cpu_times, lambda c: f"{c.user + c.system:.2f} s")
     if state == psutil.STATUS_ZOMBIE:
         state = "exited"
+    elif role == "worker" and _field(process.cmdline, lambda parts: " ".join(parts).strip()).endswith(DEGRADED_MARK):
+        state = "degraded"   # serving without a resource it could not open (docs/overload.md)
     return role, slot, generation, str(process.pid), state, uptime, rss, cpu
 
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import oversipd
 
-from . import altstack, control, fingerprint, kept, privileges
+from . import altstack, control, fingerprint, kept, privileges, resources
 from .errors import CRASH_LOOP_MESSAGE, EXIT_FATAL, EXIT_OK, WORKER_EXIT_FATAL, ConfigError, HaltServer
 from .fingerprint import Fingerprint
 from .heartbeat import MAX_INTERVAL, HeartbeatBoard
@@ -325,6 +325,9 @@ class Master(Logger):
                 self.worker_started(slot)
             elif kind == control.RELOADED:
                 self.reloader.worker_reloaded(slot)
+            elif kind == control.DEGRADED:
+                slot.degraded = tuple(argument)
+                self.notifier.status(self.status_line())
 
     def worker_started(self, slot: WorkerSlot) -> None:
         slot.started_at = time.monotonic()
@@ -335,6 +338,7 @@ class Master(Logger):
             return
         if not self.ready and not any(s.state is SlotState.STARTING for s in self.workers.slots.values()):
             self.ready = True
+            resources.first_start_done()   # a worker forked from now on is degraded by a store that is down
             self.log_system_notice(f"ready: {len(self.workers.live_slots())} worker(s) running")
             self.notifier.ready(self.status_line())
             if self.on_ready is not None:
@@ -453,6 +457,10 @@ class Master(Logger):
         running = sum(1 for s in self.workers.slots.values() if s.state in (SlotState.RUNNING, SlotState.RELOADING))
         line = (f"{running} of {self.target_workers} worker(s) running; {self.reloader.reloads} reload(s), "
                 f"{self.workers.respawns} respawn(s)")
+        degraded = [f"worker {s.slot_id} ({', '.join(s.degraded)})" for s in self.workers.slots.values()
+                    if s.degraded and s.alive]
+        if degraded:
+            line += "; degraded: " + ", ".join(degraded)
         return line if self.generation == 1 else f"{line}; generation {self.generation}"
 
     def swapping_code(self) -> bool:

@@ -35,13 +35,17 @@ def master_title(conf_path: object) -> str:
     return f"oversipd: master [{conf_path}]"
 
 
-def worker_title(slot_id: int, code_generation: int = 1) -> str:
-    """`oversipd: worker K` (SPEC §1); after a code reload `oversipd: worker K (generation G)`."""
+def worker_title(slot_id: int, code_generation: int = 1, degraded: bool = False) -> str:
+    """`oversipd: worker K` (SPEC §1); after a code reload `oversipd: worker K (generation G)`.
+
+    ` [degraded]` follows while the worker runs without a resource it could not open.
+    """
     suffix = f" (generation {code_generation})" if code_generation > 1 else ""
-    return f"{WORKER_TITLE_PREFIX}{slot_id}{suffix}"
+    return f"{WORKER_TITLE_PREFIX}{slot_id}{suffix}{DEGRADED_MARK if degraded else ''}"
 
 
-_TITLE = re.compile(re.escape(WORKER_TITLE_PREFIX) + r"(\d+)(?: \(generation (\d+)\))?$")
+DEGRADED_MARK = " [degraded]"
+_TITLE = re.compile(re.escape(WORKER_TITLE_PREFIX) + r"(\d+)(?: \(generation (\d+)\))?(?: \[degraded\])?$")
 
 
 def all_worker_processes(master_pid: int) -> list[tuple[int, int, "psutil.Process"]]:

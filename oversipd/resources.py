@@ -20,13 +20,18 @@ last `on_terminated` callback, in reverse order of opening:
     # in a worker (a callback, a request handler):
     await cache.get().lookup("key")
 
-An open that fails is fatal (the daemon exits 1) with a CRIT line naming
-the resource; a respawned worker opens its resources again, as the one it
-replaces did.
+An open that fails at the daemon's first start is fatal (the daemon exits
+1) with a CRIT line naming the resource.  Once the daemon is ready, a worker
+that starts later (a respawn, one more worker) serves without a resource it
+cannot open: it is *degraded*, `get()` raises ResourceNotOpenError (which
+the SIP core answers with 503 + Retry-After), and the open is retried in the
+background with back-off until it succeeds (SIP.md §15: a store that goes
+away never stops the daemon).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 from typing import Any, Awaitable, Callable, Generic, TypeVar
@@ -96,6 +101,14 @@ class WorkerResource(Generic[T]):
 
 _declared: list[WorkerResource[Any]] = []
 _opened: list[WorkerResource[Any]] = []   # in a worker, in the order they opened
+_retrying: dict[WorkerResource[Any], "asyncio.Task[None]"] = {}   # in a degraded worker
+# The master clears this once the daemon is ready: a worker forked after
+# that (a respawn) is degraded by a failed open, not fatal.
+_failure_is_fatal = True
+_on_degraded_change: list[Callable[[list[str]], None]] = []
+RETRY_FIRST = 1.0     # seconds before the first retry of a failed open
+RETRY_MAX = 8.0       # the back-off doubles up to this
+RETRYING = "this worker could not open it and retries in the background"
 
 
 def worker_resource(name: str, open: Opener[T], close: Closer[T] | None = None) -> WorkerResource[T]:
@@ -165,7 +178,8 @@ class NamedPools(Generic[T]):
                                      f"declare it with {self.declare_with} in SystemEvents.on_initialize")
         resource = self._resources[name]
         if not resource.is_open:
-            raise self.not_open_error(f"{self.kind} {name!r} is not open in this process: {self.not_open_reason}")
+            reason = (RETRYING if resource in _retrying else self.not_open_reason)
+            raise self.not_open_error(f"{self.kind} {name!r} is not open in this process: {reason}")
         return resource.get()
 
 
@@ -183,26 +197,97 @@ def worker_label() -> str:
     return f"oversipd worker {process.worker_id}"
 
 
+# --- the master's side -------------------------------------------------------------
+
+def first_start_done() -> None:
+    """The daemon is ready: from now on a worker that cannot open a resource is degraded, not fatal."""
+    global _failure_is_fatal
+    _failure_is_fatal = False
+
+
+def failure_is_fatal() -> bool:
+    """True while the daemon's first start is under way (SPEC: a resource that cannot open is fatal)."""
+    return _failure_is_fatal
+
+
 # --- the worker's side (oversipd.worker calls these) --------------------------------
 
+def on_degraded_change(callback: Callable[[list[str]], None]) -> None:
+    """`callback(names)` whenever the resources this worker could not open change ([] = none)."""
+    _on_degraded_change.append(callback)
+
+
+def degraded() -> list[str]:
+    """The names of the resources this worker could not open (yet)."""
+    return [resource.name for resource in _retrying]
+
+
 async def open_declared() -> None:
-    """Open every declared resource, in declaration order; a failure is fatal and named."""
+    """Open every declared resource, in declaration order; a failure is fatal and named, or degrades."""
     for resource in _declared:
         _log.log_system_debug(f"{resource.name}: opening")
-        try:
-            await resource.open_here()
-        except ResourceError as error:
-            Launcher.fatal(f"{resource.name}: {error}")
-        except Exception as error:
+        problem = await _try_open(resource)
+        if problem is None:
+            _opened.append(resource)
+            _log.log_system_info(f"{resource.name}: open")
+        elif _failure_is_fatal:
+            Launcher.fatal(f"{resource.name}: {problem}")
+        else:
+            _log.log_system_error(f"{resource.name}: {problem}; serving without it, retrying in the background")
+            _retrying[resource] = asyncio.get_running_loop().create_task(_retry(resource))
+    if _retrying:
+        _tell_degraded()
+
+
+async def _try_open(resource: WorkerResource[Any], retry: bool = False) -> str | None:
+    """None when `resource` opened here, else why not (a ResourceError's message, or the exception).
+
+    An unexpected exception's traceback is logged on the first try only: a
+    retry every few seconds must not fill the log with the same one.
+    """
+    try:
+        await resource.open_here()
+    except ResourceError as error:
+        return str(error)
+    except Exception as error:
+        if not retry:
             _log.log_system_crit(f"{resource.name}: open raised:")
             _log.log_system_crit(error)
-            Launcher.fatal(f"{resource.name}: cannot open: {error!r}")
-        _opened.append(resource)
-        _log.log_system_info(f"{resource.name}: open")
+        return f"cannot open: {error!r}"
+    return None
+
+
+async def _retry(resource: WorkerResource[Any]) -> None:
+    """Open `resource` again and again, the wait doubling up to RETRY_MAX, until it opens."""
+    delay = RETRY_FIRST
+    while True:
+        await asyncio.sleep(delay)
+        problem = await _try_open(resource, retry=True)
+        if problem is None:
+            break
+        _log.log_system_debug(f"{resource.name}: still not open ({problem}); next try in {delay:g} s")
+        delay = min(2 * delay, RETRY_MAX)
+    del _retrying[resource]
+    _opened.append(resource)
+    _log.log_system_notice(f"{resource.name}: open again; no longer degraded")
+    _tell_degraded()
+
+
+def _tell_degraded() -> None:
+    names = degraded()
+    for callback in _on_degraded_change:
+        try:
+            callback(names)
+        except Exception as error:   # a report that fails must not stop the retries
+            _log.log_system_error(error)
 
 
 async def close_opened() -> None:
     """Close what this worker opened, last opened first; a failure is logged, the rest still close."""
+    for task in _retrying.values():
+        task.cancel()
+    await asyncio.gather(*_retrying.values(), return_exceptions=True)
+    _retrying.clear()
     while _opened:
         resource = _opened.pop()
         try:

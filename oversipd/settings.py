@@ -156,7 +156,7 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
     dns, proxies = _proxy_tables(document, source)
     registrar, auth = _registrar_tables(document, source)
     for name in document:
-        if name not in ("core", "modules", "listen", "sip", "dns", "proxy", "registrar", "auth"):
+        if name not in ("core", "modules", "listen", "sip", "limits", "dns", "proxy", "registrar", "auth"):
             raise ConfigError(source, toml_key(name), "unknown table or key")
 
     raw: dict[str, Any] = {}
@@ -198,10 +198,14 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
 # The SIP package costs start-up time: imported only for a configuration that speaks SIP.
 
 def _sip_table(document: dict[str, Any], listen: dict[str, ListenSettings], source: str) -> "SipSettings | None":
+    if "sip" not in document and "limits" not in document:
+        return None
+    from .sip.settings import LimitSettings, parse_limits_table, parse_sip_table
+    # [limits] is checked even without [sip]: a mistake there is reported, not ignored.
+    limits = parse_limits_table(document["limits"], source) if "limits" in document else LimitSettings()
     if "sip" not in document:
         return None
-    from .sip.settings import parse_sip_table
-    return parse_sip_table(document["sip"], listen, source)
+    return parse_sip_table(document["sip"], listen, source, limits)
 
 
 def _proxy_tables(document: dict[str, Any], source: str) -> "tuple[DnsSettings | None, dict[str, ProxySettings]]":

@@ -43,6 +43,7 @@ class WorkerSlot:
     # heartbeat cell and its code are gone from the master, so it is neither
     # heartbeat-monitored nor respawned.
     handed_over: bool = False
+    degraded: tuple[str, ...] = ()   # resources its worker could not open (oversipd.resources)
 
     @property
     def label(self) -> str:
@@ -71,6 +72,7 @@ class WorkerSlot:
         self.abort_sent_at = None
         self.respawn_at = None
         self.stop_deadline = None
+        self.degraded = ()
         self.transition(SlotState.STARTING, "forked")
 
     def died(self, now: float) -> bool:

@@ -11,7 +11,7 @@ from typing import Callable, Protocol, Sequence
 
 import oversipd
 
-from . import process, reexec
+from . import process, reexec, resources
 from .control import Channel
 from .errors import EXIT_FATAL
 from .fingerprint import Fingerprint
@@ -157,6 +157,7 @@ class CoreUpgrade(Logger):
             else:
                 workers.slots[slot.slot_id] = slot
         master.ready = True
+        resources.first_start_done()
         master.swapper.swap = Swap(settings=master.settings, reason=handover.reason, phase=SwapPhase.STARTING,
                                    fingerprint=master.fingerprint, core_upgrade=True)
         reloader.reload_in_progress = True

@@ -57,12 +57,23 @@ class Watchdog(Logger):
         if slot.abort_sent_at is not None:
             return slot.abort_sent_at + ABORT_GRACE
         if self.master.settings.core.worker_timeout and not slot.handed_over:
-            return self.master.board.last_beat(slot.cell) + self.master.settings.core.worker_timeout
+            return self.last_sign_of_life(slot) + self.master.settings.core.worker_timeout
         return None
 
+    def last_sign_of_life(self, slot: WorkerSlot) -> float:
+        """Its last heartbeat, but never earlier than the moment its fork returned.
+
+        The master writes the cell just before the fork, so that a new worker
+        starts with a fresh one (not its predecessor's); whatever the fork
+        itself then takes is not the worker's reactor being stuck.  A fork that
+        took longer than worker_timeout made a healthy worker look stuck the
+        moment it was born (seed 888800902, docs/RELIABILITY.md).
+        """
+        return max(self.master.board.last_beat(slot.cell), slot.forked_at)
+
     def silence(self, slot: WorkerSlot, now: float) -> float:
-        """Seconds since the worker of `slot` last beat its heartbeat cell."""
-        return now - self.master.board.last_beat(slot.cell)
+        """Seconds since the worker of `slot` last gave a sign of life."""
+        return now - self.last_sign_of_life(slot)
 
     def murder_unresponsive_workers(self, now: float) -> None:
         """SIGABRT (faulthandler prints the traceback) a stuck reactor, then SIGKILL it."""

@@ -170,6 +170,7 @@ class Worker(Logger):
         assert self.turn is not None
         async with self.turn:
             # Before any callback, so every callback finds them open.
+            resources.on_degraded_change(self.report_degraded)
             await resources.open_declared()
             await SystemCallbacks.on_started.run(on_error=self.started_failed)
             try:
@@ -177,9 +178,12 @@ class Worker(Logger):
             except BaseException as error:
                 if is_cancellation(error):
                     raise
-                self.log_system_crit("SystemEvents.on_started raised:")
-                self.log_system_crit(error)
-                Launcher.fatal("SystemEvents.on_started failed")
+                if isinstance(error, resources.ResourceNotOpenError) and not resources.failure_is_fatal():
+                    self.log_system_error(f"SystemEvents.on_started: {error}")   # degraded, as above
+                else:
+                    self.log_system_crit("SystemEvents.on_started raised:")
+                    self.log_system_crit(error)
+                    Launcher.fatal("SystemEvents.on_started failed")
             if self.settings.sip is not None:
                 try:
                     await self.start_sip()
@@ -198,9 +202,18 @@ class Worker(Logger):
         await self.sip.start()
 
     def started_failed(self, callback: Any, error: BaseException) -> None:
+        if isinstance(error, resources.ResourceNotOpenError) and not resources.failure_is_fatal():
+            # A respawn while a store is down: the store's retries bring it back.
+            self.log_system_error(f"on_started callback {describe(callback)}: {error}")
+            return
         self.log_system_crit(f"on_started callback {describe(callback)} raised:")
         self.log_system_crit(error)
         Launcher.fatal(f"on_started callback {describe(callback)} failed")
+
+    def report_degraded(self, names: list[str]) -> None:
+        """SIP.md §15: the master (systemd's STATUS) and `oversipd status` (our title) show which slot is degraded."""
+        process.set_title(process.worker_title(self.slot_id, self.generation, degraded=bool(names)))
+        self.channel.send(control.DEGRADED, tuple(names))
 
     async def reload(self, settings: Settings) -> None:
         assert self.turn is not None

@@ -8,9 +8,12 @@ options come from the settings table `settings_key`.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
 from oversipd.testing import DEFAULT_TIMEOUT, Daemon
+
+from sip_helpers import SipServer, UdpClient
 
 POLL_INTERVAL = 0.05
 EXITING = "exiting with error status"
@@ -108,3 +111,69 @@ def fatal_start_line(daemon: Daemon, text: str) -> str:
     line = daemon.wait_log(text)[0]
     daemon.wait_log(EXITING)
     return line
+
+
+# --- SIP.md §15: a worker respawned while its store is down ---------------------------
+
+def sip_store_script(module: str, settings_key: str, query: str) -> str:
+    """The pool's server script, serving SIP: OPTIONS needs no store, any other request runs `query`.
+
+    `query` is async code using `{module}.pool("db")`; a pool that is not open
+    raises PoolNotOpenError (a ResourceNotOpenError), which the core answers 503.
+    """
+    body = "\n".join("    " + line for line in query.strip().splitlines())
+    return pool_server_script(module, settings_key) + f"""
+from oversipd import SipEvents
+
+@SipEvents.on_request
+async def on_request(request):
+    if request.sip_method == "OPTIONS":
+        request.reply(200)
+        return
+{body}
+    request.reply(200)
+"""
+
+
+class StoreServer(Protocol):
+    def stop(self) -> None: ...
+    def start(self) -> None: ...
+    def is_running(self) -> bool: ...
+
+
+def respawn_while_the_store_is_down(server: SipServer, store: StoreServer, pid_file: Path, resource: str,
+                                    back_timeout: float) -> None:
+    """Store stopped, worker SIGKILLed: the respawn serves degraded (503 for the store), then recovers by itself."""
+    daemon = server.daemon
+    client = UdpClient(server)
+    client.request("MESSAGE")
+    assert client.response().status == 200
+    try:
+        store.stop()
+        down = daemon.mark()
+        daemon.kill_worker(1)
+        daemon.wait_log("serving without it, retrying in the background", since=down)
+        status_notified(daemon, f"degraded: worker 1 ({resource})")
+        client.request("OPTIONS")   # what needs no store is served
+        assert client.response().status == 200
+        client.request("MESSAGE")
+        refused = client.response()
+        assert (refused.status, refused.header("Retry-After")) == (503, "10")
+        status = daemon.run_command("status", "--pid-file", str(pid_file)).stdout
+        assert any(line.startswith("worker") and "degraded" in line for line in status.splitlines()), status
+        assert daemon.running
+    finally:
+        if not store.is_running():
+            store.start()
+    daemon.wait_log("open again; no longer degraded", since=down, timeout=back_timeout)
+    client.request("MESSAGE")
+    assert client.response().status == 200
+    assert "degraded" not in daemon.run_command("status", "--pid-file", str(pid_file)).stdout
+    assert daemon.stop() == 0
+
+
+def status_notified(daemon: Daemon, text: str) -> None:
+    """Wait for a STATUS= (sd_notify) that contains `text`."""
+    daemon.notifications.wait_for(lambda items: any(text in line for message in items for line in message
+                                                    if line.startswith("STATUS=")),
+                                  DEFAULT_TIMEOUT, f"a STATUS with {text!r}")

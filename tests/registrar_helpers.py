@@ -24,7 +24,8 @@ HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 
 def registrar_daemon(oversipd_daemon, store: str, workers: int = 2, algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
                      registrar: dict[str, Any] | None = None, host: str = "127.0.0.1",
-                     sip: dict[str, Any] | None = None, users: bool = True) -> SipServer:
+                     sip: dict[str, Any] | None = None, users: bool = True,
+                     limits: dict[str, Any] | None = None) -> SipServer:
     """server.py with [registrar], [auth] and [proxy.proxy_to_users] on `store`; alice and bob are users."""
     port = free_port("tcp", "udp")   # checked on 127.0.0.1: free there, free on 127.0.0.2 and .3 too
     tables = {
@@ -34,6 +35,7 @@ def registrar_daemon(oversipd_daemon, store: str, workers: int = 2, algorithms: 
         "registrar": {"store": store, "min_expires": 2, **(registrar or {})},
         "auth": {"store": store, "algorithms": list(algorithms), "nonce_lifetime": 300},
         "proxy.proxy_to_users": {"timer_C": 30},
+        **({"limits": limits} if limits else {}),
     }
     daemon = oversipd_daemon(start=False, server_script=SERVER_SCRIPT, core={"workers": workers},
                              extra_tables=tables)

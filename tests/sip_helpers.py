@@ -13,6 +13,7 @@ from typing import Any
 
 import psutil
 
+from oversipd.sip.counters import read_counters
 from oversipd.sip.syntax.message import Response, parse_message
 
 from listen_helpers import free_port, listen_table
@@ -206,3 +207,15 @@ class Callee:
         if self.process.poll() is None:
             self.process.kill()
             self.process.communicate()
+def counters(pid_file: Path, name: str) -> int:
+    """The SIP counter `name` summed over the workers (`oversipd status` reads the same)."""
+    rows = read_counters(pid_file) or {}
+    return sum(row[name] for row in rows.values())
+
+
+def wait_counter(pid_file: Path, name: str, value: int, timeout: float = CLIENT_TIMEOUT) -> None:
+    """Until the workers' counter `name` reached `value` (shared memory: there is no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while counters(pid_file, name) < value:
+        assert time.monotonic() < deadline, f"counter {name} stayed at {counters(pid_file, name)}, not {value}"
+        time.sleep(0.01)

@@ -71,3 +71,32 @@ def test_worker_timeout_prints_the_stuck_stack(oversipd_daemon):
     daemon.wait_log(f"(pid {pid}) killed by SIG", timeout=30)
     daemon.wait_log("in reload_blocks_the_reactor")
     assert "Fatal Python error: Aborted" in daemon.log_text()
+
+
+# Seed 888800902 (docs/RELIABILITY.md): a fork that takes longer than
+# worker_timeout.  The stall is injected where the master's fork spends it,
+# after the heartbeat cell was written for the child and before the child exists.
+SLOW_FORK = """
+import os
+import time
+from oversipd import process
+
+def slow_fork():
+    if process.role == "master":
+        time.sleep(1.5)   # the injected fault: a fork that takes 1.5 s
+
+def child_starts():
+    time.sleep(0.3)       # a child well within worker_timeout before its reactor's first beat
+
+os.register_at_fork(before=slow_fork, after_in_child=child_starts)
+"""
+
+
+def test_a_fork_slower_than_worker_timeout_does_not_make_the_child_look_stuck(oversipd_daemon):
+    daemon = oversipd_daemon(modules={"slowfork": SLOW_FORK}, core={"workers": 1, "worker_timeout": 1})
+    pid = daemon.kill_worker(1)
+    daemon.wait_log(f"(pid {pid}) killed by SIGKILL")
+    daemon.wait_workers(1)
+    assert daemon.stop() == 0
+    log = daemon.log_text()
+    assert "reactor unresponsive" not in log and "SIGABRT" not in log

@@ -13,8 +13,9 @@ from typing import Any, Iterator
 import pytest
 
 from db_helpers import (fatal_start_line, pool_daemon_options, pool_errors_script, pool_lookup_outcomes,
-                        run_in_each_worker, wait_until)
+                        respawn_while_the_store_is_down, run_in_each_worker, sip_store_script, wait_until)
 from mariadb_server import MariadbServer, started_server
+from sip_helpers import sip_daemon
 from oversipd.testing import DEFAULT_TIMEOUT, Daemon
 
 SERVER_BACK_TIMEOUT = max(DEFAULT_TIMEOUT, 60)
@@ -221,3 +222,19 @@ def test_the_lookup_example_finds_the_account_on_reload(running_mariadb: Mariadb
     daemon.reload()
     daemon.wait_log("account 100000: not found", count=2)
     assert daemon.stop() == 0
+
+
+# SIP.md §15: OPTIONS needs no store; MESSAGE queries it (PoolNotOpenError -> the core's 503).
+STORE_SCRIPT = sip_store_script("mysql", "mytest", """
+async with mysql.pool("db").acquire() as connection:
+    async with connection.cursor() as cursor:
+        await cursor.execute("SELECT 1")
+""")
+
+
+def test_a_worker_respawned_while_the_store_is_down_serves_degraded_then_recovers(
+        running_mariadb: MariadbServer, oversipd_daemon, tmp_path: Path) -> None:
+    server = sip_daemon(oversipd_daemon, script=STORE_SCRIPT, core={"pid_file": str(tmp_path / "o.pid")},
+                        settings={"mytest": {**running_mariadb.connect_options(), "pool_size": 1}})
+    respawn_while_the_store_is_down(server, running_mariadb, tmp_path / "o.pid", "mysql pool 'db'",
+                                    back_timeout=SERVER_BACK_TIMEOUT)

@@ -19,7 +19,8 @@ import psycopg
 import pytest
 
 from db_helpers import (fatal_start_line, pool_daemon_options, pool_errors_script, pool_lookup_outcomes,
-                        run_in_each_worker, wait_until)
+                        respawn_while_the_store_is_down, run_in_each_worker, sip_store_script, wait_until)
+from sip_helpers import sip_daemon
 from oversipd.testing import DEFAULT_TIMEOUT, Daemon
 
 PG_PORT = 23432          # only names the socket file: the server listens on no TCP port
@@ -261,3 +262,17 @@ def test_pool_lookup_errors_are_clear(postgres: PostgresServer, oversipd_daemon)
     assert in_master["role"] == "master"
     assert in_master["type"] == "PoolNotOpenError" and "opens its pools in its on_started" in in_master["message"]
     assert daemon.stop() == 0
+
+
+# SIP.md §15: OPTIONS needs no store; MESSAGE queries it (PoolNotOpenError -> the core's 503).
+STORE_SCRIPT = sip_store_script("postgresql", "pgtest", """
+async with postgresql.pool("db").connection(timeout=5) as connection:
+    await connection.execute("SELECT 1")
+""")
+
+
+def test_a_worker_respawned_while_the_store_is_down_serves_degraded_then_recovers(
+        postgres: PostgresServer, oversipd_daemon, tmp_path: Path) -> None:
+    server = sip_daemon(oversipd_daemon, script=STORE_SCRIPT, core={"pid_file": str(tmp_path / "o.pid")},
+                        settings={"pgtest": {**postgres.conninfo(), "pool_size": 1}})
+    respawn_while_the_store_is_down(server, postgres, tmp_path / "o.pid", "postgresql pool 'db'", back_timeout=60)

@@ -94,6 +94,17 @@ def test_wrong_password_and_unknown_user_get_the_same_answer(sqlite_server):
     assert answers[0] == answers[1] == (401, "Unauthorized", answers[0][2], False)
 
 
+def test_a_source_guessing_passwords_gets_403_once_it_reached_auth_failures(oversipd_daemon):
+    """SIP.md §15 `auth_failures`: wrong passwords (or unknown users) from one IP, then 403 for a minute."""
+    server = registrar_daemon(oversipd_daemon, "sqlite:location.db", workers=1, limits={"auth_failures": 3})
+    guesser = SipPhone(server, "alice", password="wrong")
+    for _ in range(3):
+        assert guesser.authenticated_register(f"Contact: {guesser.contact()}").status == 401
+    assert guesser.register(f"Contact: {guesser.contact()}").status == 403   # not even challenged
+    right = SipPhone(server, "alice")   # the right password from that IP: refused too, for the minute
+    assert right.register(f"Contact: {right.contact()}").status == 403
+
+
 def test_an_expired_nonce_with_the_right_password_gets_stale_true(sqlite_server):
     phone = SipPhone(sqlite_server, "alice")
     challenge = challenges(phone.register(f"Contact: {phone.contact()}"))[0]

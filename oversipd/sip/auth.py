@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..logger import Logger
 from . import digest
+from .core import limits
 from .registrar_settings import AuthSettings
 from .store import StoreError, StoreSettings
 
@@ -47,38 +48,41 @@ async def authenticate(request: "Request") -> str | None:
     proxy_auth = method != "REGISTER" and not _to_us(request)
     try:
         nonces = await _nonces_for(settings)
-        user, stale = await _check(request, settings, nonces, proxy_auth)
+        user, stale, guessed = await _check(request, settings, nonces, proxy_auth)
     except StoreError as error:
         _log.log_system_warn(f"authentication store: {error}")
         request.reply(503, headers=[("Retry-After", RETRY_AFTER)])
         return None
     if user is not None:
         return user
+    if guessed:   # [limits] auth_failures: a source that keeps guessing gets 403 for a minute (SIP.md §15)
+        limits.note_auth_failure(request)
     _challenge(request, settings, nonces, proxy_auth, stale)
     return None
 
 
 async def _check(request: "Request", settings: AuthSettings, nonces: digest.Nonces,
-                 proxy_auth: bool) -> tuple[str | None, bool]:
-    """(user, False) when the credentials hold; (None, stale) otherwise."""
+                 proxy_auth: bool) -> tuple[str | None, bool, bool]:
+    """(user, False, False) when the credentials hold; else (None, stale, whether a wrong
+    password or an unknown user was tried)."""
     credentials = _credentials(request, settings, proxy_auth)
     if credentials is None:
-        return None, False
+        return None, False, False
     algorithm = credentials.get("algorithm", "MD5").upper()
     algorithm = "SHA-256" if algorithm == "SHA-256" else algorithm
     name = credentials.get("username", "")
     freshness = nonces.check(credentials.get("nonce", ""))
     if freshness == "bad" or algorithm not in settings.algorithms or credentials.get("qop", "auth") != "auth":
-        return None, False
+        return None, False, False
     known = await store().user(settings.realm, name)
     ha1 = (known or {}).get(algorithm) or digest.dummy_ha1(nonces.key, algorithm, name)
     expected = digest.expected_response(algorithm, ha1, request.sip_method, credentials)
     matched = hmac.compare_digest(expected, credentials.get("response", "").lower())
     if not (matched and known is not None):
-        return None, False
+        return None, False, True
     if freshness == "stale":   # right password, old nonce: the client retries without asking its user
-        return None, True
-    return name, False
+        return None, True, False
+    return name, False, False
 
 
 def _credentials(request: "Request", settings: AuthSettings, proxy_auth: bool) -> dict[str, str] | None:

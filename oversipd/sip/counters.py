@@ -16,9 +16,12 @@ from pathlib import Path
 
 from ..settings import MAX_WORKERS
 
-NAMES = ("received", "sent", "dropped", "retransmitted", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx")
+NAMES = ("received", "sent", "dropped", "retransmitted", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx",
+         # SIP.md §15: each refusal of the admission control, and the 503s of a store not open
+         "busy_503", "rate_503", "rate_drop", "conn_refused", "auth_403", "store_503")
 RECEIVED, SENT, DROPPED, RETRANSMITTED = 0, 1, 2, 3
 FIRST_CLASS = 4          # + status // 100 - 1
+BUSY_503, RATE_503, RATE_DROP, CONN_REFUSED, AUTH_403, STORE_503 = range(10, 16)
 ROW = len(NAMES)
 CELL = 8                 # unsigned 64-bit
 SIZE = (MAX_WORKERS + 1) * ROW * CELL

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import ConfigError, toml_key
+from .settings import checked_values
 
 # The transports a [proxy.NAME] may prefer: the SIP listeners speak these.
 PROXY_TRANSPORTS = ("udp", "tcp")
@@ -126,23 +127,9 @@ PROXY_KEYS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _checked_values(table: dict[str, Any], checkers: dict[str, Callable[[Any], Any]],
-                    source: str, *where: str) -> dict[str, Any]:
-    """Every key of `table` known and valid, or a ConfigError naming it."""
-    values = {}
-    for key, value in table.items():
-        if key not in checkers:
-            raise ConfigError(source, toml_key(*where, key), "unknown key")
-        try:
-            values[key] = checkers[key](value)
-        except ValueError as why:
-            raise ConfigError(source, toml_key(*where, key), str(why)) from None
-    return values
-
-
 def parse_dns_table(table: dict[str, Any], source: str) -> DnsSettings:
     """The `[dns]` table (absent = defaults)."""
-    return DnsSettings(**_checked_values(table, DNS_KEYS, source, "dns"))
+    return DnsSettings(**checked_values(table, DNS_KEYS, source, "dns"))
 
 
 def parse_proxy_section(name: str, table: Any, source: str) -> ProxySettings:
@@ -152,7 +139,7 @@ def parse_proxy_section(name: str, table: Any, source: str) -> ProxySettings:
                           "a profile name may use letters, digits, '_', '.' and '-' (at most 255 characters)")
     if not isinstance(table, dict):
         raise ConfigError(source, toml_key("proxy", name), "expected a table [proxy.NAME]")
-    return ProxySettings(name=name, **_checked_values(table, PROXY_KEYS, source, "proxy", name))
+    return ProxySettings(name=name, **checked_values(table, PROXY_KEYS, source, "proxy", name))
 
 
 def parse_proxy_tables(tables: dict[str, Any], source: str) -> dict[str, ProxySettings]:

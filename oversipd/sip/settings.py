@@ -1,10 +1,10 @@
-"""The `[sip]` table (SIP.md §8), validated into a frozen dataclass."""
+"""The `[sip]` and `[limits]` tables (SIP.md §8, §15), validated into frozen dataclasses."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..addresses import ListenSettings
@@ -20,12 +20,23 @@ HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    """`[limits]` (SIP.md §15): what one worker accepts before it refuses; 0 turns a rate limit off."""
+
+    max_transactions: int = 100000    # server + client transactions per worker
+    max_connections: int = 10000      # accepted TCP connections per worker
+    per_source_rate: int = 0          # requests per second per source IP
+    auth_failures: int = 10           # failed authentications per source IP per minute
+
+
+@dataclass(frozen=True)
 class SipSettings:
     listen: tuple[str, ...]
     advertised_host: str = ""
     local_domains: tuple[str, ...] = ()
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     tcp_idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
+    limits: LimitSettings = field(default_factory=LimitSettings)
 
 
 def _host(value: Any) -> str:
@@ -72,21 +83,50 @@ SIP_KEYS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def parse_sip_table(table: Any, listen: dict[str, ListenSettings], source: str) -> SipSettings:
-    """The `[sip]` table -> SipSettings; every mistake names file and key."""
+def _count(minimum: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
+        return value
+    return check
+
+
+LIMIT_KEYS: dict[str, Callable[[Any], int]] = {
+    "max_transactions": _count(1),
+    "max_connections": _count(1),
+    "per_source_rate": _count(0),
+    "auth_failures": _count(0),
+}
+
+
+def checked_values(table: dict[str, Any], checkers: dict[str, Callable[[Any], Any]],
+                   source: str, *where: str) -> dict[str, Any]:
+    """Every key of `table` known and valid, or a ConfigError naming it."""
+    values = {}
+    for key, value in table.items():
+        if key not in checkers:
+            raise ConfigError(source, toml_key(*where, key), "unknown key")
+        try:
+            values[key] = checkers[key](value)
+        except ValueError as why:
+            raise ConfigError(source, toml_key(*where, key), str(why)) from None
+    return values
+
+
+def parse_limits_table(table: Any, source: str) -> LimitSettings:
+    """The `[limits]` table -> LimitSettings; every mistake names file and key."""
+    if not isinstance(table, dict):
+        raise ConfigError(source, "limits", "expected a table [limits]")
+    return LimitSettings(**checked_values(table, LIMIT_KEYS, source, "limits"))
+
+
+def parse_sip_table(table: Any, listen: dict[str, ListenSettings], source: str,
+                    limits: LimitSettings = LimitSettings()) -> SipSettings:
+    """The `[sip]` table -> SipSettings (with the parsed `[limits]`); every mistake names file and key."""
     if not isinstance(table, dict):
         raise ConfigError(source, "sip", "expected a table [sip]")
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key == "listen":
-            continue
-        if key not in SIP_KEYS:
-            raise ConfigError(source, toml_key("sip", key), "unknown key")
-        try:
-            values[key] = SIP_KEYS[key](value)
-        except ValueError as why:
-            raise ConfigError(source, toml_key("sip", key), str(why)) from None
-    return SipSettings(listen=_listen_names(table.get("listen"), listen, source), **values)
+    values = checked_values({key: value for key, value in table.items() if key != "listen"}, SIP_KEYS, source, "sip")
+    return SipSettings(listen=_listen_names(table.get("listen"), listen, source), limits=limits, **values)
 
 
 def _listen_names(value: Any, listen: dict[str, ListenSettings], source: str) -> tuple[str, ...]:

@@ -16,9 +16,11 @@ from typing import Any
 
 from ...callbacks import SipEvents, is_cancellation
 from ...logger import Logger
+from ...resources import ResourceNotOpenError
 from .. import counters as C
 from ..syntax.errors import ParseError
 from ..syntax.message import Request as Message, parse_message
+from .limits import RETRY_AFTER_BUSY, RETRY_AFTER_RATE, Admission, Verdict
 from .request import Request
 from ..settings import SipSettings
 from .timers import TableTimer
@@ -34,6 +36,16 @@ OUR_BRANCH_MARK = OUR_BRANCH_PREFIX.encode()
 NO_HANDLER = "no SipEvents.on_request handler: every request gets 500"
 RESPONSE_START = b"SIP/2.0 "
 SUPPORTED_PROXY_REQUIRE: frozenset[str] = frozenset()
+# A request that needs a store which is not open (ResourceNotOpenError) gets
+# 503 with this Retry-After: a worker retries its store at least this often.
+RETRY_AFTER_STORE = 10
+STORE_NOT_OPEN = "a request needs a store that is not open: 503 (further ones are only counted)"
+# What each refusal of the admission control sends, and the counter it adds to.
+REFUSALS = {
+    Verdict.BUSY: (503, [("Retry-After", str(RETRY_AFTER_BUSY))], C.BUSY_503),
+    Verdict.THROTTLE: (503, [("Retry-After", str(RETRY_AFTER_RATE))], C.RATE_503),
+    Verdict.BLOCKED: (403, None, C.AUTH_403),
+}
 
 
 
@@ -50,15 +62,20 @@ class SipCore(Logger):
         self.timer = TableTimer(loop, self.on_timer)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.warned_no_handler = False
+        self.warned_store = False
         self.parser_bug_logged = False
         self._tag_prefix = os.urandom(4).hex()
         self._tag_count = 0
+        # To tags of stateless refusals carry this mark: their ACK is absorbed, not a new request.
+        self._stateless_mark = self._tag_prefix + "-"
         self.local = local
         self.proxy: Any = None   # the worker's ProxyEngine (oversipd.sip.proxy.engine), set by the service
+        self.admission = Admission(settings.limits)
         self.apply_settings(settings)
 
     def apply_settings(self, settings: SipSettings) -> None:
         self.settings = settings
+        self.admission.configure(settings.limits)
         hosts = {host for host, _ in self.local}
         if settings.advertised_host:
             hosts.add(settings.advertised_host)
@@ -119,11 +136,19 @@ class SipCore(Logger):
     def new_request(self, data: bytes, message: Message, method: str, key: Any, to_tag: str | None,
                     source: Source, address: Any) -> None:
         if method == "ACK":
+            if to_tag is not None and to_tag.startswith(self._stateless_mark):
+                self.counts[C.RETRANSMITTED] += 1   # the ACK of a stateless refusal: absorbed
+                return
             # The ACK of a 2xx (or a stray one): a request of its own, never answered.
             self.run_handler(Request(message, source, address, None, self))
             return
+        verdict = self.admission.judge(address[0], self.transaction_count(), self.loop.time())
         if method == "CANCEL":
-            self.cancel(message, key, source, address)
+            # A CANCEL of a pending INVITE is matched whatever the load: it ends a transaction.
+            self.cancel(message, key, source, address, verdict)
+            return
+        if verdict is not Verdict.ADMIT:
+            self.refuse(message, source, address, verdict)
             return
         tx = self.table.create(key, method, source.reliable, to_tag)
         request = Request(message, source, address, tx, self)
@@ -150,6 +175,28 @@ class SipCore(Logger):
                 return 420, None, [("Unsupported", ", ".join(unsupported))], b""
         return None
 
+    def transaction_count(self) -> int:
+        """Server and client transactions this worker holds (SIP.md §15's max_transactions)."""
+        return len(self.table) + (len(self.proxy.clients) if self.proxy is not None else 0)
+
+    def refuse(self, message: Message, source: Source, address: Any, verdict: Verdict) -> None:
+        """The admission control's answer: 503 / 403 sent statelessly, or silence; counted."""
+        if verdict is Verdict.SILENCE:
+            self.counts[C.RATE_DROP] += 1
+            return
+        status, headers, counter = REFUSALS[verdict]
+        self.counts[counter] += 1
+        self.reply_statelessly(message, source, address, status, headers)
+
+    def reply_statelessly(self, message: Message, source: Source, address: Any, status: int,
+                          headers: list | None) -> None:
+        """A final response without a transaction: a retransmission gets another one, the ACK is absorbed."""
+        request = Request(message, source, address, None, self)
+        if message.to.tag is None:
+            self._tag_count += 1
+            request._to_tag = f"{self._stateless_mark}{self._tag_count:x}"
+        self.send_reply(request, status, None, headers, b"")
+
     def reject(self, error: ParseError, source: Source, address: Any) -> None:
         """A message that does not parse: 400 (or its status) when a request can be answered, else dropped."""
         request = error.request
@@ -162,17 +209,22 @@ class SipCore(Logger):
         except Exception:
             self.counts[C.DROPPED] += 1
 
-    def cancel(self, message: Message, key: Any, source: Source, address: Any) -> None:
+    def cancel(self, message: Message, key: Any, source: Source, address: Any, verdict: Verdict) -> None:
         """RFC 3261 §9.2: 200 to the CANCEL and 487 to its INVITE, if it is still pending; 481 without one."""
-        tx = self.table.create(key, "CANCEL", source.reliable, message.to.tag)
-        request = Request(message, source, address, tx, self)
         top = message.top_via
         invite_key = transaction_key("INVITE", top.branch, (top.host, top.port),
                                      lambda: _rfc2543_fields(message))
         invite = self.table.transactions.get(invite_key)
         if invite is None:
-            self.send_reply(request, 481, None, None, b"")
+            if verdict is Verdict.ADMIT:
+                request = Request(message, source, address, self.table.create(key, "CANCEL", source.reliable,
+                                                                                message.to.tag), self)
+                self.send_reply(request, 481, None, None, b"")
+            elif verdict is not Verdict.SILENCE:   # refused: no transaction for a CANCEL of nothing
+                self.reply_statelessly(message, source, address, 481, None)
             return
+        tx = self.table.create(key, "CANCEL", source.reliable, message.to.tag)
+        request = Request(message, source, address, tx, self)
         self.send_reply(request, 200, None, None, b"")
         pending = invite.owner
         if pending is not None and pending._proxy is not None:
@@ -220,6 +272,9 @@ class SipCore(Logger):
             self.send_reply(request, 500, None, None, b"")
 
     def handler_failed(self, request: Request, error: BaseException) -> None:
+        if isinstance(error, ResourceNotOpenError):
+            self.store_not_open(request)
+            return
         self.log_system_error(f"SipEvents.on_request raised on {request!r}:")
         self.log_system_error(error)
         if not request._final_sent and request.message.method != "ACK" and request._proxy is None:
@@ -227,6 +282,16 @@ class SipCore(Logger):
                 self.send_reply(request, 500, None, None, b"")
             except Exception as again:
                 self.log_system_error(again)
+
+    def store_not_open(self, request: Request) -> None:
+        """SIP.md §15: a request that needs a store which is not open (yet, or again) gets 503, not 500."""
+        if not self.warned_store:   # the store's own retries log why; a flood must not fill the log
+            self.warned_store = True
+            self.log_system_warn(STORE_NOT_OPEN)
+        if request._final_sent or request.message.method == "ACK" or request._proxy is not None:
+            return
+        self.counts[C.STORE_503] += 1
+        self.send_reply(request, 503, None, [("Retry-After", str(RETRY_AFTER_STORE))], b"")
 
     # --- responses -----------------------------------------------------------------
 

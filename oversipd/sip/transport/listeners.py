@@ -75,6 +75,7 @@ class UdpListener:
             try:
                 data, address = recvfrom(size)
             except (BlockingIOError, InterruptedError):
+                self.core.admission.read_udp(self, True, self.loop.time())
                 return
             except OSError:   # e.g. ECONNREFUSED reported for an earlier sendto: nothing to read
                 continue
@@ -86,6 +87,17 @@ class UdpListener:
                 self.not_sip(data, address)
                 continue
             receive(data, self, address)
+        # A whole batch: is more waiting?  Then the worker may be behind (admission control).
+        self.core.admission.read_udp(self, not self.more_waiting(), self.loop.time())
+
+    def more_waiting(self) -> bool:
+        try:
+            self.sock.recvfrom(1, socket.MSG_PEEK)   # non-blocking; leaves the datagram queued
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:   # an error queued for an earlier sendto: something is there
+            return True
+        return True
 
     def not_sip(self, data: bytes, address: Any) -> None:
         """A keep-alive (RFC 5626 §4.4): CRLFs are ignored, a STUN Binding request answered."""
@@ -248,8 +260,16 @@ class AcceptedConnection(TcpConnection):
         self.unread = unread     # what that worker had read but not framed yet
         self.left_open = False   # handed over, or left to this slot's next worker: closing ours must not end it
         self.server: TcpListener = server
+        self.admitted = False    # counted in the worker's connections (SIP.md §15 max_connections)
 
     def connection_made(self, channel: asyncio.BaseTransport) -> None:
+        # A new connection beyond max_connections is closed at once; one adopted
+        # from this slot's previous worker (flow_id given) is already ours.
+        if not self.core.admission.admit_connection(adopted=self.flow_id is not None):
+            self.core.counts[C.CONN_REFUSED] += 1
+            channel.abort()  # type: ignore[attr-defined]
+            return
+        self.admitted = True
         super().connection_made(channel)
         self.flow_id = self.server.flows.opened(self)
         self.flow = (self.server.flows.slot_id, self.flow_id)
@@ -270,6 +290,9 @@ class AcceptedConnection(TcpConnection):
                 self.idle_timer.cancel()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.core.admission.connection_ended()
         if self.flow_id is not None:
             sock = None if self.left_open or self.channel is None else self.channel.get_extra_info("socket")
             self.server.flows.closed(self.flow_id, sock, release=not self.left_open)

@@ -31,7 +31,7 @@ import asyncmy
 from asyncmy.connection import Connection
 from asyncmy.errors import MySQLError, OperationalError
 
-from oversipd import Launcher, Logger, ResourceError
+from oversipd import Launcher, Logger, ResourceError, ResourceNotOpenError
 from oversipd.resources import NamedPools, pool_settings_problem, worker_label
 
 __all__ = ["add_pool", "pool", "Pool", "UnknownPoolError", "PoolNotOpenError", "ServerUnavailableError",
@@ -73,7 +73,7 @@ class UnknownPoolError(LookupError):
     """`pool(name)` for a name no `add_pool` declared."""
 
 
-class PoolNotOpenError(RuntimeError):
+class PoolNotOpenError(ResourceNotOpenError):
     """`pool(name)` in a process where that pool is not open (the master, or before on_started)."""
 
 

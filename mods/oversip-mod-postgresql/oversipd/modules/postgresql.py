@@ -29,7 +29,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from oversipd import Launcher, Logger, ResourceError
+from oversipd import Launcher, Logger, ResourceError, ResourceNotOpenError
 from oversipd.resources import NamedPools, pool_settings_problem, worker_label
 
 __all__ = ["add_pool", "pool", "UnknownPoolError", "PoolNotOpenError", "DEFAULT_POOL_SIZE"]
@@ -56,7 +56,7 @@ class UnknownPoolError(LookupError):
     """`pool(name)` for a name no `add_pool` declared."""
 
 
-class PoolNotOpenError(RuntimeError):
+class PoolNotOpenError(ResourceNotOpenError):
     """`pool(name)` in a process where that pool is not open (the master, or before on_started)."""
 
 
