@@ -151,7 +151,7 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
     sip = _sip_table(document, listen, source)
     dns, proxies = _proxy_tables(document, source)
     for name in document:
-        if name not in ("core", "modules", "listen", "sip", "dns", "proxy"):
+        if name not in ("core", "modules", "listen", "sip", "dns", "proxy", "tls", "websocket"):
             raise ConfigError(source, toml_key(name), "unknown table or key")
 
     raw: dict[str, Any] = {}
@@ -196,7 +196,7 @@ def _sip_table(document: dict[str, Any], listen: dict[str, ListenSettings], sour
     if "sip" not in document:
         return None
     from .sip.settings import parse_sip_table
-    return parse_sip_table(document["sip"], listen, source)
+    return parse_sip_table(document["sip"], listen, source, document.get("tls"), document.get("websocket"))
 
 
 def _proxy_tables(document: dict[str, Any], source: str) -> "tuple[DnsSettings | None, dict[str, ProxySettings]]":

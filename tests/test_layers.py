@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "oversipd"
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["errors", "process", "logger", "altstack", "systemd", "control", "callbacks",
                     "forking", "modules"]),
-    ("configuration", ["addresses", "settings", "sip.settings", "sip.proxy_settings", "sip.counters",
+    ("configuration", ["addresses", "settings", "sip.settings", "sip.transport_settings", "sip.proxy_settings", "sip.counters",
                        "heartbeat", "pidfile", "privileges", "activation", "launcher", "kept"]),
     ("mechanisms", ["reexec", "listeners", "resources", "loader", "daemonize", "slots"]),
     ("sip syntax", ["sip.syntax"]),
