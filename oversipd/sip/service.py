@@ -53,6 +53,10 @@ def prepare_master_state(settings: "Settings") -> None:
     global _counters
     assert settings.sip is not None
     proxy.configure(settings.proxies, settings.dns)   # a server script may make its Proxy at import
+    if any(scheme in ("tls", "ws", "wss") for scheme in settings.sip.schemes):
+        # Imported before the fork (a worker may have dropped privileges), and
+        # only by configurations that use them: websockets costs start-up time.
+        from .transport import tls, websocket  # noqa: F401
     if any(settings.listen[name].host in WILDCARDS for name in settings.sip.listen):
         _interface_addresses.update(_machine_addresses())
     path = counters_path(settings.core.pid_file)
@@ -112,16 +116,27 @@ class WorkerSip:
                 self.listeners.append(listener)
                 by_transport.setdefault("udp", address)
             else:
-                tcp = self.tcp_listeners[name] = TcpListener(name, listeners.listen_socket(name), core, self.loop,
-                                                             flows)
-                await tcp.start()
-                self.listeners.append(tcp)
-                by_transport.setdefault("tcp", address)
+                scheme = self.settings.listen[name].scheme
+                stream = self.tcp_listeners[name] = self.stream_listener(name, scheme, flows)
+                await stream.start()
+                self.listeners.append(stream)
+                by_transport.setdefault(scheme, address)
         proxy.configure(self.settings.proxies, self.settings.dns)
         core.proxy = proxy.ProxyEngine(core, self.slot_id, udp_listeners, by_transport, self.loop, flows,
                                        self.generation)
         await self.adopt_flows()
         core.proxy.start_relay()
+
+    def stream_listener(self, name: str, scheme: str, flows: FlowTable) -> TcpListener:
+        """A tcp, tls, ws or wss listener: the same accepting socket, another connection (SIP.md §12)."""
+        assert self.core is not None and self.settings.sip is not None
+        sock = listeners.listen_socket(name)
+        if scheme == "tcp":
+            return TcpListener(name, sock, self.core, self.loop, flows)
+        from .transport import tls, websocket   # the ssl and websockets imports only where they serve
+        context = tls.server_context(self.settings.sip.tls) if scheme in ("tls", "wss") else None
+        connection = tls.TlsConnection if scheme == "tls" else websocket.connection_class(scheme)
+        return TcpListener(name, sock, self.core, self.loop, flows, connection, context)
 
     async def adopt_flows(self) -> None:
         """The connections this slot's dead worker held: read on here, the peers saw nothing."""

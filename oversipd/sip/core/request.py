@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from ..syntax.uri import NameAddr, SipUri, Via
 
 DEFAULT_MAX_FORWARDS = 70
+SECURE_TRANSPORTS = ("tls", "wss")
+WEBSOCKET_TRANSPORTS = ("ws", "wss")
 
 
 class Core(Protocol):
@@ -52,7 +54,7 @@ class Request:
         self._cancelled = False       # a CANCEL was answered 487 for us
         self._destination: Any = None  # where responses go; set (and the Via stamped) at the first reply
         self._proxy: Any = None        # the proxy's Forward once route() took it
-        self._flow: tuple[int, int] | None = None   # (slot, flow id) named by a Route loose_route() removed
+        self._flow: tuple[int, int, str] | None = None   # (slot, flow id, transport) of a Route loose_route() removed
 
     # --- what came in -----------------------------------------------------------
 
@@ -103,6 +105,20 @@ class Request:
     @property
     def transport(self) -> str:
         return self.source.transport
+
+    @property
+    def secure(self) -> bool:
+        """It came over TLS (tls, wss)."""
+        return self.source.transport in SECURE_TRANSPORTS
+
+    @property
+    def websocket(self) -> bool:
+        return self.source.transport in WEBSOCKET_TRANSPORTS
+
+    @property
+    def connection(self) -> Any:
+        """The client's connection it came over (its `cvars`, `close()`, ...), None over UDP."""
+        return None if self.source.transport == "udp" else self.source
 
     @property
     def source_ip(self) -> str:
@@ -196,7 +212,7 @@ class Request:
             removed = True
             flow = flows.decode(uri.user)
             if flow is not None and flow[1] != getattr(self.source, "flow_id", None):
-                self._flow = flow
+                self._flow = (*flow, (uri.transport or "tcp").lower())
         return removed
 
     def _top_route_if_ours(self) -> "SipUri | None":

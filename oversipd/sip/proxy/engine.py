@@ -233,7 +233,7 @@ class ProxyEngine(Logger):
         request = forward.request
         # A client's connection: the Route toward it names its flow (oversipd.sip.transport.flows).
         self.headers.add(message, forward.proxy.settings.do_record_routing, request.transport,
-                         request.source.flow_id if request.transport == "tcp" else None, target.transport, branch)
+                         getattr(request.source, "flow_id", None), target.transport, branch)
         data = message.to_bytes()
         settings = forward.proxy.settings
         timeout = settings.timer_B if forward.is_invite else settings.timer_F

@@ -1,10 +1,11 @@
-"""Flows (RFC 5626 style): a client's TCP connection, reachable later from any worker.
+"""Flows (RFC 5626 style): a client's connection (tcp, tls, ws, wss), reachable later from any worker.
 
 A client behind NAT can be reached only over the connection it opened.
-Each accepted TCP connection is a flow: a random 64-bit id, registered in
-the worker that accepted it and handed to the master to keep
-(oversipd.kept), so that it survives that worker's crash and is adopted by
-the worker respawned in the slot.  The proxy writes a flow token naming the
+Each accepted connection is a flow: a random 64-bit id, registered in
+the worker that accepted it.  A plain TCP one is handed to the master to
+keep (oversipd.kept), so that it survives that worker's crash and is
+adopted by the worker respawned in the slot; a TLS or WebSocket one holds
+state only its worker has, and dies with it (its requests then get 430).  The proxy writes a flow token naming the
 slot and the flow into the user part of its Record-Route or Path; a later
 request routed through that Route leaves over the connection: directly when
 this worker holds it, else passed to the slot's worker over the relay
@@ -104,7 +105,7 @@ class FlowTable:
         adopted = connection.flow_id is not None
         flow_id = connection.flow_id if adopted else new_flow_id()
         self.connections[flow_id] = connection
-        if not adopted:   # the master holds a duplicate of an adopted one already
+        if not adopted and connection.kept_by_master:   # the master holds a duplicate of an adopted one already
             kept.keep(kept_key(connection.server.name, flow_id), connection.channel.get_extra_info("socket"))
         return flow_id
 
@@ -123,7 +124,7 @@ class FlowTable:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if connection is not None and release:
+        if connection is not None and release and connection.kept_by_master:
             kept.release(kept_key(connection.server.name, flow_id))
 
     def token(self, flow_id: int) -> str:
@@ -143,7 +144,6 @@ class FlowTable:
 class RelayedFlow:
     """A flow held by another slot's worker, as a place to send to: what is sent goes over the relay."""
 
-    transport = "tcp"
     # The hop to the holding worker is a datagram that dies with that worker
     # if it crashes before reading it: retransmitted as over UDP (the client
     # absorbs a duplicate over TCP like any retransmission).
@@ -152,6 +152,10 @@ class RelayedFlow:
     def __init__(self, engine: Any, target: FlowTarget) -> None:
         self.engine = engine
         self.target = target
+
+    @property
+    def transport(self) -> str:
+        return self.target.transport
 
     def send(self, data: bytes, address: Any) -> bool:
         return self.engine.pass_to_flow(self.target, data)
