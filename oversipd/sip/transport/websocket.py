@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request as HttpUpgrade, Response
+from websockets.http11 import Request as HttpUpgrade
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -26,6 +26,7 @@ from .tls import run_user_event, start_after_handshake_event
 
 SUBPROTOCOL = "sip"        # RFC 7118 §4
 CLOSE_NORMAL = 1000
+WS_VERSION = "13"
 DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY)
 
 
@@ -136,7 +137,12 @@ class WsConnection(AcceptedConnection):
         self.server.spawn(event())
 
     def answer_upgrade(self, upgrade: HttpUpgrade) -> None:
-        response: Response = self.ws.accept(upgrade)
+        if upgrade.headers.get("Sec-WebSocket-Version") != WS_VERSION:
+            # RFC 6455 §4.4: 426 and the version we speak (websockets says 400).
+            response = self.ws.reject(426, "Upgrade Required\n")
+            response.headers["Sec-WebSocket-Version"] = WS_VERSION
+        else:
+            response = self.ws.accept(upgrade)
         if response.status_code == 101 and self.rejection is not None:
             response = self.ws.reject(*self.rejection)
         self.ws.send_response(response)
