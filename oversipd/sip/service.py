@@ -118,12 +118,15 @@ class WorkerSip:
             else:
                 scheme = self.settings.listen[name].scheme
                 stream = self.tcp_listeners[name] = self.stream_listener(name, scheme, flows)
-                await stream.start()
                 self.listeners.append(stream)
                 by_transport.setdefault(scheme, address)
         proxy.configure(self.settings.proxies, self.settings.dns)
         core.proxy = proxy.ProxyEngine(core, self.slot_id, udp_listeners, by_transport, self.loop, flows,
                                        self.generation)
+        # Accepting yields to the loop, where the UDP sockets are read already:
+        # only once the proxy engine is there (a request would find none).
+        for stream in self.tcp_listeners.values():
+            await stream.start()
         await self.adopt_flows()
         core.proxy.start_relay()
 

@@ -54,7 +54,7 @@ class Request:
         self._cancelled = False       # a CANCEL was answered 487 for us
         self._destination: Any = None  # where responses go; set (and the Via stamped) at the first reply
         self._proxy: Any = None        # the proxy's Forward once route() took it
-        self._flow: tuple[int, int, str] | None = None   # (slot, flow id, transport) of a Route loose_route() removed
+        self._flow: tuple[int, int, str] | None = None   # (slot, flow id, transport) named by a Route loose_route() removed
 
     # --- what came in -----------------------------------------------------------
 
@@ -212,7 +212,7 @@ class Request:
             removed = True
             flow = flows.decode(uri.user)
             if flow is not None and flow[1] != getattr(self.source, "flow_id", None):
-                self._flow = (*flow, (uri.transport or "tcp").lower())
+                self._flow = flow
         return removed
 
     def _top_route_if_ours(self) -> "SipUri | None":

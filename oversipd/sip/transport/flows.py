@@ -37,7 +37,12 @@ from ... import kept
 
 TOKEN_PREFIX = "ovf"
 FLOW_FAILED = (430, "Flow Failed")
-_PACKED = struct.Struct(">HQ")        # slot, flow id
+_PACKED = struct.Struct(">HQ")        # transport and slot, flow id
+# A Path is written for the registrar's side: the token, not the URI's
+# transport parameter, tells what the client's connection is.  Its two
+# top bits of the slot field carry it (the token keeps its length).
+TRANSPORTS = ("tcp", "tls", "ws", "wss")
+_SLOT_BITS = 14
 _MAC_BYTES = 8
 _SECRET = os.urandom(32)
 
@@ -51,14 +56,14 @@ def new_flow_id() -> int:
     return int.from_bytes(os.urandom(8), "big")
 
 
-def token(slot_id: int, flow_id: int) -> str:
-    packed = _PACKED.pack(slot_id, flow_id)
+def token(slot_id: int, flow_id: int, transport: str = "tcp") -> str:
+    packed = _PACKED.pack(TRANSPORTS.index(transport) << _SLOT_BITS | slot_id, flow_id)
     mac = hmac.new(_SECRET, packed, hashlib.sha256).digest()[:_MAC_BYTES]
     return TOKEN_PREFIX + base64.urlsafe_b64encode(packed + mac).decode()
 
 
-def decode(user: str | None) -> tuple[int, int] | None:
-    """(slot, flow id) named by a URI's user part, or None when it is not a token of ours."""
+def decode(user: str | None) -> tuple[int, int, str] | None:
+    """(slot, flow id, transport) named by a URI's user part, or None when it is not a token of ours."""
     if not user or not user.startswith(TOKEN_PREFIX):
         return None
     try:
@@ -70,8 +75,8 @@ def decode(user: str | None) -> tuple[int, int] | None:
     packed, mac = raw[:_PACKED.size], raw[_PACKED.size:]
     if not hmac.compare_digest(mac, hmac.new(_SECRET, packed, hashlib.sha256).digest()[:_MAC_BYTES]):
         return None
-    slot_id, flow_id = _PACKED.unpack(packed)
-    return slot_id, flow_id
+    field, flow_id = _PACKED.unpack(packed)
+    return field & ((1 << _SLOT_BITS) - 1), flow_id, TRANSPORTS[field >> _SLOT_BITS]
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,9 @@ class FlowTable:
         """The token naming one of our flows, for the user part of our Route toward its client."""
         made = self.tokens.get(flow_id)
         if made is None:
-            made = self.tokens[flow_id] = token(self.slot_id, flow_id)
+            connection = self.connections.get(flow_id)
+            transport = "tcp" if connection is None else connection.transport
+            made = self.tokens[flow_id] = token(self.slot_id, flow_id, transport)
         return made
 
     def get(self, flow_id: int) -> Any:
