@@ -162,3 +162,108 @@ def test_a_tls_flow_dies_with_its_worker_and_a_reconnected_client_is_served(over
             again.close()
     finally:
         caller.close()
+
+
+class TlsPeer:
+    """A TLS SIP server (the next hop): accepts connections, answers 200 to every request, counts connections."""
+
+    def __init__(self, pki, name: str = "127.0.0.1") -> None:
+        import socket
+        import ssl
+        import threading
+        leaf = pki.ca.issue_cert(name)
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        leaf.configure_cert(self.context)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.received: list[Message] = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        import threading
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve_connection, args=(raw,), daemon=True).start()
+
+    def serve_connection(self, raw) -> None:
+        try:
+            sock = self.context.wrap_socket(raw, server_side=True)
+        except OSError:
+            raw.close()
+            return
+        self.connections += 1
+        reader = StreamReader(sock)
+        try:
+            while True:
+                request = parse_message(reader.message())
+                self.received.append(request)
+                sock.sendall(request.make_response(200, to_tag="tlspeer").to_bytes())
+        except (EOFError, OSError):
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def sips_message(caller: UdpClient, peer_port: int, call_id: str) -> bytes:
+    return request_bytes("MESSAGE", port=peer_port, via_port=caller.port, call_id=call_id).replace(
+        b"MESSAGE sip:", b"MESSAGE sips:", 1)
+
+
+def test_a_sips_target_leaves_over_tls_on_one_reused_connection(oversipd_daemon, pki):
+    server = secure_proxy(oversipd_daemon, pki)
+    peer = TlsPeer(pki)
+    caller = UdpClient(server)
+    try:
+        for number in range(3):
+            caller.send(sips_message(caller, peer.port, f"sips-{number}"))
+            assert final_status(caller) == 200
+        assert peer.connections == 1
+        assert {request.via[0].transport for request in peer.received} == {"TLS"}
+        assert {request.via[0].port for request in peer.received} == {server.port_of("tls")}
+    finally:
+        caller.close()
+        peer.close()
+
+
+@pytest.mark.parametrize("verify_server, status", [(True, 503), (False, 200)])
+def test_a_server_certificate_for_another_name_is_refused_per_verify_server(oversipd_daemon, pki,
+                                                                           verify_server, status):
+    server = secure_daemon(oversipd_daemon, pki, script=FLOW_SCRIPT, tls={"verify_server": verify_server},
+                           extra_tables={"proxy.proxy_out": PROFILE})
+    peer = TlsPeer(pki, name="sip.example.org")
+    caller = UdpClient(server)
+    try:
+        caller.send(sips_message(caller, peer.port, "wrong-name"))
+        assert final_status(caller) == status
+    finally:
+        caller.close()
+        peer.close()
+
+
+def test_the_server_tls_handshake_event_may_close_the_connection(oversipd_daemon, pki):
+    script = FLOW_SCRIPT + """
+from oversipd import SipEvents
+
+@SipEvents.on_server_tls_handshake
+def on_server_tls(connection, certificates):
+    record("server_tls", transport=connection.transport, certificates=len(certificates))
+    connection.close()
+"""
+    profile = {**PROFILE, "callback_on_server_tls_handshake": True}
+    server = secure_daemon(oversipd_daemon, pki, script=script, extra_tables={"proxy.proxy_out": profile})
+    peer = TlsPeer(pki)
+    caller = UdpClient(server)
+    try:
+        caller.send(sips_message(caller, peer.port, "refused-by-script"))
+        assert final_status(caller) == 503
+        assert server.daemon.wait_events("server_tls")[0]["certificates"] == 1
+        assert peer.received == []
+    finally:
+        caller.close()
+        peer.close()

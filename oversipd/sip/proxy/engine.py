@@ -222,7 +222,8 @@ class ProxyEngine(Logger):
 
     async def send_to(self, forward: Forward, target: Target) -> bool:
         try:
-            source, address = await self.transport_for(target)
+            source, address = await self.transport_for(target, forward.destination.host,
+                                                       forward.proxy.settings.callback_on_server_tls_handshake)
         except OSError as error:
             self.log_system_info(f"cannot reach {target.transport}:{target.ip}:{target.port}: {error}")
             return False
@@ -257,7 +258,7 @@ class ProxyEngine(Logger):
         lower_max_forwards(message)
         try:
             targets = await self.resolver.resolve(_destination_of(destination), proxy.settings)
-            source, address = await self.transport_for(targets[0])
+            source, address = await self.transport_for(targets[0], destination.host)
         except (DnsError, OSError) as error:
             self.log_system_info(f"an ACK for {destination} is dropped: {error}")
             _finish(future, None)
@@ -268,11 +269,14 @@ class ProxyEngine(Logger):
 
     # --- transports out -------------------------------------------------------------
 
-    async def transport_for(self, target: Target | FlowTarget) -> tuple[Any, Any]:
+    async def transport_for(self, target: Target | FlowTarget, host: str | None = None,
+                            tls_event: bool = False) -> tuple[Any, Any]:
+        """Something to send through toward `target`; `host` is the name a TLS server must prove."""
         if isinstance(target, FlowTarget):
             return self.flow_source(target)
         address = (target.ip, target.port)
-        return await self.next_hops.source_for(target.transport, address), address
+        return await self.next_hops.source_for(target.transport, address, (host or "").strip("[]") or None,
+                                               tls_event), address
 
     def flow_source(self, target: FlowTarget) -> tuple[Any, Any]:
         """The connection of a flow: ours, or another slot's reached over the relay."""
