@@ -24,13 +24,25 @@ $(STAMP): setup.cfg setup.py pyproject.toml Makefile oversipd/sip/syntax/_speedu
 .PHONY: venv
 venv: $(STAMP)
 
+# oversipd.conf's wss listener (SIP.md §12) needs a certificate: a
+# self-signed one for localhost, made once, in a git-ignored directory.
+# Your own: point [tls] certificate / private_key of oversipd.conf at it.
+RUN_TLS := run-tls
+RUN_CERT := $(RUN_TLS)/cert.pem
+$(RUN_CERT):
+	mkdir -p $(RUN_TLS)
+	openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj /CN=localhost \
+	  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+	  -keyout $(RUN_TLS)/key.pem -out $(RUN_CERT) 2>/dev/null
+	chmod 600 $(RUN_TLS)/key.pem
+
 # git does not keep directory modes: a checkout made under umask 002 would
 # leave modules.d group-writable, and oversipd refuses that (StrictModes).
-run: $(STAMP)
+run: $(STAMP) $(RUN_CERT)
 	chmod go-w modules.d modules.d/*.py
 	$(VENV)/bin/oversipd run -c oversipd.conf
 
-check: $(STAMP)
+check: $(STAMP) $(RUN_CERT)
 	chmod go-w modules.d modules.d/*.py
 	$(VENV)/bin/oversipd check -c oversipd.conf
 

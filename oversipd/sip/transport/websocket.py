@@ -12,6 +12,7 @@ flow that dies with it (docs/tls-websocket.md).
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -25,6 +26,10 @@ from .listeners import AcceptedConnection
 from .tls import run_user_event, start_after_handshake_event
 
 SUBPROTOCOL = "sip"        # RFC 7118 §4
+# websockets logs every frame, SIP content included, at DEBUG (and formats
+# it whenever DEBUG is enabled): our log_level = "debug" must not mean that.
+_protocol_log = logging.getLogger("oversipd.websocket.frames")
+_protocol_log.setLevel(logging.INFO)
 CLOSE_NORMAL = 1000
 WS_VERSION = "13"
 DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY)
@@ -55,7 +60,7 @@ class WsConnection(AcceptedConnection):
         settings = self.core.settings.websocket
         self.settings = settings
         self.ws = ServerProtocol(subprotocols=[SUBPROTOCOL], origins=list(settings.allowed_origins) or None,
-                                 max_size=settings.max_message_size)
+                                 max_size=settings.max_message_size, logger=_protocol_log)
         self.upgraded = False
         self.rejection: tuple[int, str] | None = None   # set by connection.reject()
         self.fragments: list[bytes] = []
