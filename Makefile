@@ -177,6 +177,12 @@ bench-db: $(BENCH_DB_STAMP) mariadb-server postgresql-server
 bench-sip-parse: $(BENCH_STAMP)
 	$(BENCH_PY) bench/sip_parse.py $(BENCH_SIP_PARSE_ARGS)
 
+# --- WebSocket frames (issue 19): websockets next to wsproto, sans-I/O -----------------
+# µs per 1 KB SIP message: a masked client frame parsed, a text frame serialised.
+.PHONY: bench-ws-frames
+bench-ws-frames: $(BENCH_STAMP)
+	$(BENCH_PY) bench/ws_frames.py $(BENCH_ARGS)
+
 # --- CPU per SIP message in one worker's core, in-process (issue 11) ---------------
 # A proxied call (INVITE/180/200/ACK/BYE/200) and OPTIONS through SipCore and
 # the ProxyEngine on real UDP sockets; --stages says where the time goes.
