@@ -112,3 +112,16 @@ def test_a_missing_certificate_is_a_configuration_error_naming_the_file(oversipd
     result = server.daemon.run_command("check", "-c", str(server.daemon.conf_path))
     assert result.returncode == 2
     assert "tls.certificate" in result.stderr and str(missing) in result.stderr
+
+
+def test_a_reload_serves_a_renewed_certificate_to_new_connections(oversipd_daemon, pki, tmp_path):
+    own = make_pki(tmp_path)   # its own files: the module's pki is shared
+    server = secure_daemon(oversipd_daemon, own)
+    with tls_connect(server, own.client_context()) as sock:
+        assert stream_options(sock, "TLS").status == 200
+    renewed = make_pki(tmp_path)   # another CA, written over the same files
+    server.daemon.reload()
+    with tls_connect(server, renewed.client_context()) as sock:
+        assert stream_options(sock, "TLS").status == 200
+    with pytest.raises(ssl.SSLCertVerificationError):
+        tls_connect(server, own.client_context())

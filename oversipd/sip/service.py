@@ -174,6 +174,23 @@ class WorkerSip:
             self.settings = settings
             self.core.apply_settings(settings.sip)
             proxy.configure(settings.proxies, settings.dns)
+            self.renew_tls(settings.sip)
+
+    def renew_tls(self, sip: "SipSettings") -> None:
+        """At a reload, [tls] read anew (the files too): a renewed certificate needs no restart.
+
+        New connections get it; CAs once loaded stay trusted until a restart
+        (an ssl context only adds them).
+        """
+        from .transport import tls
+        for listener in self.tcp_listeners.values():
+            if listener.ssl_context is not None:
+                try:
+                    tls.renew_server_context(listener.ssl_context, sip.tls)
+                except (OSError, ValueError) as error:   # ssl.SSLError is an OSError; files changed since the check
+                    _log.log_system_error(f"[tls] not renewed on {listener.name}, the old one serves on: {error}")
+        if self.core is not None and self.core.proxy is not None:
+            self.core.proxy.next_hops.tls_context = None   # made anew at the next outgoing connection
 
     def stop_reading(self) -> None:
         """A newer generation serves: read no new request here.

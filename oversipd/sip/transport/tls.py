@@ -27,12 +27,17 @@ VERIFY_CLIENT = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required
 def server_context(settings: TlsSettings) -> ssl.SSLContext:
     """Our listeners' side: our chain, and the client certificates per verify_client."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    renew_server_context(context, settings)
+    return context
+
+
+def renew_server_context(context: ssl.SSLContext, settings: TlsSettings) -> None:
+    """The listener's context in place (asyncio's server holds it): what a reload changed in [tls]."""
     context.minimum_version = VERSIONS[settings.minimum_version]
     context.load_cert_chain(settings.certificate, settings.private_key)
     context.verify_mode = VERIFY_CLIENT[settings.verify_client]
     if settings.verify_client != "none":
         _load_cas(context, settings)
-    return context
 
 
 def client_context(settings: TlsSettings) -> ssl.SSLContext:
