@@ -8,6 +8,7 @@ MOD_PG := mods/oversip-mod-postgresql
 MOD_PG_STAMP := $(VENV)/.installed-mod-postgresql
 MOD_MYSQL := mods/oversip-mod-mysql
 MOD_MYSQL_STAMP := $(VENV)/.installed-mod-mysql
+JS_TEST_STAMP := tests/js/node_modules/.installed
 
 .PHONY: run test check clean
 
@@ -46,7 +47,7 @@ check: $(STAMP) $(RUN_CERT)
 	chmod go-w modules.d modules.d/*.py
 	$(VENV)/bin/oversipd check -c oversipd.conf
 
-test: $(STAMP) $(MOD_PG_STAMP) $(MOD_MYSQL_STAMP) postgresql-server mariadb-server dnsmasq-base sip-tester service-test-deps
+test: $(STAMP) $(MOD_PG_STAMP) $(MOD_MYSQL_STAMP) postgresql-server mariadb-server dnsmasq-base sip-tester service-test-deps kamailio-server $(JS_TEST_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # oversip-mod-postgresql: a distribution of its own, installed (editable)
@@ -105,6 +106,17 @@ dnsmasq-base:
 sip-tester:
 	@command -v sipp >/dev/null 2>&1 || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester; }
+
+# tests/test_sip_jssip.py runs JsSIP under Node (SIP.md §12): Debian's nodejs
+# and npm when missing, then the packages pinned in tests/js/package-lock.json.
+.PHONY: nodejs
+nodejs:
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+
+$(JS_TEST_STAMP): tests/js/package.json tests/js/package-lock.json | nodejs
+	npm ci --prefix tests/js --no-audit --no-fund --silent
+	touch $@
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build dist *.egg-info .pytest_cache
