@@ -8,6 +8,9 @@ test_sip_flows.py.
 from __future__ import annotations
 
 import contextlib
+import socket
+import ssl
+import threading
 
 import pytest
 
@@ -15,7 +18,8 @@ from oversipd.sip.syntax.message import Request as Message, parse_message
 
 from secure_helpers import make_pki, secure_daemon, tls_connect, ws_client
 from sip_helpers import CLIENT_TIMEOUT, StreamReader, UdpClient, request_bytes
-from test_sip_flows import FLOW_SCRIPT, PROFILE, UNREACHABLE_CONTACT, final_status, message_for_client
+from test_sip_flows import (FLOW_SCRIPT, PROFILE, UNREACHABLE_CONTACT, final_status, message_for_client,
+                            messages_until_both_workers_routed)
 from test_sip_proxy import Peer
 
 
@@ -38,6 +42,7 @@ class SecureUser:
         self.scheme = scheme
         self.server = server
         self.closing = contextlib.ExitStack()
+        self.answering: threading.Thread | None = None
         if scheme == "tls":
             self.sock = tls_connect(server, pki.client_context())
             self.reader = StreamReader(self.sock)
@@ -78,11 +83,28 @@ class SecureUser:
         self.send(request.make_response(200, to_tag="secure").to_bytes())
         return request
 
+    def answer_everything(self) -> None:
+        """From now on, in a thread: 200 to every request that reaches us, until the connection ends."""
+        def serve() -> None:
+            try:
+                while True:
+                    self.answer_one()
+            except Exception:   # the end of the connection, whichever way the client library says it
+                return
+        self.answering = threading.Thread(target=serve, daemon=True)
+        self.answering.start()
+
     def close(self) -> None:
         if self.scheme == "tls":
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)   # wakes an answering thread's read; close() alone does not
+            except OSError:
+                pass
             self.sock.close()
         else:
             self.closing.close()
+        if self.answering is not None:
+            self.answering.join(CLIENT_TIMEOUT)
 
 
 def secure_proxy(oversipd_daemon, pki, workers: int = 1):
@@ -104,6 +126,34 @@ def test_a_registered_client_is_reached_over_its_connection(oversipd_daemon, pki
         assert reached.via[0].port == server.port_of(scheme)
         assert final_status(caller) == 200
         caller.close()
+    finally:
+        user.close()
+
+
+@pytest.mark.parametrize("scheme", ["tls", "wss"])
+def test_a_client_is_reached_from_every_worker_over_the_relay(oversipd_daemon, pki, registrar, scheme):
+    server = secure_proxy(oversipd_daemon, pki, workers=2)
+    user = SecureUser(server, scheme, pki)
+    try:
+        path = user.register(registrar).header("path")
+        user.answer_everything()
+        statuses = messages_until_both_workers_routed(server, path, f"relay-{scheme}")
+        assert statuses == [200] * len(statuses)
+    finally:
+        user.close()
+
+
+@pytest.mark.parametrize("scheme", ["tls", "ws", "wss"])
+def test_a_message_from_a_secure_client_is_proxied_and_answered(oversipd_daemon, pki, peer_udp, scheme):
+    server = secure_proxy(oversipd_daemon, pki)
+    user = SecureUser(server, scheme, pki)
+    try:
+        user.request("MESSAGE", peer_udp.port, call_id=f"out-{scheme}", body=b"hi")
+        message = peer_udp.receive_method("MESSAGE")
+        assert message.body == b"hi" and message.via[0].transport == "UDP"
+        assert message.via[1].transport == scheme.upper()
+        peer_udp.answer(message, 200)
+        assert user.receive().status == 200
     finally:
         user.close()
 
@@ -168,9 +218,6 @@ class TlsPeer:
     """A TLS SIP server (the next hop): accepts connections, answers 200 to every request, counts connections."""
 
     def __init__(self, pki, name: str = "127.0.0.1") -> None:
-        import socket
-        import ssl
-        import threading
         leaf = pki.ca.issue_cert(name)
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         leaf.configure_cert(self.context)
@@ -182,7 +229,6 @@ class TlsPeer:
         self.thread.start()
 
     def serve(self) -> None:
-        import threading
         while True:
             try:
                 raw, _ = self.listener.accept()

@@ -64,6 +64,16 @@ def test_no_client_certificate_when_required_fails_that_handshake_only(oversipd_
         assert stream_options(sock, "TLS").status == 200
 
 
+def test_a_client_certificate_of_another_ca_fails_that_handshake(oversipd_daemon, pki):
+    server = secure_daemon(oversipd_daemon, pki, script=TRANSPORT_SCRIPT, tls={"verify_client": "optional"})
+    stranger = trustme.CA().issue_cert("mallory@example.com")
+    with pytest.raises((ssl.SSLError, ConnectionError, EOFError)):
+        with tls_connect(server, pki.client_context(client_cert=stranger)) as sock:
+            stream_options(sock, "TLS")
+    with tls_connect(server, pki.client_context()) as sock:   # optional: none is fine
+        assert stream_options(sock, "TLS").status == 200
+
+
 @pytest.mark.parametrize("problem", ["wrong CA", "wrong host name", "expired"])
 def test_a_client_refuses_a_bad_server_certificate(oversipd_daemon, pki, tmp_path, problem):
     """The client's check of what we present; the server goes on serving good clients."""
