@@ -124,11 +124,18 @@ def test_a_peer_that_stops_answering_pings_is_closed(oversipd_daemon, pki):
 
 
 def test_pings_answered_keep_the_connection(oversipd_daemon, pki):
-    server = secure_daemon(oversipd_daemon, pki, websocket={"ping_interval": 0.1, "pong_timeout": 0.2})
-    with ws_client(server) as client:   # websockets answers pings by itself
-        for _ in range(3):
-            assert ws_request(client, server).status == 200
-            client.ping().wait(CLIENT_TIMEOUT)   # also round trips: several of our ping intervals pass
+    server = secure_daemon(oversipd_daemon, pki, websocket={"ping_interval": 0.2, "pong_timeout": 0.5})
+    with RawWebSocket(server, {"Sec-WebSocket-Protocol": "sip"}) as raw:
+        assert raw.status == 101
+        for _ in range(5):   # 1 s: twice the pong_timeout
+            opcode, payload = raw.read_frame()
+            assert opcode == 0x9
+            raw.sock.sendall(frame(0xA, payload))
+        raw.sock.sendall(frame(0x1, request_bytes("OPTIONS", port=server.port_of("ws"), via_port=9,
+                                                  transport="WS")))
+        while (received := raw.read_frame())[0] == 0x9:
+            raw.sock.sendall(frame(0xA, received[1]))
+        assert parse_message(received[1]).status == 200
 
 
 def test_hostile_websocket_peers_leave_the_worker_alive_with_flat_descriptors(oversipd_daemon, pki):
@@ -229,6 +236,24 @@ class RawWebSocket:
         while chunk := sock.recv(65536):
             received += chunk
         return received
+
+    def read_frame(self) -> tuple[int, bytes]:
+        """The next frame the server sends (unmasked, not fragmented): opcode and payload."""
+        head = self.read_exactly(2)
+        length = head[1] & 0x7F
+        if length == 126:
+            length = struct.unpack(">H", self.read_exactly(2))[0]
+        elif length == 127:
+            length = struct.unpack(">Q", self.read_exactly(8))[0]
+        return head[0] & 0x0F, self.read_exactly(length)
+
+    def read_exactly(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            assert chunk, "closed by the server"
+            data += chunk
+        return data
 
     def read_to_end(self) -> bytes:
         return self.drain(self.sock)
