@@ -8,11 +8,13 @@ test_sip_flows.py.
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import ssl
 import threading
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from oversipd.sip.syntax.message import Request as Message, parse_message
 
@@ -313,3 +315,31 @@ def on_server_tls(connection, certificates):
     finally:
         caller.close()
         peer.close()
+
+
+def test_a_new_generation_ends_the_old_workers_ws_connections_and_serves_new_ones(oversipd_daemon, pki,
+                                                                                  registrar):
+    """docs/tls-websocket.md: a WebSocket's state cannot be handed over; its client reconnects."""
+    server = secure_proxy(oversipd_daemon, pki)
+    daemon = server.daemon
+    user = SecureUser(server, "ws", pki)
+    try:
+        user.register(registrar)
+        mark = daemon.mark()
+        (daemon.modules_dir / "touch.py").write_text("# a new drop-in: a new generation of workers\n")
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log("reload done: generation 2 serves", since=mark)
+        with pytest.raises(ConnectionClosed):
+            user.receive()   # ended as the retiring worker left
+    finally:
+        user.close()
+    again = SecureUser(server, "ws", pki)
+    try:
+        path = again.register(registrar).header("path")
+        again.answer_everything()
+        caller = UdpClient(server)
+        caller.send(message_for_client(path, caller.port, "generation-2"))
+        assert final_status(caller) == 200
+        caller.close()
+    finally:
+        again.close()

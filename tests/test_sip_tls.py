@@ -131,3 +131,28 @@ def test_a_reload_serves_a_renewed_certificate_to_new_connections(oversipd_daemo
         assert stream_options(sock, "TLS").status == 200
     with pytest.raises(ssl.SSLCertVerificationError):
         tls_connect(server, own.client_context())
+
+
+RAISING_SCRIPT = """
+from oversipd import SipEvents
+
+@SipEvents.on_client_tls_handshake
+def on_tls(connection, certificates):
+    raise ValueError("refused by a script that raises")
+
+@SipEvents.on_request
+def on_request(request):
+    request.reply(200)
+"""
+
+
+def test_a_handshake_event_that_raises_refuses_that_connection_only(oversipd_daemon, pki):
+    server = secure_daemon(oversipd_daemon, pki, script=RAISING_SCRIPT)
+    pid = server.daemon.worker_pids()[1]
+    with tls_connect(server, pki.client_context()) as sock:
+        with pytest.raises((EOFError, ConnectionError, ssl.SSLError)):
+            stream_options(sock, "TLS")
+    server.daemon.wait_log("refused by a script that raises")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=CLIENT_TIMEOUT) as plain:
+        assert stream_options(plain, "TCP").status == 200   # the worker serves on
+    assert server.daemon.worker_pids()[1] == pid

@@ -116,11 +116,13 @@ def test_another_method_is_refused(oversipd_daemon, pki):
 
 
 def test_a_peer_that_stops_answering_pings_is_closed(oversipd_daemon, pki):
-    server = secure_daemon(oversipd_daemon, pki, websocket={"ping_interval": 0.2, "pong_timeout": 0.3})
+    server = secure_daemon(oversipd_daemon, pki, script=EVENTS_SCRIPT,
+                           websocket={"ping_interval": 0.2, "pong_timeout": 0.3})
     with RawWebSocket(server, {"Sec-WebSocket-Protocol": "sip"}) as raw:
         assert raw.status == 101
         frames = raw.read_to_end()   # we never answer: a ping comes, then the end
     assert frames[:1] == b"\x89"
+    assert server.daemon.wait_events("disconnection")[0]["client_closed"] is False
 
 
 def test_pings_answered_keep_the_connection(oversipd_daemon, pki):
