@@ -29,7 +29,7 @@ SUBPROTOCOL = "sip"        # RFC 7118 §4
 # websockets logs every frame, SIP content included, at DEBUG (and formats
 # it whenever DEBUG is enabled): our log_level = "debug" must not mean that.
 _protocol_log = logging.getLogger("oversipd.websocket.frames")
-_protocol_log.setLevel(logging.INFO)
+_protocol_log.setLevel(logging.WARNING)   # its INFO says "connection open" for each one
 CLOSE_NORMAL = 1000
 WS_VERSION = "13"
 DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY)
