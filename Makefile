@@ -8,6 +8,7 @@ MOD_PG := mods/oversip-mod-postgresql
 MOD_PG_STAMP := $(VENV)/.installed-mod-postgresql
 MOD_MYSQL := mods/oversip-mod-mysql
 MOD_MYSQL_STAMP := $(VENV)/.installed-mod-mysql
+JS_TEST_STAMP := tests/js/node_modules/.installed
 
 .PHONY: run test check clean
 
@@ -24,17 +25,29 @@ $(STAMP): setup.cfg setup.py pyproject.toml Makefile oversipd/sip/syntax/_speedu
 .PHONY: venv
 venv: $(STAMP)
 
+# oversipd.conf's wss listener (SIP.md §12) needs a certificate: a
+# self-signed one for localhost, made once, in a git-ignored directory.
+# Your own: point [tls] certificate / private_key of oversipd.conf at it.
+RUN_TLS := run-tls
+RUN_CERT := $(RUN_TLS)/cert.pem
+$(RUN_CERT):
+	mkdir -p $(RUN_TLS)
+	openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj /CN=localhost \
+	  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+	  -keyout $(RUN_TLS)/key.pem -out $(RUN_CERT) 2>/dev/null
+	chmod 600 $(RUN_TLS)/key.pem
+
 # git does not keep directory modes: a checkout made under umask 002 would
 # leave modules.d group-writable, and oversipd refuses that (StrictModes).
-run: $(STAMP)
+run: $(STAMP) $(RUN_CERT)
 	chmod go-w modules.d modules.d/*.py
 	$(VENV)/bin/oversipd run -c oversipd.conf
 
-check: $(STAMP)
+check: $(STAMP) $(RUN_CERT)
 	chmod go-w modules.d modules.d/*.py
 	$(VENV)/bin/oversipd check -c oversipd.conf
 
-test: $(STAMP) $(MOD_PG_STAMP) $(MOD_MYSQL_STAMP) postgresql-server mariadb-server dnsmasq-base sip-tester service-test-deps baresip sip-scanners
+test: $(STAMP) $(MOD_PG_STAMP) $(MOD_MYSQL_STAMP) postgresql-server mariadb-server dnsmasq-base sip-tester service-test-deps baresip sip-scanners kamailio-server $(JS_TEST_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # oversip-mod-postgresql: a distribution of its own, installed (editable)
@@ -108,6 +121,17 @@ sip-scanners:
 	@{ command -v svwar >/dev/null 2>&1 && command -v sipsak >/dev/null 2>&1; } || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sipvicious sipsak; }
 
+# tests/test_sip_jssip.py runs JsSIP under Node (SIP.md §12): Debian's nodejs
+# and npm when missing, then the packages pinned in tests/js/package-lock.json.
+.PHONY: nodejs
+nodejs:
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+
+$(JS_TEST_STAMP): tests/js/package.json tests/js/package-lock.json | nodejs
+	npm ci --prefix tests/js --no-audit --no-fund --silent
+	touch $@
+
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build dist *.egg-info .pytest_cache
 
@@ -178,6 +202,12 @@ bench-db: $(BENCH_DB_STAMP) mariadb-server postgresql-server
 .PHONY: bench-sip-parse
 bench-sip-parse: $(BENCH_STAMP)
 	$(BENCH_PY) bench/sip_parse.py $(BENCH_SIP_PARSE_ARGS)
+
+# --- WebSocket frames (issue 19): websockets next to wsproto, sans-I/O -----------------
+# µs per 1 KB SIP message: a masked client frame parsed, a text frame serialised.
+.PHONY: bench-ws-frames
+bench-ws-frames: $(BENCH_STAMP)
+	$(BENCH_PY) bench/ws_frames.py $(BENCH_ARGS)
 
 # --- CPU per SIP message in one worker's core, in-process (issue 11) ---------------
 # A proxied call (INVITE/180/200/ACK/BYE/200) and OPTIONS through SipCore and

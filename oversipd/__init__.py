@@ -15,14 +15,14 @@ from typing import Any
 __path__ = extend_path(__path__, __name__)
 
 from . import modules, process  # noqa: E402 (needs the extended __path__)
-from .callbacks import SipEvents, SystemCallbacks, SystemEvents
+from .callbacks import SipEvents, SystemCallbacks, SystemEvents, WebSocketEvents
 from .launcher import Launcher
 from .listeners import listen_socket
 from .logger import Logger
 from .resources import ResourceError, ResourceNotOpenError, WorkerResource, worker_resource
 
 __version__ = "0.1.0"
-__all__ = ["SystemCallbacks", "SystemEvents", "SipEvents", "Launcher", "Logger", "M", "modules",
+__all__ = ["SystemCallbacks", "SystemEvents", "SipEvents", "WebSocketEvents", "Launcher", "Logger", "M", "modules",
            "process", "config", "module_settings", "listen_socket", "worker_resource", "WorkerResource",
            "ResourceError", "ResourceNotOpenError", "__version__"]
 

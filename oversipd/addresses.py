@@ -18,7 +18,9 @@ MAX_BACKLOG = 65535
 SECTION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
 # sockaddr_un.sun_path is 108 bytes, one of them the terminating NUL.
 MAX_UNIX_PATH = 107
-SCHEMES = ("tcp", "udp", "unix")
+SCHEMES = ("tcp", "udp", "unix", "tls", "ws", "wss")
+# tls, ws and wss listen on TCP sockets like tcp (SIP.md §12).
+STREAM_SCHEMES = ("tcp", "tls", "ws", "wss")
 LISTEN_KEYS = ("address", "backlog")
 
 
@@ -28,7 +30,7 @@ class ListenSettings:
 
     name: str
     address: str              # as written, for messages
-    scheme: str               # "tcp", "udp" or "unix"
+    scheme: str               # "tcp", "udp", "unix", "tls", "ws" or "wss"
     host: str = ""            # IP literal (tcp/udp)
     port: int = 0
     path: str = ""            # unix
@@ -50,12 +52,13 @@ class ListenSettings:
 
 
 def parse_address(text: Any) -> dict[str, Any]:
-    """`tcp://HOST:PORT`, `udp://HOST:PORT` or `unix:///PATH` -> fields; ValueError(why) otherwise."""
+    """`tcp|udp|tls|ws|wss://HOST:PORT` or `unix:///PATH` -> fields; ValueError(why) otherwise."""
     if not isinstance(text, str):
         raise ValueError(f"expected a string such as \"tcp://127.0.0.1:8060\", got {text!r}")
     scheme, separator, rest = text.partition("://")
     if not separator or scheme not in SCHEMES:
-        raise ValueError(f"{text!r}: expected tcp://HOST:PORT, udp://HOST:PORT or unix:///PATH")
+        raise ValueError(f"{text!r}: expected tcp://HOST:PORT, udp://HOST:PORT, unix:///PATH "
+                         "(or tls://, ws://, wss:// HOST:PORT)")
     if scheme == "unix":
         return {"scheme": scheme, "path": _unix_path(text, rest)}
     host, port = _host_and_port(text, rest)

@@ -1,4 +1,4 @@
-"""SystemCallbacks (lists for modules); SystemEvents and SipEvents (single handlers for the server script)."""
+"""SystemCallbacks (lists for modules); SystemEvents, SipEvents and WebSocketEvents (single handlers for the server script)."""
 
 from __future__ import annotations
 
@@ -115,13 +115,63 @@ class _SipEvents:
 
     def __init__(self) -> None:
         self.request_handler: Callback | None = None
+        self.client_tls_handler: Callback | None = None
+        self.server_tls_handler: Callback | None = None
 
     def on_request(self, handler: Callback) -> Callback:
         """Set the handler every new request goes to: `handler(request)`, sync or async."""
-        if not callable(handler):
-            raise TypeError(f"SipEvents.on_request needs a callable, got {handler!r}")
-        self.request_handler = handler
+        self.request_handler = _checked("SipEvents.on_request", handler)
+        return handler
+
+    def on_client_tls_handshake(self, handler: Callback) -> Callback:
+        """`handler(connection, certificates)` after each TLS handshake on our tls/wss listeners (SIP.md §12)."""
+        self.client_tls_handler = _checked("SipEvents.on_client_tls_handshake", handler)
+        return handler
+
+    def on_server_tls_handshake(self, handler: Callback) -> Callback:
+        """`handler(connection, certificates)` after each outgoing TLS handshake of a profile that asks for it."""
+        self.server_tls_handler = _checked("SipEvents.on_server_tls_handshake", handler)
         return handler
 
 
+class _WebSocketEvents:
+    """The server script's WebSocket connection handlers (SIP.md §12)."""
+
+    def __init__(self) -> None:
+        self.connection_handler: Callback | None = None
+        self.disconnection_handler: Callback | None = None
+
+    def on_connection(self, handler: Callback) -> Callback:
+        """`handler(connection, http_request)` before a WebSocket upgrade is accepted; it may reject it."""
+        self.connection_handler = _checked("WebSocketEvents.on_connection", handler)
+        return handler
+
+    def on_disconnection(self, handler: Callback) -> Callback:
+        """`handler(connection, client_closed)` once an accepted WebSocket connection ends."""
+        self.disconnection_handler = _checked("WebSocketEvents.on_disconnection", handler)
+        return handler
+
+
+def _checked(name: str, handler: Callback) -> Callback:
+    if not callable(handler):
+        raise TypeError(f"{name} needs a callable, got {handler!r}")
+    return handler
+
+
 SipEvents = _SipEvents()
+WebSocketEvents = _WebSocketEvents()
+
+# The server script's single handlers, as a code swap saves and restores them (oversipd.generations).
+_SCRIPT_HANDLERS = ((SipEvents, "request_handler"), (SipEvents, "client_tls_handler"),
+                    (SipEvents, "server_tls_handler"), (WebSocketEvents, "connection_handler"),
+                    (WebSocketEvents, "disconnection_handler"))
+
+
+def script_handlers() -> tuple[Callback | None, ...]:
+    return tuple(getattr(owner, name) for owner, name in _SCRIPT_HANDLERS)
+
+
+def set_script_handlers(handlers: tuple[Callback | None, ...] | None = None) -> None:
+    """Put saved handlers back; None: forget them all."""
+    for (owner, name), handler in zip(_SCRIPT_HANDLERS, handlers or (None,) * len(_SCRIPT_HANDLERS)):
+        setattr(owner, name, handler)

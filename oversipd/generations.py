@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Iterator, NoReturn
 
 from . import loader, process, resources
 from . import modules as modules_namespace
-from .callbacks import SipEvents, SystemCallbacks, SystemEvents
+from .callbacks import SystemCallbacks, SystemEvents, script_handlers, set_script_handlers
 from .errors import ConfigError, HaltServer
 from .loader import SERVER_SCRIPT_MODULE, ModuleLoadError
 
@@ -150,7 +150,7 @@ class CodeSnapshot:
     callbacks: dict[str, list[Any]] = field(default_factory=dict)
     events: dict[str, Any] = field(default_factory=dict)
     resources: list[Any] = field(default_factory=list)
-    sip_handler: Any = None
+    script_handlers: tuple[Any, ...] = ()
     namespace_path: list[str] = field(default_factory=list)
 
     @classmethod
@@ -160,7 +160,7 @@ class CodeSnapshot:
                               for name in ("on_started", "on_reload", "on_terminated")},
                    events=dict(SystemEvents._handlers),
                    resources=list(resources._declared),
-                   sip_handler=SipEvents.request_handler,
+                   script_handlers=script_handlers(),
                    namespace_path=list(modules_namespace.__path__))
 
     def restore(self) -> None:
@@ -174,7 +174,7 @@ class CodeSnapshot:
         SystemEvents._handlers.clear()
         SystemEvents._handlers.update(self.events)
         resources._declared[:] = self.resources
-        SipEvents.request_handler = self.sip_handler
+        set_script_handlers(self.script_handlers)
         modules_namespace.__path__[:] = self.namespace_path
 
 
@@ -186,7 +186,7 @@ def forget_module_code(dependencies: bool) -> None:
     for name in ("on_started", "on_reload", "on_terminated"):
         getattr(SystemCallbacks, name)._callbacks.clear()
     SystemEvents._handlers.clear()
-    SipEvents.request_handler = None
+    set_script_handlers(None)
     # The new code declares its worker resources again (add_pool in on_initialize).
     resources._declared.clear()
     importlib.invalidate_caches()

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import activation, reexec
-from .addresses import ListenSettings
+from .addresses import STREAM_SCHEMES, ListenSettings
 from .errors import LISTEN_RESTART_NEEDED, ConfigError
 from .logger import Logger
 
@@ -150,7 +150,7 @@ def _bind(spec: ListenSettings, source: str, reuseport: bool = False) -> Listene
 
 
 def _set_options(spec: ListenSettings, sock: socket.socket) -> None:
-    if spec.scheme == "tcp":
+    if spec.scheme in STREAM_SCHEMES:
         # A restart must not wait for the old connections' TIME_WAIT.  Not
         # for udp: there SO_REUSEADDR would let two daemons share a port.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -233,7 +233,7 @@ def _describe(sock: socket.socket, spec: ListenSettings) -> str:
     address: Any = sock.getsockname()
     if sock.family == socket.AF_UNIX:
         return f"unix://{address}"
-    scheme = "udp" if sock.type == socket.SOCK_DGRAM else "tcp"
+    scheme = "udp" if sock.type == socket.SOCK_DGRAM else spec.scheme
     host = f"[{address[0]}]" if sock.family == socket.AF_INET6 else address[0]
     return f"{scheme}://{host}:{address[1]}"
 

@@ -156,7 +156,8 @@ def load_settings(path: str | os.PathLike[str], overrides: Overrides = Overrides
     dns, proxies = _proxy_tables(document, source)
     registrar, auth = _registrar_tables(document, source)
     for name in document:
-        if name not in ("core", "modules", "listen", "sip", "limits", "dns", "proxy", "registrar", "auth"):
+        if name not in ("core", "modules", "listen", "sip", "limits", "dns", "proxy", "registrar", "auth", "tls",
+                        "websocket"):
             raise ConfigError(source, toml_key(name), "unknown table or key")
 
     raw: dict[str, Any] = {}
@@ -205,7 +206,7 @@ def _sip_table(document: dict[str, Any], listen: dict[str, ListenSettings], sour
     limits = parse_limits_table(document["limits"], source) if "limits" in document else LimitSettings()
     if "sip" not in document:
         return None
-    return parse_sip_table(document["sip"], listen, source, limits)
+    return parse_sip_table(document["sip"], listen, source, limits, document.get("tls"), document.get("websocket"))
 
 
 def _proxy_tables(document: dict[str, Any], source: str) -> "tuple[DnsSettings | None, dict[str, ProxySettings]]":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -53,8 +54,11 @@ def test_no_listen_section_is_fine(tmp_path):
 
 
 def test_the_repo_configuration_has_the_status_section():
+    # Its wss listener's certificate is made by the Makefile, as `make run` does (git-ignored).
+    subprocess.run(["make", "-s", "run-tls/cert.pem"], cwd=REPO, check=True, capture_output=True)
     listen = load_settings(REPO / "oversipd.conf").listen
     assert listen["status"].sockaddr == ("127.0.0.1", 8060)
+    assert listen["sip_wss"].scheme == "wss"
 
 
 @pytest.mark.parametrize("table, key, words", [

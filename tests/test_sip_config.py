@@ -22,7 +22,7 @@ def check(oversipd_daemon, sip):
 @pytest.mark.parametrize("sip, key, problem", [
     ({"listen": ["sip_udp"], "colour": "blue"}, "sip.colour", "unknown key"),
     ({"listen": ["nowhere"]}, "sip.listen", "'nowhere': no [listen.nowhere] section"),
-    ({"listen": ["local"]}, "sip.listen", "SIP runs on udp or tcp"),
+    ({"listen": ["local"]}, "sip.listen", "SIP runs on udp, tcp, tls, ws or wss"),
     ({"listen": []}, "sip.listen", "expected a non-empty list"),
     ({"listen": ["sip_udp", "sip_udp"]}, "sip.listen", "appears twice"),
     ({}, "sip.listen", "missing"),

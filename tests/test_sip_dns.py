@@ -51,7 +51,7 @@ def full_zone() -> DnsZone:
     return (DnsZone()
             .naptr(DOMAIN, 10, 50, "SIP+D2T", f"_sip._tcp.{DOMAIN}")
             .naptr(DOMAIN, 20, 50, "SIP+D2U", f"_sip._udp.{DOMAIN}")
-            .naptr(DOMAIN, 5, 10, "SIPS+D2T", f"_sips._tcp.{DOMAIN}")        # TLS: not spoken
+            .naptr(DOMAIN, 5, 10, "SIPS+D2T", f"_sips._tcp.{DOMAIN}")        # TLS: for sips only here
             .naptr(DOMAIN, 5, 20, "E2U+sip", f"_sip._udp.{DOMAIN}", flags="U")  # not a SIP service
             .srv(f"_sip._tcp.{DOMAIN}", f"tcp1.{DOMAIN}", 5070, priority=10)
             .srv(f"_sip._udp.{DOMAIN}", f"udp1.{DOMAIN}", 5071, priority=10)
@@ -250,13 +250,21 @@ def test_a_refusing_nameserver_is_503_dns_failure(dns_server):
 @pytest.mark.parametrize("options, status, reason", [
     ({"scheme": "tel"}, 416, "Unsupported URI Scheme"),
     ({"transport": "sctp"}, 478, "Unsupported Transport"),
-    ({"transport": "tls"}, 478, "Unsupported Transport"),
-    ({"scheme": "sips"}, 478, "Unsupported Transport"),
+    ({"transport": "ws"}, 478, "Unsupported Transport"),   # WebSocket: only toward a client's flow
     ({"scheme": "sips", "transport": "udp"}, 478, "Wrong URI Transport"),
 ])
 def test_what_cannot_be_reached_over_our_transports(silent_nameserver, options, status, reason):
     error = resolve_error(resolver_for(silent_nameserver, timeout=0.2), DOMAIN, **options)
     assert (error.status, error.reason) == (status, reason)
+
+
+def test_a_sips_uri_resolves_to_tls_through_naptr_sips_d2t_or_sips_srv(dns_server):
+    """SIP.md §12: SIPS+D2T NAPTR records, else _sips._tcp SRV records."""
+    server = dns_server(full_zone())
+    assert resolve(resolver_for(server.nameserver), DOMAIN, scheme="sips") == [Target("tls", "127.0.0.11", 5072)]
+    zone = DnsZone().srv(f"_sips._tcp.{DOMAIN}", f"tls1.{DOMAIN}", 5073).host(f"tls1.{DOMAIN}", "127.0.0.13")
+    server = dns_server(zone)
+    assert resolve(resolver_for(server.nameserver), DOMAIN, scheme="sips") == [Target("tls", "127.0.0.13", 5073)]
 
 
 def test_use_dns_false_accepts_only_ip_literals(silent_nameserver):

@@ -359,7 +359,8 @@ def test_a_new_generation_reads_on_the_old_workers_connections_from_where_they_s
 def test_a_flow_token_names_its_slot_and_flow_and_nothing_else_decodes():
     from oversipd.sip.transport import flows
     token = flows.token(3, 2**64 - 1)
-    assert flows.decode(token) == (3, 2**64 - 1)
+    assert flows.decode(token) == (3, 2**64 - 1, "tcp")
+    assert flows.decode(flows.token(1, 7, "wss")) == (1, 7, "wss")
     assert all(c.isalnum() or c in "-_" for c in token)   # fits a SIP URI's user part as is
     assert flows.decode(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
     assert flows.decode("ovf!!") is None and flows.decode("alice") is None and flows.decode(None) is None

@@ -64,7 +64,7 @@ def test_every_key_is_read(tmp_path):
 
 BAD_PROXY_VALUES = [
     ("do_record_routing", "yes"), ("use_dns", 1), ("use_naptr", "true"), ("use_srv", []),
-    ("transport_preference", []), ("transport_preference", "tcp"), ("transport_preference", ["tls"]),
+    ("transport_preference", []), ("transport_preference", "tcp"), ("transport_preference", ["ws"]),
     ("transport_preference", ["tcp", "TCP"]), ("transport_preference", [5060]),
     ("dns_cache_time", -1), ("dns_cache_time", "300"), ("dns_cache_time", True), ("dns_cache_time", "inf"),
     ("dns_failover_on_503", 0), ("timer_B", 0), ("timer_C", -5), ("timer_F", "32"),

@@ -11,7 +11,7 @@ from ..errors import ConfigError, toml_key
 from .settings import checked_values
 
 # The transports a [proxy.NAME] may prefer: the SIP listeners speak these.
-PROXY_TRANSPORTS = ("udp", "tcp")
+PROXY_TRANSPORTS = ("udp", "tcp", "tls")
 DNS_PORT = 53
 # Same rule as [listen.NAME]: a name that stays readable in logs and messages.
 PROFILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
@@ -40,6 +40,7 @@ class ProxySettings:
     timer_B: float = 32.0
     timer_C: float = 120.0
     timer_F: float = 32.0
+    callback_on_server_tls_handshake: bool = False   # SipEvents.on_server_tls_handshake (SIP.md §12)
 
 
 # --- value checkers: each returns the parsed value or raises ValueError(why)
@@ -124,6 +125,7 @@ PROXY_KEYS: dict[str, Callable[[Any], Any]] = {
     "timer_B": _seconds(0, inclusive=False),
     "timer_C": _seconds(0, inclusive=False),
     "timer_F": _seconds(0, inclusive=False),
+    "callback_on_server_tls_handshake": _boolean,
 }
 
 

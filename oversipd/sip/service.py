@@ -55,6 +55,10 @@ def prepare_master_state(settings: "Settings") -> None:
     assert settings.sip is not None
     proxy.configure(settings.proxies, settings.dns)   # a server script may make its Proxy at import
     configure_services(settings)   # before the fork: a PostgreSQL store declares its per-worker pool
+    if any(scheme in ("tls", "ws", "wss") for scheme in settings.sip.schemes):
+        # Imported before the fork (a worker may have dropped privileges), and
+        # only by configurations that use them: websockets costs start-up time.
+        from .transport import tls, websocket  # noqa: F401
     if any(settings.listen[name].host in WILDCARDS for name in settings.sip.listen):
         _interface_addresses.update(_machine_addresses())
     path = counters_path(settings.core.pid_file)
@@ -121,17 +125,31 @@ class WorkerSip:
                 self.listeners.append(listener)
                 by_transport.setdefault("udp", address)
             else:
-                tcp = self.tcp_listeners[name] = TcpListener(name, sock, core, self.loop, flows)
-                await tcp.start()
-                self.listeners.append(tcp)
-                by_transport.setdefault("tcp", address)
+                scheme = self.settings.listen[name].scheme
+                stream = self.tcp_listeners[name] = self.stream_listener(name, scheme, sock, flows)
+                self.listeners.append(stream)
+                by_transport.setdefault(scheme, address)
         proxy.configure(self.settings.proxies, self.settings.dns)
         configure_services(self.settings)   # a worker respawned after a reload runs on the settings it got
         core.proxy = proxy.ProxyEngine(core, self.slot_id, udp_listeners, by_transport, self.loop, flows,
                                        self.generation, self.settings.core.workers)
+        # Accepting yields to the loop, where the UDP sockets are read already:
+        # only once the proxy engine is there (a request would find none).
+        for stream in self.tcp_listeners.values():
+            await stream.start()
         await self.adopt_flows()
         core.proxy.start_relay()
         uac.serve(core.proxy)
+
+    def stream_listener(self, name: str, scheme: str, sock: socket.socket, flows: FlowTable) -> TcpListener:
+        """A tcp, tls, ws or wss listener on `sock`: the same accepting, another connection (SIP.md §12)."""
+        assert self.core is not None and self.settings.sip is not None
+        if scheme == "tcp":
+            return TcpListener(name, sock, self.core, self.loop, flows)
+        from .transport import tls, websocket   # the ssl and websockets imports only where they serve
+        context = tls.server_context(self.settings.sip.tls) if scheme in ("tls", "wss") else None
+        connection = tls.TlsConnection if scheme == "tls" else websocket.connection_class(scheme)
+        return TcpListener(name, sock, self.core, self.loop, flows, connection, context)
 
     async def adopt_flows(self) -> None:
         """The connections this slot's dead worker held: read on here, the peers saw nothing."""
@@ -169,6 +187,23 @@ class WorkerSip:
                 self.core.proxy.slots = settings.core.workers
             proxy.configure(settings.proxies, settings.dns)
             configure_services(settings)
+            self.renew_tls(settings.sip)
+
+    def renew_tls(self, sip: "SipSettings") -> None:
+        """At a reload, [tls] read anew (the files too): a renewed certificate needs no restart.
+
+        New connections get it; CAs once loaded stay trusted until a restart
+        (an ssl context only adds them).
+        """
+        from .transport import tls
+        for listener in self.tcp_listeners.values():
+            if listener.ssl_context is not None:
+                try:
+                    tls.renew_server_context(listener.ssl_context, sip.tls)
+                except (OSError, ValueError) as error:   # ssl.SSLError is an OSError; files changed since the check
+                    _log.log_system_error(f"[tls] not renewed on {listener.name}, the old one serves on: {error}")
+        if self.core is not None and self.core.proxy is not None:
+            self.core.proxy.next_hops.tls_context = None   # made anew at the next outgoing connection
 
     def stop_reading(self) -> None:
         """A newer generation serves: read no new request here.

@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 from ..addresses import ListenSettings
 from ..errors import ConfigError, toml_key
+from .transport_settings import SECURE_SCHEMES, TlsSettings, WebSocketSettings, parse_tls_table, \
+    parse_websocket_table
 
 DEFAULT_MAX_MESSAGE_SIZE = 65535
 MIN_MESSAGE_SIZE = 1024          # smaller would refuse ordinary INVITEs
@@ -37,6 +39,9 @@ class SipSettings:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     tcp_idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
     limits: LimitSettings = field(default_factory=LimitSettings)
+    tls: TlsSettings = TlsSettings()                 # [tls] (SIP.md §12)
+    websocket: WebSocketSettings = WebSocketSettings()   # [websocket]
+    schemes: tuple[str, ...] = ()                    # the scheme of each listener of `listen`, in order
 
 
 def _host(value: Any) -> str:
@@ -121,12 +126,20 @@ def parse_limits_table(table: Any, source: str) -> LimitSettings:
 
 
 def parse_sip_table(table: Any, listen: dict[str, ListenSettings], source: str,
-                    limits: LimitSettings = LimitSettings()) -> SipSettings:
-    """The `[sip]` table -> SipSettings (with the parsed `[limits]`); every mistake names file and key."""
+                    limits: LimitSettings = LimitSettings(), tls: Any = None, websocket: Any = None) -> SipSettings:
+    """The `[sip]` table (with the parsed `[limits]`, and `[tls]`, `[websocket]`) -> SipSettings;
+    every mistake names file and key."""
     if not isinstance(table, dict):
         raise ConfigError(source, "sip", "expected a table [sip]")
     values = checked_values({key: value for key, value in table.items() if key != "listen"}, SIP_KEYS, source, "sip")
-    return SipSettings(listen=_listen_names(table.get("listen"), listen, source), limits=limits, **values)
+    names = _listen_names(table.get("listen"), listen, source)
+    schemes = tuple(listen[name].scheme for name in names)
+    needs_certificate = any(scheme in SECURE_SCHEMES for scheme in schemes)
+    if tls is None and needs_certificate:
+        raise ConfigError(source, "tls", "missing: a tls or wss listener needs [tls] certificate and private_key")
+    values["tls"] = parse_tls_table({} if tls is None else tls, source, needs_certificate)
+    values["websocket"] = parse_websocket_table({} if websocket is None else websocket, source)
+    return SipSettings(listen=names, schemes=schemes, limits=limits, **values)
 
 
 def _listen_names(value: Any, listen: dict[str, ListenSettings], source: str) -> tuple[str, ...]:
@@ -139,8 +152,9 @@ def _listen_names(value: Any, listen: dict[str, ListenSettings], source: str) ->
         section = listen.get(name)
         if section is None:
             raise ConfigError(source, where, f"{name!r}: no [listen.{name}] section")
-        if section.scheme not in ("udp", "tcp"):
-            raise ConfigError(source, where, f"{name!r}: SIP runs on udp or tcp, not on {section.address}")
+        if section.scheme == "unix":
+            raise ConfigError(source, where, f"{name!r}: SIP runs on udp, tcp, tls, ws or wss, "
+                                             f"not on {section.address}")
     if len(set(value)) != len(value):
         raise ConfigError(source, where, f"a name appears twice in {value!r}")
     return tuple(value)

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 DEFAULT_MAX_FORWARDS = 70
 # RFC 5626 §4.2.1 / §4.3: what a UA may ask Outbound for (REGISTER, or a request that forms a dialog).
 OUTBOUND_METHODS = frozenset(("REGISTER", "INVITE", "SUBSCRIBE", "REFER"))
+SECURE_TRANSPORTS = ("tls", "wss")
+WEBSOCKET_TRANSPORTS = ("ws", "wss")
 
 
 class Core(Protocol):
@@ -55,7 +57,7 @@ class Request:
         self._cancelled = False       # a CANCEL was answered 487 for us
         self._destination: Any = None  # where responses go; set (and the Via stamped) at the first reply
         self._proxy: Any = None        # the proxy's Forward once route() took it
-        self._flow: tuple[int, int] | None = None   # (slot, flow id) named by a Route loose_route() removed
+        self._flow: tuple[int, int, str] | None = None   # (slot, flow id, transport) named by a Route loose_route() removed
 
     # --- what came in -----------------------------------------------------------
 
@@ -106,6 +108,20 @@ class Request:
     @property
     def transport(self) -> str:
         return self.source.transport
+
+    @property
+    def secure(self) -> bool:
+        """It came over TLS (tls, wss)."""
+        return self.source.transport in SECURE_TRANSPORTS
+
+    @property
+    def websocket(self) -> bool:
+        return self.source.transport in WEBSOCKET_TRANSPORTS
+
+    @property
+    def connection(self) -> Any:
+        """The client's connection it came over (its `cvars`, `close()`, ...), None over UDP."""
+        return None if self.source.transport == "udp" else self.source
 
     @property
     def source_ip(self) -> str:
@@ -217,7 +233,7 @@ class Request:
         connection the request came in over (it is on its way from that client).
         """
         flow = flows.decode(token)
-        if flow is None or flow == self.source.flow:
+        if flow is None or flow[:2] == self.source.flow:
             return False
         self._flow = flow
         return True

@@ -29,7 +29,7 @@ DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 # NAPTR services (RFC 3263 §4.1) and SRV prefixes (§4.2) per transport.
 NAPTR_SERVICES = {"SIP+D2U": "udp", "SIP+D2T": "tcp", "SIPS+D2T": "tls"}
 SRV_PREFIXES = {"udp": "_sip._udp", "tcp": "_sip._tcp", "tls": "_sips._tcp"}
-SUPPORTED_TRANSPORTS = ("udp", "tcp")   # what oversipd's SIP listeners speak
+SUPPORTED_TRANSPORTS = ("udp", "tcp", "tls")   # what oversipd sends over (ws/wss: only to flows)
 # A negative answer (NXDOMAIN, no records of that type) without an SOA
 # gives no TTL to honour (RFC 2308); cache it this long, still bounded by
 # dns_cache_time, so that the common "no NAPTR here" is not asked per request.
@@ -70,7 +70,7 @@ class Destination(Protocol):
 class Target:
     """One place to send the request to."""
 
-    transport: str   # "udp", "tcp" ("tls" once a TLS transport is supported)
+    transport: str   # "udp", "tcp" or "tls"
     ip: str
     port: int
 

@@ -263,7 +263,8 @@ class ProxyEngine(Logger):
 
     async def send_to(self, forward: Forward, target: Target) -> bool:
         try:
-            source, address = await self.transport_for(target)
+            source, address = await self.transport_for(target, forward.destination.host,
+                                                       forward.proxy.settings.callback_on_server_tls_handshake)
         except OSError as error:
             self.log_system_info(f"cannot reach {target.transport}:{target.ip}:{target.port}: {error}")
             return False
@@ -275,7 +276,8 @@ class ProxyEngine(Logger):
         # A client's connection: the Route toward it names its flow (oversipd.sip.transport.flows).
         self.headers.add(message, forward.proxy.settings.do_record_routing and forward.upstream, request.transport,
                          getattr(request.source, "flow", None), target.transport, branch,   # a UAC's: no source
-                         flow_token(target.slot_id, target.flow_id) if isinstance(target, FlowTarget) else None)
+                         flow_token(target.slot_id, target.flow_id, target.transport)
+                         if isinstance(target, FlowTarget) else None)
         data = message.to_bytes()
         settings = forward.proxy.settings
         timeout = settings.timer_B if forward.is_invite else settings.timer_F
@@ -299,7 +301,7 @@ class ProxyEngine(Logger):
         lower_max_forwards(message)
         try:
             targets = await self.resolver.resolve(_destination_of(destination), proxy.settings)
-            source, address = await self.transport_for(targets[0])
+            source, address = await self.transport_for(targets[0], destination.host)
         except (DnsError, OSError) as error:
             self.log_system_info(f"an ACK for {destination} is dropped: {error}")
             _finish(future, None)
@@ -310,11 +312,14 @@ class ProxyEngine(Logger):
 
     # --- transports out -------------------------------------------------------------
 
-    async def transport_for(self, target: Target | FlowTarget) -> tuple[Any, Any]:
+    async def transport_for(self, target: Target | FlowTarget, host: str | None = None,
+                            tls_event: bool = False) -> tuple[Any, Any]:
+        """Something to send through toward `target`; `host` is the name a TLS server must prove."""
         if isinstance(target, FlowTarget):
             return self.others.flow_source(target)
         address = (target.ip, target.port)
-        return await self.next_hops.source_for(target.transport, address), address
+        return await self.next_hops.source_for(target.transport, address, (host or "").strip("[]") or None,
+                                               tls_event), address
 
     def flow_gone(self, branch: str, method: str) -> None:
         """The flow a request of ours was passed to is gone: 430 upstream (SIP.md §10)."""

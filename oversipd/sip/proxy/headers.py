@@ -54,7 +54,7 @@ class OurHeaders:
         """Our Route URI; with the flow token of a client's connection as its user part (RFC 5626 §5.3)."""
         host, port = self.address(transport)
         if flow is not None:
-            token = self.flows.token(flow)
+            token = self.flows.token(flow, transport)
         user = "" if token is None else token + "@"
         suffix = "" if transport == "udp" else f";transport={transport}"
         return f"<sip:{user}{host}:{port}{suffix};lr{';ob' if outbound else ''}>"

@@ -24,7 +24,7 @@ from .headers import peek_place
 # a request for it waits this long for the new worker before it gets 430.
 FLOW_HOLDER_WAIT = 1.0
 FLOW_RETRY = 0.02
-FLOW_SOURCE = "flow:"   # a relayed message that came in over a flow: "flow:SLOT:FLOW-ID"
+FLOW_SOURCE = "flow:"   # a relayed message that came in over a flow: "flow:SLOT:FLOW-ID:TRANSPORT"
 NEXT_HOP_SOURCE = "next-hop"   # a relayed response that came in over another worker's next-hop connection
 
 
@@ -121,13 +121,13 @@ class OtherWorkers:
         if source.transport == "udp":
             return next((name for name, listener in self.engine.udp.items() if listener is source), None)
         flow = source.flow
-        return NEXT_HOP_SOURCE if flow is None else f"{FLOW_SOURCE}{flow[0]}:{flow[1]}"
+        return NEXT_HOP_SOURCE if flow is None else f"{FLOW_SOURCE}{flow[0]}:{flow[1]}:{source.transport}"
 
     def relayed(self, listener: str, message: bytes, address: tuple[str, int]) -> None:
         """A message another slot's worker passed on: received here as if it had come in there."""
         if listener.startswith(FLOW_SOURCE):
-            slot_id, _, flow_id = listener[len(FLOW_SOURCE):].partition(":")
-            source: Any = RelayedFlow(self, FlowTarget(int(slot_id), int(flow_id)))
+            slot_id, flow_id, transport = listener[len(FLOW_SOURCE):].split(":")
+            source: Any = RelayedFlow(self, FlowTarget(int(slot_id), int(flow_id), transport))
         elif listener == NEXT_HOP_SOURCE:
             source = ANOTHER_WORKERS_NEXT_HOP
         else:

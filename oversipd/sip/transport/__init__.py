@@ -4,8 +4,11 @@
 calls a `Source`), `sockets` (the per-slot SO_REUSEPORT UDP sockets the
 master keeps), `flows` (a client's connection reachable from every
 worker, RFC 5626 style), `relay` (messages passed between workers over
-unix datagrams).  TLS and WebSocket transports belong here.
+unix datagrams), `tls` (ssl contexts, TLS connections), `websocket` (SIP
+over WebSocket, RFC 7118, on websockets' sans-I/O protocol), `outgoing`
+(connections to next hops, TCP and TLS).
 
-May import: `oversipd.sip.syntax`, `oversipd.sip.counters`, and the
-daemon's lower modules (logger, kept, listeners, reexec).
+May import: `oversipd.sip.syntax`, `oversipd.sip.counters`,
+`oversipd.sip.transport_settings`, and the daemon's lower modules (logger,
+callbacks, kept, listeners, reexec).
 """

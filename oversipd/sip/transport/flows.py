@@ -1,10 +1,11 @@
-"""Flows (RFC 5626 style): a client's TCP connection, reachable later from any worker.
+"""Flows (RFC 5626 style): a client's connection (tcp, tls, ws, wss), reachable later from any worker.
 
 A client behind NAT can be reached only over the connection it opened.
-Each accepted TCP connection is a flow: a random 64-bit id, registered in
-the worker that accepted it and handed to the master to keep
-(oversipd.kept), so that it survives that worker's crash and is adopted by
-the worker respawned in the slot.  The proxy writes a flow token naming the
+Each accepted connection is a flow: a random 64-bit id, registered in
+the worker that accepted it.  A plain TCP one is handed to the master to
+keep (oversipd.kept), so that it survives that worker's crash and is
+adopted by the worker respawned in the slot; a TLS or WebSocket one holds
+state only its worker has, and dies with it (its requests then get 430).  The proxy writes a flow token naming the
 slot and the flow into the user part of its Record-Route or Path; a later
 request routed through that Route leaves over the connection: directly when
 this worker holds it, else passed to the slot's worker over the relay
@@ -36,7 +37,12 @@ from ... import kept
 
 TOKEN_PREFIX = "ovf"
 FLOW_FAILED = (430, "Flow Failed")
-_PACKED = struct.Struct(">HQ")        # slot, flow id
+_PACKED = struct.Struct(">HQ")        # transport and slot, flow id
+# A Path is written for the registrar's side: the token, not the URI's
+# transport parameter, tells what the client's connection is.  Its two
+# top bits of the slot field carry it (the token keeps its length).
+TRANSPORTS = ("tcp", "tls", "ws", "wss")
+_SLOT_BITS = 14
 _MAC_BYTES = 8
 _SECRET = os.urandom(32)
 
@@ -50,14 +56,14 @@ def new_flow_id() -> int:
     return int.from_bytes(os.urandom(8), "big")
 
 
-def token(slot_id: int, flow_id: int) -> str:
-    packed = _PACKED.pack(slot_id, flow_id)
+def token(slot_id: int, flow_id: int, transport: str = "tcp") -> str:
+    packed = _PACKED.pack(TRANSPORTS.index(transport) << _SLOT_BITS | slot_id, flow_id)
     mac = hmac.new(_SECRET, packed, hashlib.sha256).digest()[:_MAC_BYTES]
     return TOKEN_PREFIX + base64.urlsafe_b64encode(packed + mac).decode()
 
 
-def decode(user: str | None) -> tuple[int, int] | None:
-    """(slot, flow id) named by a URI's user part, or None when it is not a token of ours."""
+def decode(user: str | None) -> tuple[int, int, str] | None:
+    """(slot, flow id, transport) named by a URI's user part, or None when it is not a token of ours."""
     if not user or not user.startswith(TOKEN_PREFIX):
         return None
     try:
@@ -69,8 +75,8 @@ def decode(user: str | None) -> tuple[int, int] | None:
     packed, mac = raw[:_PACKED.size], raw[_PACKED.size:]
     if not hmac.compare_digest(mac, hmac.new(_SECRET, packed, hashlib.sha256).digest()[:_MAC_BYTES]):
         return None
-    slot_id, flow_id = _PACKED.unpack(packed)
-    return slot_id, flow_id
+    field, flow_id = _PACKED.unpack(packed)
+    return field & ((1 << _SLOT_BITS) - 1), flow_id, TRANSPORTS[field >> _SLOT_BITS]
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,7 @@ class FlowTable:
         adopted = connection.flow_id is not None
         flow_id = connection.flow_id if adopted else new_flow_id()
         self.connections[flow_id] = connection
-        if not adopted:   # the master holds a duplicate of an adopted one already
+        if not adopted and connection.kept_by_master:   # the master holds a duplicate of an adopted one already
             kept.keep(kept_key(connection.server.name, flow_id), connection.channel.get_extra_info("socket"))
         return flow_id
 
@@ -123,21 +129,23 @@ class FlowTable:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if connection is not None and release:
+        if connection is not None and release and connection.kept_by_master:
             kept.release(kept_key(connection.server.name, flow_id))
 
-    def token(self, flow: tuple[int, int]) -> str:
+    def token(self, flow: tuple[int, int], transport: str = "tcp") -> str:
         """The token naming a flow (slot, flow id), for the user part of our Route toward its client.
 
-        Ours are made once each; another slot's (a request passed to us from
-        a connection it holds) each time.
+        Ours are made once each, with their connection's transport; another
+        slot's (a trunk's request passed to us) each time, with `transport`.
         """
         slot_id, flow_id = flow
         if slot_id != self.slot_id:
-            return token(slot_id, flow_id)
+            return token(slot_id, flow_id, transport)
         made = self.tokens.get(flow_id)
         if made is None:
-            made = self.tokens[flow_id] = token(slot_id, flow_id)
+            connection = self.connections.get(flow_id)
+            transport = "tcp" if connection is None else connection.transport
+            made = self.tokens[flow_id] = token(slot_id, flow_id, transport)
         return made
 
     def get(self, flow_id: int) -> Any:
@@ -150,7 +158,6 @@ class FlowTable:
 class RelayedFlow:
     """A flow held by another slot's worker, as a place to send to: what is sent goes over the relay."""
 
-    transport = "tcp"
     # The hop to the holding worker is a datagram that dies with that worker
     # if it crashes before reading it: retransmitted as over UDP (the client
     # absorbs a duplicate over TCP like any retransmission).
@@ -160,6 +167,10 @@ class RelayedFlow:
         self.others = others   # what passes to the other workers (oversipd.sip.proxy.places)
         self.target = target
         self.flow = (target.slot_id, target.flow_id)
+
+    @property
+    def transport(self) -> str:
+        return self.target.transport
 
     def send(self, data: bytes, address: Any) -> bool:
         return self.others.pass_to_flow(self.target, data)

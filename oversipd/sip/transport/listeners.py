@@ -133,6 +133,10 @@ class TcpConnection(asyncio.Protocol):
     reliable = True
     flow_id: int | None = None   # an accepted connection's flow (oversipd.sip.transport.flows); ours have none
     flow: tuple[int, int] | None = None
+    # A plain TCP connection's descriptor can be kept by the master across its
+    # worker's death (oversipd.kept); a TLS session or a WebSocket's state
+    # lives in the worker and dies with it.
+    kept_by_master = True
 
     def __init__(self, server: "TcpListener") -> None:
         self.server = server
@@ -143,12 +147,25 @@ class TcpConnection(asyncio.Protocol):
         self.last_activity = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
         self.asserted_user: Any = None   # the user authenticated over it (oversipd.sip.user_assertion)
+        self.cvars: dict[str, Any] = {}   # the user's, seen by requests as request.connection.cvars
 
     # The Source protocol of the core calls the transport name `transport`;
     # asyncio's Protocol has no attribute of that name, so it is free here.
     @property
     def transport(self) -> str:  # type: ignore[override]
-        return "tcp"
+        return self.transport_kind
+
+    @property
+    def remote_ip(self) -> str:
+        return self.peer[0] if self.peer else ""
+
+    @property
+    def remote_port(self) -> int:
+        return self.peer[1] if self.peer else 0
+
+    def close(self) -> None:
+        """The user's (SIP.md §12): end this connection."""
+        self.abort()
 
     def connection_made(self, channel: asyncio.BaseTransport) -> None:
         self.channel = channel  # type: ignore[assignment]
@@ -279,6 +296,8 @@ class AcceptedConnection(TcpConnection):
 
     def hand_over(self) -> None:
         """A new generation serves: it reads this connection from now on (oversipd.kept)."""
+        if not self.kept_by_master:
+            return   # its session is ours: it goes on here until the worker retires
         if self.channel is None or self.channel.is_closing() or self.flow_id is None:
             return
         self.channel.pause_reading()
@@ -294,26 +313,42 @@ class AcceptedConnection(TcpConnection):
             self.admitted = False
             self.core.admission.connection_ended()
         if self.flow_id is not None:
-            sock = None if self.left_open or self.channel is None else self.channel.get_extra_info("socket")
+            sock = None if self.left_open or self.channel is None or not self.kept_by_master \
+                else self.channel.get_extra_info("socket")
             self.server.flows.closed(self.flow_id, sock, release=not self.left_open)
         super().connection_lost(exc)
 
 
 class TcpListener:
-    """One TCP SIP listener in this worker: its slot's listening socket (transport/sockets.py)."""
+    """One stream SIP listener (tcp, tls, ws, wss) in this worker: its slot's listening socket for tcp
+    (transport/sockets.py), the shared one for the others."""
 
     def __init__(self, name: str, sock: socket.socket, core: Any, loop: asyncio.AbstractEventLoop,
-                 flows: Any) -> None:
+                 flows: Any, connection_class: type[AcceptedConnection] = AcceptedConnection,
+                 ssl_context: Any = None) -> None:
         self.name = name
         self.sock = sock
         self.core = core
         self.loop = loop
         self.flows = flows   # this worker's FlowTable
+        self.connection_class = connection_class
+        self.ssl_context = ssl_context   # tls and wss: the handshake is asyncio's
         self.connections: set[AcceptedConnection] = set()
         self.server: asyncio.AbstractServer | None = None
+        self.tasks: set[asyncio.Task] = set()   # the user's connection events in progress
 
     async def start(self) -> None:
-        self.server = await self.loop.create_server(lambda: AcceptedConnection(self), sock=self.sock)
+        if self.ssl_context is None:
+            self.server = await self.loop.create_server(lambda: self.connection_class(self), sock=self.sock)
+        else:
+            self.server = await self.loop.create_server(
+                lambda: self.connection_class(self), sock=self.sock, ssl=self.ssl_context,
+                ssl_handshake_timeout=self.core.settings.tls.handshake_timeout)
+
+    def spawn(self, coroutine: Any) -> None:
+        task = self.loop.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def adopt(self, sock: socket.socket, flow_id: int, unread: bytes = b"") -> None:
         """A connection this slot's previous worker accepted, kept open by the master."""
@@ -336,5 +371,5 @@ class TcpListener:
         """
         self.stop_reading()
         for connection in list(self.connections):
-            connection.left_open = True
+            connection.left_open = connection.kept_by_master
             connection.abort()
