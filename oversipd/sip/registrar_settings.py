@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, toml_key
-from .settings import _host
+from .settings import _host, checked_values, integer_at_least
 
 STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
 DIGEST_ALGORITHMS = ("SHA-256", "MD5")
@@ -48,14 +48,6 @@ def store_url(value: Any, base: Path) -> str:
     return "sqlite://" + os.path.normpath(base / path)
 
 
-def _integer(minimum: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
-        return value
-    return check
-
-
 def _domains(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError(f"expected a list of domains, got {value!r}")
@@ -79,23 +71,15 @@ def _parse(table: Any, name: str, keys: dict[str, Callable[[Any], Any]], source:
            base: Path) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(source, name, f"expected a table [{name}]")
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in keys and key != "store":
-            raise ConfigError(source, toml_key(name, key), "unknown key")
-        try:
-            values[key] = store_url(value, base) if key == "store" else keys[key](value)
-        except ValueError as why:
-            raise ConfigError(source, toml_key(name, key), str(why)) from None
-    return values
+    return checked_values(table, {**keys, "store": lambda value: store_url(value, base)}, source, name)
 
 
 REGISTRAR_KEYS: dict[str, Callable[[Any], Any]] = {
-    "domains": _domains, "min_expires": _integer(1), "max_expires": _integer(1),
-    "default_expires": _integer(1), "max_contacts": _integer(1),
+    "domains": _domains, "min_expires": integer_at_least(1), "max_expires": integer_at_least(1),
+    "default_expires": integer_at_least(1), "max_contacts": integer_at_least(1),
 }
 AUTH_KEYS: dict[str, Callable[[Any], Any]] = {
-    "realm": _realm, "algorithms": _algorithms, "nonce_lifetime": _integer(1),
+    "realm": _realm, "algorithms": _algorithms, "nonce_lifetime": integer_at_least(1),
 }
 
 

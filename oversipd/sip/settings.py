@@ -88,7 +88,8 @@ SIP_KEYS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _count(minimum: int) -> Callable[[Any], int]:
+def integer_at_least(minimum: int) -> Callable[[Any], int]:
+    """A checker of config values: an integer (not a bool) >= `minimum`."""
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
@@ -97,10 +98,10 @@ def _count(minimum: int) -> Callable[[Any], int]:
 
 
 LIMIT_KEYS: dict[str, Callable[[Any], int]] = {
-    "max_transactions": _count(1),
-    "max_connections": _count(1),
-    "per_source_rate": _count(0),
-    "auth_failures": _count(0),
+    "max_transactions": integer_at_least(1),
+    "max_connections": integer_at_least(1),
+    "per_source_rate": integer_at_least(0),
+    "auth_failures": integer_at_least(0),
 }
 
 
