@@ -16,8 +16,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "oversipd"
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["errors", "process", "logger", "altstack", "systemd", "control", "callbacks",
                     "forking", "modules"]),
-    ("configuration", ["addresses", "settings", "sip.settings", "sip.transport_settings", "sip.proxy_settings",
-                       "sip.counters", "sip.registrar_settings",
+    ("configuration", ["addresses", "settings", "sip.checks", "sip.settings", "sip.transport_settings",
+                       "sip.proxy_settings", "sip.counters", "sip.registrar_settings",
                        "heartbeat", "pidfile", "privileges", "activation", "launcher", "kept"]),
     ("mechanisms", ["reexec", "listeners", "resources", "loader", "daemonize", "slots"]),
     ("sip store", ["sip.store", "sip.digest"]),

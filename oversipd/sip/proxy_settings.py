@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import ConfigError, toml_key
-from .settings import checked_values
+from .checks import boolean, checked_values
 
 # The transports a [proxy.NAME] may prefer: the SIP listeners speak these.
 PROXY_TRANSPORTS = ("udp", "tcp", "tls")
@@ -44,12 +44,6 @@ class ProxySettings:
 
 
 # --- value checkers: each returns the parsed value or raises ValueError(why)
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
 
 def _seconds(minimum: float, *, inclusive: bool) -> Callable[[Any], float]:
     bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
@@ -115,17 +109,17 @@ DNS_KEYS: dict[str, Callable[[Any], Any]] = {
 }
 
 PROXY_KEYS: dict[str, Callable[[Any], Any]] = {
-    "do_record_routing": _boolean,
-    "use_dns": _boolean,
-    "use_naptr": _boolean,
-    "use_srv": _boolean,
+    "do_record_routing": boolean,
+    "use_dns": boolean,
+    "use_naptr": boolean,
+    "use_srv": boolean,
     "transport_preference": _transport_preference,
     "dns_cache_time": _seconds(0, inclusive=True),
-    "dns_failover_on_503": _boolean,
+    "dns_failover_on_503": boolean,
     "timer_B": _seconds(0, inclusive=False),
     "timer_C": _seconds(0, inclusive=False),
     "timer_F": _seconds(0, inclusive=False),
-    "callback_on_server_tls_handshake": _boolean,
+    "callback_on_server_tls_handshake": boolean,
 }
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, toml_key
-from .settings import _host, checked_values, integer_at_least
+from .checks import checked_table, integer_at_least
+from .settings import _host
 
 STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
 DIGEST_ALGORITHMS = ("SHA-256", "MD5")
@@ -69,9 +70,7 @@ def _algorithms(value: Any) -> tuple[str, ...]:
 
 def _parse(table: Any, name: str, keys: dict[str, Callable[[Any], Any]], source: str,
            base: Path) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise ConfigError(source, name, f"expected a table [{name}]")
-    return checked_values(table, {**keys, "store": lambda value: store_url(value, base)}, source, name)
+    return checked_table(table, {**keys, "store": lambda value: store_url(value, base)}, source, name)
 
 
 REGISTRAR_KEYS: dict[str, Callable[[Any], Any]] = {

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..addresses import ListenSettings
-from ..errors import ConfigError, toml_key
+from ..errors import ConfigError
+from .checks import checked_table, checked_values, integer_at_least
 from .transport_settings import SECURE_SCHEMES, TlsSettings, WebSocketSettings, parse_tls_table, \
     parse_websocket_table
 
@@ -88,15 +89,6 @@ SIP_KEYS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def integer_at_least(minimum: int) -> Callable[[Any], int]:
-    """A checker of config values: an integer (not a bool) >= `minimum`."""
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
-        return value
-    return check
-
-
 LIMIT_KEYS: dict[str, Callable[[Any], int]] = {
     "max_transactions": integer_at_least(1),
     "max_connections": integer_at_least(1),
@@ -105,25 +97,9 @@ LIMIT_KEYS: dict[str, Callable[[Any], int]] = {
 }
 
 
-def checked_values(table: dict[str, Any], checkers: dict[str, Callable[[Any], Any]],
-                   source: str, *where: str) -> dict[str, Any]:
-    """Every key of `table` known and valid, or a ConfigError naming it."""
-    values = {}
-    for key, value in table.items():
-        if key not in checkers:
-            raise ConfigError(source, toml_key(*where, key), "unknown key")
-        try:
-            values[key] = checkers[key](value)
-        except ValueError as why:
-            raise ConfigError(source, toml_key(*where, key), str(why)) from None
-    return values
-
-
 def parse_limits_table(table: Any, source: str) -> LimitSettings:
     """The `[limits]` table -> LimitSettings; every mistake names file and key."""
-    if not isinstance(table, dict):
-        raise ConfigError(source, "limits", "expected a table [limits]")
-    return LimitSettings(**checked_values(table, LIMIT_KEYS, source, "limits"))
+    return LimitSettings(**checked_table(table, LIMIT_KEYS, source, "limits"))
 
 
 def parse_sip_table(table: Any, listen: dict[str, ListenSettings], source: str,

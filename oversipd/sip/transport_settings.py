@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, toml_key
+from .checks import boolean, checked_table
 
 VERIFY_CLIENT = ("none", "optional", "required")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
@@ -59,12 +60,6 @@ def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
     return check
 
 
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
 def _seconds(minimum: float, zero_allowed: bool = False) -> Callable[[Any], float]:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
@@ -87,29 +82,15 @@ def _origins(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _parse(name: str, table: Any, checks: dict[str, Callable[[Any], Any]], source: str) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise ConfigError(source, name, f"expected a table [{name}]")
-    values = {}
-    for key, value in table.items():
-        if key not in checks:
-            raise ConfigError(source, toml_key(name, key), "unknown key")
-        try:
-            values[key] = checks[key](value)
-        except ValueError as why:
-            raise ConfigError(source, toml_key(name, key), str(why)) from None
-    return values
-
-
 def parse_tls_table(table: Any, source: str, needs_certificate: bool) -> TlsSettings:
     """`[tls]` -> TlsSettings; a tls/wss listener needs a readable certificate and key."""
     base = Path(os.path.dirname(source))
     checks: dict[str, Callable[[Any], Any]] = {
         "certificate": _file(base), "private_key": _file(base), "ca_file": _file(base),
-        "verify_client": _choice(VERIFY_CLIENT), "verify_server": _boolean,
+        "verify_client": _choice(VERIFY_CLIENT), "verify_server": boolean,
         "minimum_version": _choice(TLS_VERSIONS), "handshake_timeout": _seconds(0.0),
     }
-    settings = TlsSettings(**_parse("tls", table, checks, source))
+    settings = TlsSettings(**checked_table(table, checks, source, "tls"))
     if needs_certificate:
         for key in ("certificate", "private_key"):
             if not getattr(settings, key):
@@ -140,4 +121,4 @@ def parse_websocket_table(table: Any, source: str) -> WebSocketSettings:
         "max_message_size": _size, "allowed_origins": _origins,
         "ping_interval": _seconds(0.0, zero_allowed=True), "pong_timeout": _seconds(0.0),
     }
-    return WebSocketSettings(**_parse("websocket", table, checks, source))
+    return WebSocketSettings(**checked_table(table, checks, source, "websocket"))
