@@ -300,15 +300,26 @@ class ProxyEngine(Logger):
         destination = uri or next_hop(message)
         lower_max_forwards(message)
         try:
-            targets = await self.resolver.resolve(_destination_of(destination), proxy.settings)
-            source, address = await self.transport_for(targets[0], destination.host)
+            target = await self.ack_target(proxy, request, uri, destination)
+            source, address = await self.transport_for(target, destination.host)
         except (DnsError, OSError) as error:
             self.log_system_info(f"an ACK for {destination} is dropped: {error}")
             _finish(future, None)
             return
-        message.insert_header("Via", self.headers.via(targets[0].transport, self.headers.new_branch()))
+        message.insert_header("Via", self.headers.via(target.transport, self.headers.new_branch()))
         self.send(source, address, message.to_bytes())
         _finish(future, None)
+
+    async def ack_target(self, proxy: Proxy, request: "Request", uri: SipUri | None,
+                         destination: SipUri) -> Target | FlowTarget:
+        """Where an ACK goes: like any request, the client's connection a Route with our flow token names.
+
+        A browser's Contact (RFC 7118: a random `.invalid` host) resolves to
+        nothing: its flow is the only way to it.
+        """
+        if uri is None and request._flow is not None:
+            return FlowTarget(*request._flow)
+        return (await self.resolver.resolve(_destination_of(destination), proxy.settings))[0]
 
     # --- transports out -------------------------------------------------------------
 
