@@ -122,8 +122,10 @@ sip-scanners:
 	@{ command -v svwar >/dev/null 2>&1 && command -v sipsak >/dev/null 2>&1; } || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sipvicious sipsak; }
 
-# tests/test_sip_jssip.py runs JsSIP under Node (SIP.md §12): Debian's nodejs
-# and npm when missing, then the packages pinned in tests/js/package-lock.json.
+# tests/test_sip_jssip.py and test_sip_sipjs.py run JsSIP and SIP.js under Node,
+# tests/test_sip_browsers.py drives Chromium with playwright-core (SIP.md §12):
+# Debian's nodejs and npm when missing, then the packages pinned in
+# tests/js/package-lock.json.
 .PHONY: nodejs
 nodejs:
 	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
