@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from js_helpers import JS_DIR, pki   # noqa: F401 (a fixture)
 from listen_helpers import SERVING_SCRIPT, STATUS_SOURCE, free_port, http_get, listen_table
 from registrar_helpers import PASSWORDS, REPO, SERVER_SCRIPT, user_command
-from secure_helpers import make_pki
 from sip_helpers import SipServer
 
-JS_DIR = REPO / "tests" / "js"
 PHONE_DIR = REPO / "phone"
 CHROMIUM = Path("/usr/bin/chromium")
 CALL_TIMEOUT = 60   # seconds for the whole two-browser scenario (each step has 15)
@@ -56,11 +55,6 @@ def phone_daemon(oversipd_daemon, pki, phone: Path = PHONE_DIR, start: bool = Tr
             assert result.returncode == 0, result.stderr
         daemon.start()
     return server
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def two_browsers(server: SipServer) -> list[str]:
