@@ -299,8 +299,10 @@ class ProxyEngine(Logger):
         message = request.message.copy()
         destination = uri or next_hop(message)
         lower_max_forwards(message)
-        try:
-            target = await self.ack_target(proxy, request, uri, destination)
+        flow = request._flow if uri is None else None   # a Route with our flow token: that client's
+        try:                                             # connection (a browser's Contact is a .invalid host)
+            target = FlowTarget(*flow) if flow else (await self.resolver.resolve(_destination_of(destination),
+                                                                                  proxy.settings))[0]
             source, address = await self.transport_for(target, destination.host)
         except (DnsError, OSError) as error:
             self.log_system_info(f"an ACK for {destination} is dropped: {error}")
@@ -309,17 +311,6 @@ class ProxyEngine(Logger):
         message.insert_header("Via", self.headers.via(target.transport, self.headers.new_branch()))
         self.send(source, address, message.to_bytes())
         _finish(future, None)
-
-    async def ack_target(self, proxy: Proxy, request: "Request", uri: SipUri | None,
-                         destination: SipUri) -> Target | FlowTarget:
-        """Where an ACK goes: like any request, the client's connection a Route with our flow token names.
-
-        A browser's Contact (RFC 7118: a random `.invalid` host) resolves to
-        nothing: its flow is the only way to it.
-        """
-        if uri is None and request._flow is not None:
-            return FlowTarget(*request._flow)
-        return (await self.resolver.resolve(_destination_of(destination), proxy.settings))[0]
 
     # --- transports out -------------------------------------------------------------
 
