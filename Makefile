@@ -9,6 +9,7 @@ MOD_PG_STAMP := $(VENV)/.installed-mod-postgresql
 MOD_MYSQL := mods/oversip-mod-mysql
 MOD_MYSQL_STAMP := $(VENV)/.installed-mod-mysql
 JS_TEST_STAMP := tests/js/node_modules/.installed
+PHONE_BUNDLE := phone/build/jssip.js
 
 .PHONY: run test check clean
 
@@ -39,15 +40,15 @@ $(RUN_CERT):
 
 # git does not keep directory modes: a checkout made under umask 002 would
 # leave modules.d group-writable, and oversipd refuses that (StrictModes).
-run: $(STAMP) $(RUN_CERT)
+run: $(STAMP) $(RUN_CERT) $(PHONE_BUNDLE)
 	chmod go-w modules.d modules.d/*.py
 	$(VENV)/bin/oversipd run -c oversipd.conf
 
-check: $(STAMP) $(RUN_CERT)
+check: $(STAMP) $(RUN_CERT) $(PHONE_BUNDLE)
 	chmod go-w modules.d modules.d/*.py
 	$(VENV)/bin/oversipd check -c oversipd.conf
 
-test: $(STAMP) $(MOD_PG_STAMP) $(MOD_MYSQL_STAMP) postgresql-server mariadb-server dnsmasq-base sip-tester service-test-deps baresip sip-scanners kamailio-server $(JS_TEST_STAMP)
+test: $(STAMP) $(MOD_PG_STAMP) $(MOD_MYSQL_STAMP) postgresql-server mariadb-server dnsmasq-base sip-tester service-test-deps baresip sip-scanners kamailio-server $(JS_TEST_STAMP) $(PHONE_BUNDLE) chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # oversip-mod-postgresql: a distribution of its own, installed (editable)
@@ -121,8 +122,10 @@ sip-scanners:
 	@{ command -v svwar >/dev/null 2>&1 && command -v sipsak >/dev/null 2>&1; } || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sipvicious sipsak; }
 
-# tests/test_sip_jssip.py runs JsSIP under Node (SIP.md §12): Debian's nodejs
-# and npm when missing, then the packages pinned in tests/js/package-lock.json.
+# tests/test_sip_jssip.py and test_sip_sipjs.py run JsSIP and SIP.js under Node,
+# tests/test_sip_browsers.py drives Chromium with playwright-core (SIP.md §12):
+# Debian's nodejs and npm when missing, then the packages pinned in
+# tests/js/package-lock.json.
 .PHONY: nodejs
 nodejs:
 	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
@@ -131,6 +134,23 @@ nodejs:
 $(JS_TEST_STAMP): tests/js/package.json tests/js/package-lock.json | nodejs
 	npm ci --prefix tests/js --no-audit --no-fund --silent
 	touch $@
+
+# The /phone page of the status listener (modules.d/status.py, SIP.md §12)
+# runs JsSIP in the browser.  JsSIP's npm package is CommonJS for Node only:
+# esbuild (pinned next to it in phone/package-lock.json) bundles it into one
+# script that the page loads from us (no CDN).  phone/ is its own small
+# package, so that `make run` installs no test tool.
+$(PHONE_BUNDLE): phone/package.json phone/package-lock.json | nodejs
+	npm ci --prefix phone --no-audit --no-fund --silent
+	phone/node_modules/.bin/esbuild phone/node_modules/jssip/lib/JsSIP.js --bundle --format=iife \
+	  --global-name=JsSIP --minify --log-level=warning --outfile=$@
+
+# tests/test_sip_browsers.py: two headless Chromium pages call each other
+# (driven by playwright-core from tests/js): Debian's chromium when missing.
+.PHONY: chromium
+chromium:
+	@[ -x /usr/bin/chromium ] || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build dist *.egg-info .pytest_cache

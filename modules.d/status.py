@@ -3,6 +3,9 @@
     GET /health   -> 200 {"worker": K, "pid": ..., "uptime_s": ..., "reloads": ...}
     HEAD /health  -> the same headers, no body
     /health, any other method -> 405 (Allow: GET, HEAD);  any other path -> 404
+    GET /phone    -> a small softphone (JsSIP over WSS, SIP.md §12), when
+                     `phone` names its directory; /phone/phone.js and
+                     /phone/jssip.js are its script and JsSIP's bundle
 
 `uptime_s` is the seconds since this worker started serving; `reloads`
 counts the reloads (SIGHUP) this worker ran. HTTP/1.1 keep-alive is
@@ -18,6 +21,12 @@ and the connection closed (no body is ever read).
     listen = "status"         # the [listen.NAME] section to serve
     timeout = 5.0             # seconds; applied again on reload
     max_request_bytes = 8192  # takes effect when a worker starts
+    phone = ""                # the /phone page's directory (relative to the
+                              # configuration file); "" = no page
+
+`phone` is read once, in the master: the files are served from memory, and
+a directory without the page or without its JsSIP bundle (build/jssip.js,
+which `make run` makes) is a configuration error naming the key.
 """
 
 from __future__ import annotations
@@ -27,15 +36,22 @@ import json
 import os
 import time
 from email.utils import formatdate
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import oversipd
 from oversipd import Logger, SystemCallbacks
+from oversipd.errors import ConfigError
 
-DEFAULTS: dict[str, Any] = {"listen": "status", "timeout": 5.0, "max_request_bytes": 8192}
+DEFAULTS: dict[str, Any] = {"listen": "status", "timeout": 5.0, "max_request_bytes": 8192, "phone": ""}
 MIN_REQUEST_BYTES = 256
 HEALTH_PATH = "/health"
 ALLOWED_METHODS = ("GET", "HEAD")
+JSON = "application/json"
+# The /phone page: URL path -> (file in the `phone` directory, Content-Type).
+PHONE_FILES = {"/phone": ("phone.html", "text/html; charset=utf-8"),
+               "/phone/phone.js": ("phone.js", "text/javascript; charset=utf-8"),
+               "/phone/jssip.js": ("build/jssip.js", "text/javascript; charset=utf-8")}
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            431: "Request Header Fields Too Large", 505: "HTTP Version Not Supported"}
 # Seconds for answers in progress when the worker stops: what graceful_timeout
@@ -76,7 +92,39 @@ def read_settings(raw: dict[str, Any]) -> dict[str, Any]:
     if isinstance(size, bool) or not isinstance(size, int) or size < MIN_REQUEST_BYTES:
         raise ValueError(f"[modules.status] max_request_bytes: expected an integer >= "
                          f"{MIN_REQUEST_BYTES}, got {size!r}")
+    if not isinstance(settings["phone"], str):
+        raise ValueError(f"[modules.status] phone: expected a directory, got {settings['phone']!r}")
     return settings
+
+
+class Page(NamedTuple):
+    content_type: str
+    body: bytes
+
+
+def read_pages(phone: str) -> dict[str, Page]:
+    """The /phone page's files by URL path ({} when `phone` is ""); a missing one is a ConfigError."""
+    if not phone:
+        return {}
+    directory = Path(oversipd.config.path).parent / phone   # relative to the configuration file
+    pages = {}
+    for path, (name, content_type) in PHONE_FILES.items():
+        try:
+            pages[path] = Page(content_type, (directory / name).read_bytes())
+        except OSError as error:
+            raise ConfigError(str(oversipd.config.path), "modules.status.phone",
+                              f"cannot read {directory / name} ({error.strerror}); "
+                              "`make run` makes the JsSIP bundle") from None
+    return pages
+
+
+class Answer(NamedTuple):
+    status: int
+    body: bytes
+    keep_alive: bool
+    head_only: bool = False
+    extra: str = ""
+    content_type: str = JSON
 
 
 class HttpDate:
@@ -99,8 +147,9 @@ class StatusServer(Logger):
     log_id = "Status module"
 
     def __init__(self, health: Callable[[], dict[str, Any]], timeout: float,
-                 max_request_bytes: int) -> None:
+                 max_request_bytes: int, pages: dict[str, Page] | None = None) -> None:
         self.health = health
+        self.pages = pages or {}
         self.timeout = float(timeout)
         self.max_request_bytes = max_request_bytes
         self.server: asyncio.base_events.Server | None = None
@@ -167,25 +216,28 @@ class StatusServer(Logger):
                 head = None
             finally:
                 self.idle.discard(task)
-            status, body, keep_alive, head_only, extra = self.answer(head)
-            writer.write(self.response(status, body, keep_alive and not self.closing, head_only, extra))
+            answer = self.answer(head)
+            writer.write(self.response(answer._replace(keep_alive=answer.keep_alive and not self.closing)))
             await writer.drain()
-        return keep_alive
+        return answer.keep_alive
 
-    def answer(self, head: bytes | None) -> tuple[int, bytes, bool, bool, str]:
-        """(status, body, keep_alive, head_only, extra headers) for a request head."""
+    def answer(self, head: bytes | None) -> Answer:
+        """The answer to a request head."""
         if head is None:
-            return 431, b'{"error": "request too large"}', False, False, ""
+            return Answer(431, b'{"error": "request too large"}', False)
         try:
             method, path, keep_alive = self.parse(head)
         except BadRequest as bad:
-            return bad.status, json.dumps({"error": str(bad).lower()}).encode(), False, False, ""
-        if path != HEALTH_PATH:
-            return 404, b'{"error": "not found"}', keep_alive, method == "HEAD", ""
+            return Answer(bad.status, json.dumps({"error": str(bad).lower()}).encode(), False)
+        if path != HEALTH_PATH and path not in self.pages:
+            return Answer(404, b'{"error": "not found"}', keep_alive, method == "HEAD")
         if method not in ALLOWED_METHODS:
-            return (405, b'{"error": "method not allowed"}', keep_alive, False,
-                    f"Allow: {', '.join(ALLOWED_METHODS)}\r\n")
-        return 200, json.dumps(self.health()).encode(), keep_alive, method == "HEAD", ""
+            return Answer(405, b'{"error": "method not allowed"}', keep_alive,
+                          extra=f"Allow: {', '.join(ALLOWED_METHODS)}\r\n")
+        if path in self.pages:
+            page = self.pages[path]
+            return Answer(200, page.body, keep_alive, method == "HEAD", content_type=page.content_type)
+        return Answer(200, json.dumps(self.health()).encode(), keep_alive, method == "HEAD")
 
     @staticmethod
     def parse(head: bytes) -> tuple[str, str, bool]:
@@ -210,15 +262,15 @@ class StatusServer(Logger):
             keep_alive = False
         return method, target.split("?", 1)[0], keep_alive
 
-    def response(self, status: int, body: bytes, keep_alive: bool, head_only: bool, extra: str) -> bytes:
-        head = (f"HTTP/1.1 {status} {REASONS[status]}\r\n"
+    def response(self, answer: Answer) -> bytes:
+        head = (f"HTTP/1.1 {answer.status} {REASONS[answer.status]}\r\n"
                 f"Date: {self.date.now()}\r\n"
-                "Content-Type: application/json\r\n"
+                f"Content-Type: {answer.content_type}\r\n"
                 "Cache-Control: no-store\r\n"
-                f"Content-Length: {len(body)}\r\n"
-                f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n"
-                f"{extra}\r\n")
-        return head.encode() + (b"" if head_only else body)
+                f"Content-Length: {len(answer.body)}\r\n"
+                f"Connection: {'keep-alive' if answer.keep_alive else 'close'}\r\n"
+                f"{answer.extra}\r\n")
+        return head.encode() + (b"" if answer.head_only else answer.body)
 
 
 # --- the module: one StatusServer per worker ------------------------------------------
@@ -237,7 +289,8 @@ class WorkerHealth:
 
 log = Logger("Status module")
 # Checked at import, in the master: a wrong value stops the daemon before any fork.
-read_settings(oversipd.module_settings("status"))
+# The page is read here too: every worker forked from this master serves it.
+pages = read_pages(read_settings(oversipd.module_settings("status"))["phone"])
 health = WorkerHealth()
 server: StatusServer | None = None
 
@@ -252,7 +305,7 @@ async def start_serving() -> None:
         raise RuntimeError(f"no [listen.{settings['listen']}] section to serve the status on "
                            "(add one, or set [modules.status] listen)") from None
     health.started = time.monotonic()
-    server = StatusServer(health, settings["timeout"], settings["max_request_bytes"])
+    server = StatusServer(health, settings["timeout"], settings["max_request_bytes"], pages)
     await server.start(sock)
     log.log_system_info(f"worker {oversipd.process.worker_id}: serving GET {HEALTH_PATH} "
                         f"on [listen.{settings['listen']}]")

@@ -80,8 +80,8 @@ def import_drop_ins(names: list[str]) -> None:
     for name in names:
         try:
             importlib.import_module(f"{modules_namespace.__name__}.{name}")
-        except HaltServer:
-            raise
+        except (HaltServer, ConfigError):
+            raise   # ConfigError: the module found a mistake in the configuration (exit status 2)
         except BaseException as error:
             raise ModuleLoadError(f"module {name}", error) from error
 

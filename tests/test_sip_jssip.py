@@ -1,177 +1,20 @@
-"""SIP.md §12 with real WebRTC-side software: JsSIP (Node) registers over WS through oversipd to Kamailio.
+"""SIP.md §12 with real WebRTC-side software: JsSIP (Node) registers over WS and WSS through oversipd to Kamailio.
 
 JsSIP (npm, pinned in tests/js/package-lock.json, installed by `make test`)
 registers over a WebSocket to oversipd, which proxies the REGISTER over UDP
 to a Kamailio registrar that keeps oversipd's Path.  A caller's MESSAGE to
 the user goes to Kamailio, which routes it by that Path back through
 oversipd and over the WebSocket to JsSIP; JsSIP answers it and sends a
-MESSAGE back to the caller through oversipd.
+MESSAGE back to the caller through oversipd (tests/js_helpers.py).
 """
 
 from __future__ import annotations
 
-import queue
-import shutil
-import socket
-import subprocess
-import threading
-import uuid
-from pathlib import Path
-
 import pytest
 
-from oversipd.sip.syntax.message import Request as Message, Response, parse_message
-
-from listen_helpers import free_port
-from secure_helpers import make_pki, secure_daemon
-from sip_helpers import CLIENT_TIMEOUT
-from test_sip_flows import FLOW_SCRIPT, PROFILE
-
-JS_DIR = Path(__file__).resolve().parent / "js"
-KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
-KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
-REGISTRAR_CFG = """#!KAMAILIO
-debug=1
-log_stderror=yes
-children=1
-auto_aliases=no
-listen=udp:127.0.0.1:{port}
-mpath="{modules}"
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "pv.so"
-loadmodule "usrloc.so"
-loadmodule "registrar.so"
-loadmodule "path.so"
-loadmodule "textops.so"
-modparam("registrar", "use_path", 1)
-modparam("registrar", "path_mode", 2)
-request_route {{
-    if (is_method("REGISTER")) {{
-        save("location");
-        exit;
-    }}
-    if (!lookup("location")) {{
-        sl_send_reply("404", "Not Found");
-        exit;
-    }}
-    t_relay();
-}}
-"""
+from js_helpers import kamailio, pki, register_and_exchange_messages   # noqa: F401 (fixtures)
 
 
-@pytest.fixture
-def kamailio(tmp_path):
-    port = free_port("udp")
-    config = tmp_path / "registrar.cfg"
-    config.write_text(REGISTRAR_CFG.format(port=port, modules=KAMAILIO_MODULES))
-    process = subprocess.Popen([KAMAILIO, "-f", str(config), "-DD", "-E", "-m", "32", "-M", "4",
-                                "-Y", str(tmp_path)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        wait_for_sip_answer(port, process)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(CLIENT_TIMEOUT)
-        process.stderr.close()
-
-
-def wait_for_sip_answer(port: int, process: subprocess.Popen) -> None:
-    """Until Kamailio answers an OPTIONS (any response): its UDP listener is serving."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        for attempt in range(int(CLIENT_TIMEOUT / 0.2)):
-            assert process.poll() is None, process.stderr.read().decode(errors="replace")
-            probe.sendto(sip_request("OPTIONS", f"sip:127.0.0.1:{port}", probe.getsockname()[1]),
-                         ("127.0.0.1", port))
-            probe.settimeout(0.2)   # a datagram may come before the listener: asked again
-            try:
-                probe.recvfrom(65535)
-                return
-            except socket.timeout:
-                continue
-    raise AssertionError("Kamailio never answered")
-
-
-def sip_request(method: str, uri: str, local_port: int, body: bytes = b"", call_id: str | None = None) -> bytes:
-    lines = [f"{method} {uri} SIP/2.0",
-             f"Via: SIP/2.0/UDP 127.0.0.1:{local_port};branch=z9hG4bK{uuid.uuid4().hex};rport",
-             f"From: <sip:caller@127.0.0.1:{local_port}>;tag=caller1",
-             f"To: <{uri}>",
-             f"Call-ID: {call_id or uuid.uuid4().hex}",
-             f"CSeq: 1 {method}",
-             "Max-Forwards: 70",
-             "Content-Type: text/plain",
-             f"Content-Length: {len(body)}"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-class JsSipUser:
-    """`node tests/js/register_and_message.js`: its stdout lines, one per event."""
-
-    def __init__(self, ws_url: str, aor: str, registrar: str) -> None:
-        self.process = subprocess.Popen(["node", str(JS_DIR / "register_and_message.js"), ws_url, aor, registrar],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self.read, daemon=True).start()
-
-    def read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line.strip())
-
-    def next_event(self) -> str:
-        """The next line that is an event (JsSIP's own chatter, if any, skipped)."""
-        while True:
-            line = self.lines.get(timeout=CLIENT_TIMEOUT)
-            if line.split(" ", 1)[0] in ("registered", "message", "sent", "failed"):
-                return line
-
-    def stop(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()   # the script stops its UA and exits
-        try:
-            self.process.wait(CLIENT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-def test_jssip_registers_over_ws_and_exchanges_messages_through_kamailio(oversipd_daemon, pki, kamailio):
-    assert (JS_DIR / "node_modules" / "jssip").is_dir(), "npm packages missing: `make test` runs npm ci"
-    server = secure_daemon(oversipd_daemon, pki, script=FLOW_SCRIPT, extra_tables={"proxy.proxy_out": PROFILE})
-    user = JsSipUser(f"ws://127.0.0.1:{server.port_of('ws')}", "sip:alice@example.test",
-                     f"sip:127.0.0.1:{kamailio}")
-    caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    caller.bind(("127.0.0.1", 0))
-    caller.settimeout(CLIENT_TIMEOUT)
-    try:
-        assert user.next_event() == "registered"
-        caller_port = caller.getsockname()[1]
-        caller.sendto(sip_request("MESSAGE", f"sip:alice@127.0.0.1:{kamailio}", caller_port, b"hello"),
-                      ("127.0.0.1", kamailio))
-        assert user.next_event() == f"message sip:caller@127.0.0.1:{caller_port} hello"
-        answer, echo = None, None
-        while answer is None or echo is None:   # JsSIP's 200 (via Kamailio) and its MESSAGE (via oversipd)
-            message = parse_message(caller.recvfrom(65535)[0])
-            if isinstance(message, Response) and message.status >= 200:
-                answer = message
-            elif isinstance(message, Message) and message.method == "MESSAGE":
-                echo = message
-                caller.sendto(message.make_response(200, to_tag="caller2").to_bytes(), ("127.0.0.1",
-                                                                                      server.port))
-        assert answer.status == 200
-        assert echo.body == b"echo hello" and echo.via[-1].transport == "WS"
-        assert user.next_event() == "sent"
-    finally:
-        caller.close()
-        user.stop()
-    transports = {event["transport"] for event in server.daemon.find("request")}
-    assert transports == {"ws", "udp"}
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+def test_jssip_registers_and_exchanges_messages_through_kamailio(oversipd_daemon, pki, kamailio, scheme):
+    register_and_exchange_messages(oversipd_daemon, pki, kamailio, "register_and_message.js", scheme)

@@ -299,14 +299,16 @@ class ProxyEngine(Logger):
         message = request.message.copy()
         destination = uri or next_hop(message)
         lower_max_forwards(message)
-        try:
-            targets = await self.resolver.resolve(_destination_of(destination), proxy.settings)
-            source, address = await self.transport_for(targets[0], destination.host)
+        flow = request._flow if uri is None else None   # a Route with our flow token: that client's
+        try:                                             # connection (a browser's Contact is a .invalid host)
+            target = FlowTarget(*flow) if flow else (await self.resolver.resolve(_destination_of(destination),
+                                                                                  proxy.settings))[0]
+            source, address = await self.transport_for(target, destination.host)
         except (DnsError, OSError) as error:
             self.log_system_info(f"an ACK for {destination} is dropped: {error}")
             _finish(future, None)
             return
-        message.insert_header("Via", self.headers.via(targets[0].transport, self.headers.new_branch()))
+        message.insert_header("Via", self.headers.via(target.transport, self.headers.new_branch()))
         self.send(source, address, message.to_bytes())
         _finish(future, None)
 
