@@ -326,8 +326,7 @@ class ProxyEngine(Logger):
         tx = self.clients.transactions.get(client_key(branch, method))
         if tx is None:
             return
-        self.clients.terminate(tx)
-        forward = tx.owner
+        forward = self.clients.terminate(tx)
         if forward is not None and tx is forward.tx:
             self.fail(forward, *FLOW_FAILED)
 
@@ -341,12 +340,12 @@ class ProxyEngine(Logger):
         if tx is None:
             self.stray_response(response, source, address)
             return
+        forward = tx.owner          # read first: a transaction that ends lets go of it
         verdict = self.clients.receive(tx, response.status, self.loop.time())
         if verdict is Verdict.ABSORB:
             if tx.ack is not None:    # the final response again: our ACK was lost
                 self.send(*tx.destination, tx.ack)
             return
-        forward = tx.owner
         if forward is None:
             return   # the response to our CANCEL
         response.pop_header_value("Via")
@@ -500,6 +499,10 @@ class ProxyEngine(Logger):
         if forward.timer_c is not None:
             forward.timer_c.cancel()
             forward.timer_c = None
+        if forward.request._proxy is forward:
+            # Request and Forward point at each other (and a script's callbacks at the request):
+            # let go now, so that a call leaves the cycle collector nothing to free.
+            forward.request._proxy = None
         _finish(forward.future, outcome)
 
     def run_callback(self, forward: Forward, name: str, *args: Any) -> None:
@@ -522,8 +525,7 @@ class ProxyEngine(Logger):
         resend, timeouts = self.clients.expire(self.loop.time())
         for tx, data in resend:
             self.send(*tx.destination, data)
-        for tx, _ in timeouts:
-            forward = tx.owner
+        for tx, _, forward in timeouts:
             if forward is not None and tx is forward.tx:
                 self.fail(forward, *REQUEST_TIMEOUT, invite_timeout=True)
         self.arm_timer()
