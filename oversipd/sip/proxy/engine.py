@@ -23,6 +23,7 @@ from ..transport.flows import FLOW_FAILED, FlowTable, FlowTarget, token as flow_
 from ..syntax.message import Request as Message, Response, parse_message
 from ..proxy_settings import DnsSettings, ProxySettings
 from ..transport.relay import place_of
+from ..core.eager import start_eagerly
 from ..core.timers import TableTimer
 from ..transport.outgoing import NextHops
 from .accepted import AcceptedBranches
@@ -533,9 +534,12 @@ class ProxyEngine(Logger):
     # --- life ---------------------------------------------------------------------------------
 
     def spawn(self, coroutine: Any) -> None:
-        task = self.loop.create_task(coroutine)
-        self.core.tasks.add(task)
-        task.add_done_callback(self.core.tasks.discard)
+        """Our routing coroutines run at once; only one that waits (DNS, a connection) becomes a Task."""
+        start_eagerly(self.loop, coroutine, self.core.tasks, self.coroutine_failed)
+
+    def coroutine_failed(self, error: BaseException) -> None:
+        self.log_system_error("a routing coroutine raised:")
+        self.log_system_error(error)
 
     def close(self) -> None:
         self.others.close()
