@@ -12,7 +12,7 @@ JS_TEST_STAMP := tests/js/node_modules/.installed
 
 .PHONY: run test check clean
 
-$(STAMP): setup.cfg setup.py pyproject.toml Makefile oversipd/sip/syntax/_speedups.c
+$(STAMP): setup.cfg setup.py pyproject.toml Makefile oversipd/sip/syntax/_speedups.c oversipd/sip/syntax/uri.py oversipd/sip/syntax/message.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# compat: the core on sys.path itself.  setuptools' default editable
