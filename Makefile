@@ -13,7 +13,7 @@ PHONE_BUNDLE := phone/build/jssip.js
 
 .PHONY: run test check clean
 
-$(STAMP): setup.cfg setup.py pyproject.toml Makefile oversipd/sip/syntax/_speedups.c
+$(STAMP): setup.cfg setup.py pyproject.toml Makefile oversipd/sip/syntax/_speedups.c oversipd/sip/syntax/uri.py oversipd/sip/syntax/message.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# compat: the core on sys.path itself.  setuptools' default editable
@@ -252,10 +252,16 @@ kamailio-server:
 	@command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kamailio; }
 
+# bench-sip's kamailio-kemi: Kamailio's routes in Python (app_python3).
+.PHONY: kamailio-python
+kamailio-python: kamailio-server
+	@dpkg -s kamailio-python3-modules >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kamailio-python3-modules; }
+
 # The highest OPTIONS/s and calls/s with 0 failures, and CPU per message (about
 # 10 minutes on 2 cores); writes its section of docs/BENCHMARKS.md.  A short
 # smoke: BENCH_ARGS="--duration 3 --rounds 1 --probe-duration 2".
-bench-sip: $(BENCH_STAMP) sip-tester kamailio-server
+bench-sip: $(BENCH_STAMP) sip-tester kamailio-server kamailio-python
 	PATH="$$PATH:/usr/sbin" BENCH_COMMAND="make bench-sip$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
 	  $(BENCH_PY) -m bench.sip --write docs/BENCHMARKS.md --json bench/results/sip.json $(BENCH_ARGS)
 

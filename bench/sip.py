@@ -201,9 +201,11 @@ class Bench:
 
 def kamailio_servers(role: str, ports: Ports, first: int, workdir: Path, wanted: set[str]) -> list[SipServer]:
     servers: list[SipServer] = []
-    for index, (name, allocator) in enumerate((("kamailio", ""), ("kamailio-tlsf", "tlsf"))):
+    kinds = (("kamailio", "", False), ("kamailio-tlsf", "tlsf", False), ("kamailio-kemi", "", True))
+    for index, (name, allocator, kemi) in enumerate(kinds):
         if name in wanted:
-            servers.append(Kamailio(name, role, ports.server(first + index), workdir / f"{role}-{name}", allocator))
+            servers.append(Kamailio(name, role, ports.server(first + index), workdir / f"{role}-{name}", allocator,
+                                    kemi=kemi))
     return servers
 
 
@@ -266,7 +268,8 @@ def ratio(a: float | None, b: float | None) -> str:
 def display_name(name: str, args: argparse.Namespace) -> str:
     return {"oversipd": f"oversipd, {args.workers} workers",
             "kamailio": "Kamailio, Debian's default allocator (qm)",
-            "kamailio-tlsf": "Kamailio, -x tlsf"}[name]
+            "kamailio-tlsf": "Kamailio, -x tlsf",
+            "kamailio-kemi": "Kamailio, routes in Python (KEMI, app_python3)"}[name]
 
 
 def table(case: Case, searches: dict[str, Search], args: argparse.Namespace, skipped: str) -> str:
@@ -368,8 +371,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.sip", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--cases", type=names, default=list(CASES), help="tables to make: " + ", ".join(CASES))
-    parser.add_argument("--servers", type=lambda v: set(names(v)), default={"oversipd", "kamailio", "kamailio-tlsf"},
-                        help="oversipd, kamailio, kamailio-tlsf")
+    parser.add_argument("--servers", type=lambda v: set(names(v)), default={"oversipd", "kamailio", "kamailio-kemi"},
+                        help="oversipd, kamailio, kamailio-tlsf, kamailio-kemi")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each sustained run")
     parser.add_argument("--rounds", type=int, default=2,
                         help="sustained runs at the rate found, and at the table's common rate, per server")

@@ -23,7 +23,8 @@ import psutil
 from .figures import cpu_seconds
 
 BENCH = Path(__file__).resolve().parent
-KAMAILIO_CONFIGS = {"options": BENCH / "kamailio" / "options.cfg", "proxy": BENCH / "kamailio" / "proxy.cfg"}
+KAMAILIO_CONFIGS = {"options": BENCH / "kamailio" / "options.cfg", "proxy": BENCH / "kamailio" / "proxy.cfg",
+                    "kemi": BENCH / "kamailio" / "kemi.cfg"}
 OVERSIPD_CONF_TEMPLATE = BENCH / "oversipd-sip.conf"
 OVERSIPD_PROXY_CONF_TEMPLATE = BENCH / "oversipd-sip-proxy.conf"
 OVERSIPD_PROXY_SCRIPT = BENCH.parent / "examples" / "proxy_server.py"
@@ -182,18 +183,23 @@ class Kamailio(SipServer):
     binary = "kamailio"
 
     def __init__(self, name: str, role: str, port: int, workdir: Path, allocator: str = "",
-                 shm_mb: int = 1024) -> None:
+                 shm_mb: int = 1024, pkg_mb: int = 32, kemi: bool = False) -> None:
         super().__init__(name, role, port, workdir)
         self.allocator = allocator
         self.shm_mb = shm_mb
+        self.pkg_mb = pkg_mb   # the same private pool for every Kamailio (KEMI's Python needs more than 8 MB)
+        self.kemi = kemi       # the routes in Python: bench/kamailio/kemi.cfg and kemi_ROLE.py
 
     def command(self) -> list[str]:
         listen = ["-l", f"udp:{HOST}:{self.port}"]
         if self.role == "proxy":
             listen += ["-l", f"tcp:{HOST}:{self.port}"]
-        return [self.binary, "-f", str(KAMAILIO_CONFIGS[self.role]), "-DD", "-E",
+        config = KAMAILIO_CONFIGS["kemi" if self.kemi else self.role]
+        kemi = ["-A", f'KEMI_SCRIPT="{BENCH / "kamailio" / f"kemi_{self.role}.py"}"'] if self.kemi else []
+        return [self.binary, "-f", str(config), "-DD", "-E",
                 "-Y", str(self.workdir), "-P", str(self.workdir / "kamailio.pid"), "-w", str(self.workdir),
-                "-m", str(self.shm_mb), *listen, *(["-x", self.allocator] if self.allocator else [])]
+                "-m", str(self.shm_mb), "-M", str(self.pkg_mb), *kemi, *listen,
+                *(["-x", self.allocator] if self.allocator else [])]
 
 
 class Oversipd(SipServer):

@@ -66,7 +66,7 @@ def test_timer_b_times_the_invite_out():
     resend, timeouts = table.expire(3.9)
     assert timeouts == []
     _, timeouts = table.expire(4.0)
-    assert timeouts == [(tx, Timeout.B)]
+    assert timeouts == [(tx, Timeout.B, None)]
     assert tx.state is ClientState.TERMINATED and len(table) == 0
     assert table.next_deadline() is None
 
@@ -123,7 +123,7 @@ def test_timer_f_times_the_non_invite_out_and_timer_k_ends_a_completed_one():
     table = ClientTable()
     late = start(table, method="OPTIONS", timeout=2.0)
     _, timeouts = table.expire(2.0)
-    assert timeouts == [(late, Timeout.F)]
+    assert timeouts == [(late, Timeout.F, None)]
     table = ClientTable()
     tx = start(table, method="OPTIONS")
     table.receive(tx, 200, now=1.0)

@@ -58,3 +58,39 @@ def test_the_message_tests_pass_in_pure_python():
         env=pure, capture_output=True, text=True,
         timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+# --- the syntax layer compiled by Cython (issue 21) ------------------------------------
+
+def imported_files(tree: Path, env: dict | None = None) -> list[str]:
+    """Where `uri` and `message` come from when oversipd is imported from `tree`."""
+    code = ("from oversipd.sip.syntax import uri, message, compiled;"
+            "print(uri.__file__); print(message.__file__); print(compiled(uri), compiled(message))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(tree), **(env or {})})
+    return result.stdout.split("\n")[:3]
+
+
+SYNTAX = Path(message.__file__).parent
+COMPILED = [path for path in SYNTAX.iterdir() if path.suffix == ".so" and path.name.split(".")[0] in ("uri", "message")]
+
+
+@pytest.mark.skipif(len(COMPILED) < 2, reason="uri and message were not compiled (no Cython at build time)")
+def test_uri_and_message_run_compiled_here_and_as_source_when_asked():
+    tree = SYNTAX.parent.parent.parent
+    uri_file, message_file, flags = imported_files(tree)
+    assert uri_file.endswith(".so") and message_file.endswith(".so") and flags == "True True"
+    uri_file, message_file, flags = imported_files(tree, {"OVERSIPD_SIP_PURE_PYTHON": "1"})
+    assert uri_file.endswith("uri.py") and message_file.endswith("message.py") and flags == "False False"
+
+
+@pytest.mark.skipif(len(COMPILED) < 2, reason="uri and message were not compiled (no Cython at build time)")
+def test_a_source_edited_after_its_build_runs_as_source_not_as_the_old_compiled_code(tmp_path):
+    import shutil
+    shutil.copytree(SYNTAX.parent.parent.parent / "oversipd", tmp_path / "oversipd",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    edited = tmp_path / "oversipd" / "sip" / "syntax" / "uri.py"
+    later = max(path.stat().st_mtime for path in (tmp_path / "oversipd" / "sip" / "syntax").iterdir()) + 10
+    os.utime(edited, (later, later))
+    uri_file, message_file, flags = imported_files(tmp_path)
+    assert uri_file == str(edited) and message_file.endswith(".so") and flags == "False True"

@@ -133,13 +133,16 @@ class WorkerSip:
         configure_services(self.settings)   # a worker respawned after a reload runs on the settings it got
         core.proxy = proxy.ProxyEngine(core, self.slot_id, udp_listeners, by_transport, self.loop, flows,
                                        self.generation, self.settings.core.workers)
-        # Accepting yields to the loop, where the UDP sockets are read already:
-        # only once the proxy engine is there (a request would find none).
-        for stream in self.tcp_listeners.values():
-            await stream.start()
+        # The previous worker's connections first, then new ones and datagrams:
+        # a request read while they were being adopted found its client's flow
+        # missing (430), where a moment later it was there.
         await self.adopt_flows()
         core.proxy.start_relay()
         uac.serve(core.proxy)
+        for stream in self.tcp_listeners.values():
+            await stream.start()
+        for listener in udp_listeners.values():
+            listener.start_reading()
 
     def stream_listener(self, name: str, scheme: str, sock: socket.socket, flows: FlowTable) -> TcpListener:
         """A tcp, tls, ws or wss listener on `sock`: the same accepting, another connection (SIP.md §12)."""

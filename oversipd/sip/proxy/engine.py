@@ -23,6 +23,7 @@ from ..transport.flows import FLOW_FAILED, FlowTable, FlowTarget, token as flow_
 from ..syntax.message import Request as Message, Response, parse_message
 from ..proxy_settings import DnsSettings, ProxySettings
 from ..transport.relay import place_of
+from ..core.eager import start_eagerly
 from ..core.timers import TableTimer
 from ..transport.outgoing import NextHops
 from .accepted import AcceptedBranches
@@ -328,8 +329,7 @@ class ProxyEngine(Logger):
         tx = self.clients.transactions.get(client_key(branch, method))
         if tx is None:
             return
-        self.clients.terminate(tx)
-        forward = tx.owner
+        forward = self.clients.terminate(tx)
         if forward is not None and tx is forward.tx:
             self.fail(forward, *FLOW_FAILED)
 
@@ -343,12 +343,12 @@ class ProxyEngine(Logger):
         if tx is None:
             self.stray_response(response, source, address)
             return
+        forward = tx.owner          # read first: a transaction that ends lets go of it
         verdict = self.clients.receive(tx, response.status, self.loop.time())
         if verdict is Verdict.ABSORB:
             if tx.ack is not None:    # the final response again: our ACK was lost
                 self.send(*tx.destination, tx.ack)
             return
-        forward = tx.owner
         if forward is None:
             return   # the response to our CANCEL
         response.pop_header_value("Via")
@@ -502,6 +502,10 @@ class ProxyEngine(Logger):
         if forward.timer_c is not None:
             forward.timer_c.cancel()
             forward.timer_c = None
+        if forward.request._proxy is forward:
+            # Request and Forward point at each other (and a script's callbacks at the request):
+            # let go now, so that a call leaves the cycle collector nothing to free.
+            forward.request._proxy = None
         _finish(forward.future, outcome)
 
     def run_callback(self, forward: Forward, name: str, *args: Any) -> None:
@@ -524,8 +528,7 @@ class ProxyEngine(Logger):
         resend, timeouts = self.clients.expire(self.loop.time())
         for tx, data in resend:
             self.send(*tx.destination, data)
-        for tx, _ in timeouts:
-            forward = tx.owner
+        for tx, _, forward in timeouts:
             if forward is not None and tx is forward.tx:
                 self.fail(forward, *REQUEST_TIMEOUT, invite_timeout=True)
         self.arm_timer()
@@ -533,9 +536,12 @@ class ProxyEngine(Logger):
     # --- life ---------------------------------------------------------------------------------
 
     def spawn(self, coroutine: Any) -> None:
-        task = self.loop.create_task(coroutine)
-        self.core.tasks.add(task)
-        task.add_done_callback(self.core.tasks.discard)
+        """Our routing coroutines run at once; only one that waits (DNS, a connection) becomes a Task."""
+        start_eagerly(self.loop, coroutine, self.core.tasks, self.coroutine_failed)
+
+    def coroutine_failed(self, error: BaseException) -> None:
+        self.log_system_error("a routing coroutine raised:")
+        self.log_system_error(error)
 
     def close(self) -> None:
         self.others.close()

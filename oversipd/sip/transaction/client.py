@@ -144,8 +144,9 @@ class ClientTable:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
-    def expire(self, now: float) -> tuple[list[tuple[ClientTransaction, bytes]], list[tuple[ClientTransaction, Timeout]]]:
-        """Fire every timer due at `now`: the requests to resend (A, E) and the timeouts (B, F)."""
+    def expire(self, now: float) -> tuple[list[tuple[ClientTransaction, bytes]],
+                                          list[tuple[ClientTransaction, Timeout, Any]]]:
+        """Fire every timer due at `now`: the requests to resend (A, E) and the timeouts (B, F) with their owners."""
         resend, timeouts = [], []
         heap = self._heap
         while heap and heap[0][0] <= now:
@@ -154,8 +155,8 @@ class ClientTable:
             if tx is None:
                 continue
             if at == tx.timeout_at:
-                timeouts.append((tx, Timeout.B if tx.is_invite else Timeout.F))
-                self.terminate(tx)
+                kind = Timeout.B if tx.is_invite else Timeout.F
+                timeouts.append((tx, kind, self.terminate(tx)))
             elif at == tx.end_at:
                 self.terminate(tx)
             elif at == tx.resend_at:
@@ -170,11 +171,14 @@ class ClientTable:
                 self._push(tx.resend_at, tx)
         return resend, timeouts
 
-    def terminate(self, tx: ClientTransaction) -> None:
+    def terminate(self, tx: ClientTransaction) -> Any:
+        """End `tx` and let go of its owner, returned: the two point at each other, and no cycle may outlive a call."""
         tx.state = ClientState.TERMINATED
         tx.resend_at = tx.timeout_at = tx.end_at = None
         if self.transactions.get(tx.key) is tx:
             del self.transactions[tx.key]
+        owner, tx.owner = tx.owner, None
+        return owner
 
     def _push(self, at: float, tx: ClientTransaction) -> None:
         self._seq += 1

@@ -65,7 +65,10 @@ class UdpListener:
         # One byte more than the largest message: a larger datagram is seen as
         # such.  Never more than a datagram can carry: recvfrom allocates it.
         self.read_size = min(core.settings.max_message_size + 1, MAX_DATAGRAM)
-        loop.add_reader(sock.fileno(), self.on_readable)
+
+    def start_reading(self) -> None:
+        """Read from now on (what came meanwhile waits in the socket's buffer)."""
+        self.loop.add_reader(self.sock.fileno(), self.on_readable)
 
     def on_readable(self) -> None:
         recvfrom = self.sock.recvfrom
