@@ -342,11 +342,11 @@ def render(tables: list[str], args: argparse.Namespace, command: str, seconds: f
     ])
 
 
-def write_section(path: Path, body: str) -> None:
+def write_section(path: Path, body: str, section: str = SECTION) -> None:
     from .markdown import replace_section
     path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text() if path.exists() else ""
-    path.write_text(replace_section(text, SECTION, body))
+    path.write_text(replace_section(text, section, body))
 
 
 # --- the command line ---------------------------------------------------------------

@@ -1,0 +1,199 @@
+"""`make bench-ws`: oversipd's WebSocket and TLS transports next to Kamailio's websocket and tls modules.
+
+Tables (the servers take turns run by run, in one run of the harness):
+
+* relay:      SIP MESSAGE between WebSocket clients, A → server → B and B's
+              200 back, the highest MESSAGE/s with 0 failed (bench-sip's
+              rate search), and server CPU µs per MESSAGE;
+* idle:       `--idle-clients` WSS clients registered and idle, pings on:
+              memory per connection (RSS and PSS of every server process,
+              Kamailio's shared memory in use);
+* handshakes: new TLS connections per second (no session reuse), one
+              OPTIONS each, and server CPU µs per handshake.
+
+    python -m bench.ws [--cases relay,idle,handshakes] [--duration 5] [--rounds 2] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .sip import Bench, Case, log, names, write_section
+from .sip_servers import ServerError, SipServer
+from .ws_report import render
+from .ws_runs import HandshakeRun, IdleRun, handshake_run, idle_run, raise_open_files_limit, relay_run
+from .ws_servers import KamailioWs, OversipdWs, make_certificate
+
+DEFAULT_BASE_PORT = 24000
+SECTION = "bench-ws"
+RELAY = Case("relay", "ws", "ws", "SIP MESSAGE relayed between WebSocket clients", "MESSAGE/s", 2, 500)
+CASES = ("relay", "idle", "handshakes")
+USERS_PER_RUN = 100_000     # each run registers users of its own: no binding of an earlier run is forked to
+
+
+class RelayBench(Bench):
+    """bench/sip.py's rate search and turn taking, with WebSocket client processes as the load."""
+
+    def run(self, server: SipServer, case: Case, rate: float, seconds: float):
+        self.run_number += 1
+        result = relay_run(server, rate, seconds, self.args.pairs, self.args.generators,
+                           self.run_number * USERS_PER_RUN)
+        verdict = "ok" if result.ok else f"FAILED ({result.failure})"
+        log(f"  {server.name:<9} relay {rate:>8g}/s {seconds:g} s: {verdict}, "
+            f"{result.cpu_us_per_message:.1f} µs/MESSAGE, busiest client process {result.generator_load:.0%}")
+        if not server.alive():
+            raise SystemExit(f"bench-ws: {server.name} died during a run; see {server.workdir / 'server.log'}")
+        return result
+
+
+def taking_turns(servers: list[SipServer], rounds: int):
+    """(round, server) in the order oversipd, Kamailio, Kamailio, oversipd, ...: each goes first as often."""
+    for turn in range(rounds):
+        shift = turn % len(servers)
+        for server in servers[shift:] + servers[:shift]:
+            yield turn, server
+
+
+def idle_table(servers: list[SipServer], args: argparse.Namespace) -> list[IdleRun]:
+    runs = []
+    for turn, server in taking_turns(servers, args.rounds):
+        server.restart()
+        run = idle_run(server, args.idle_clients, args.idle_generators, (turn + 1) * USERS_PER_RUN,
+                       args.idle_hold)
+        log(f"  {server.name:<9} idle {run.registered}/{run.clients} registered in {run.connect_seconds:.1f} s "
+            f"({run.failed} failed): {run.per_connection('rss') / 1024:.1f} KiB RSS, "
+            f"{run.per_connection('pss') / 1024:.1f} KiB PSS per connection, {run.pings} pings, "
+            f"{run.closed_by_server} closed by the server")
+        runs.append(run)
+    return runs
+
+
+def handshake_table(servers: list[SipServer], args: argparse.Namespace) -> list[HandshakeRun]:
+    runs = []
+    for server in servers:
+        server.restart()
+    for _, server in taking_turns(servers, args.rounds):
+        run = handshake_run(server, args.duration, args.generators, args.handshake_concurrency)
+        log(f"  {server.name:<9} handshakes {run.per_second:.0f}/s ({run.failed} failed), "
+            f"{run.cpu_us_per_handshake:.0f} µs CPU each, {run.tls}, busiest client process "
+            f"{run.generator_load:.0%}")
+        runs.append(run)
+    return runs
+
+
+def make_servers(args: argparse.Namespace, workdir: Path) -> list[SipServer]:
+    certificate = make_certificate(workdir / "tls")
+    servers: list[SipServer] = []
+    if "oversipd" in args.servers:
+        servers.append(OversipdWs("oversipd", args.base_port, workdir / "oversipd", args.oversipd,
+                                  args.workers, certificate))
+    if "kamailio" in args.servers:
+        servers.append(KamailioWs("kamailio", args.base_port + 10, workdir / "kamailio", certificate))
+    return servers
+
+
+def interrupted(signum: int, frame: object) -> None:
+    raise SystemExit(f"bench-ws: interrupted by {signal.Signals(signum).name}")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.ws", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--cases", type=names, default=list(CASES), help="tables to make: " + ", ".join(CASES))
+    parser.add_argument("--servers", type=lambda v: set(names(v)), default={"oversipd", "kamailio"},
+                        help="oversipd, kamailio")
+    parser.add_argument("--duration", type=float, default=5.0,
+                        help="seconds of each sustained relay run and of each handshakes run")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per server of every table (medians)")
+    parser.add_argument("--probe-duration", type=float, default=2.0, help="seconds of each relay search probe")
+    parser.add_argument("--warmup", type=float, default=1.0, help="relay: seconds at the start rate after a start")
+    parser.add_argument("--start-rate", type=float, default=0.0, help="relay: first probe's rate (500/s)")
+    parser.add_argument("--max-rate", type=float, default=20000.0, help="relay: highest rate probed")
+    parser.add_argument("--pairs", type=int, default=20, help="relay: WebSocket client pairs")
+    parser.add_argument("--generators", type=int, default=2, help="client processes (relay, handshakes)")
+    parser.add_argument("--idle-clients", type=int, default=10000, help="idle: WSS clients held at once")
+    parser.add_argument("--idle-generators", type=int, default=4, help="idle: client processes")
+    parser.add_argument("--idle-hold", type=float, default=35.0,
+                        help="idle: seconds the clients stay (past one 30 s ping interval)")
+    parser.add_argument("--handshake-concurrency", type=int, default=16, help="handshakes: loops per process")
+    parser.add_argument("--workers", type=int, default=2, help="oversipd's workers")
+    parser.add_argument("--oversipd", type=Path, default=Path(sys.executable).parent / "oversipd",
+                        help="the oversipd command (default: this Python's)")
+    parser.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
+                        help="oversipd on 3 loopback ports from here, Kamailio on 3 from here + 10")
+    parser.add_argument("--write", type=Path, metavar="MARKDOWN",
+                        help=f"also put the report in this file, as its `{SECTION}` section")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every run as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the run directories (configs, server logs)")
+    args = parser.parse_args(argv)
+    unknown = [c for c in args.cases if c not in CASES]
+    if unknown:
+        parser.error(f"--cases: unknown {', '.join(unknown)} (known: {', '.join(CASES)})")
+    if shutil.which("kamailio") is None and "kamailio" in args.servers:
+        parser.error("kamailio is not installed: `make bench-ws` installs it with its websocket and tls modules")
+    return args
+
+
+def as_json(results: dict) -> dict:
+    relay = {name: {"rate": s.rate, "cpu_us_per_message": s.cpu_us_per_message, "gave_up": s.gave_up,
+                    "runs": [r.as_json() for r in s.probes + s.sustained + s.same_rate_runs]}
+             for name, s in results.get("relay", {}).items()}
+    return {"relay": relay, "idle": [vars(r) for r in results.get("idle", [])],
+            "handshakes": [vars(r) for r in results.get("handshakes", [])]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupted)
+    command = os.environ.get("BENCH_COMMAND") or shlex.join(["python", "-m", "bench.ws", *argv])
+    began, load_before = time.monotonic(), os.getloadavg()
+    files_limit = raise_open_files_limit()   # the servers and the clients inherit it
+    if "idle" in args.cases and files_limit < args.idle_clients + 1000:
+        raise SystemExit(f"bench-ws: the descriptor limit is {files_limit}, too low for "
+                         f"{args.idle_clients} connections; raise the hard limit (ulimit -Hn)")
+    workdir = Path(tempfile.mkdtemp(prefix="ovs-bench-ws-"))
+    os.chmod(workdir, 0o755)
+    results: dict = {}
+    servers: list[SipServer] = []
+    try:
+        servers = make_servers(args, workdir)
+        if "relay" in args.cases:
+            log(f"bench-ws: {RELAY.title}: {', '.join(s.name for s in servers)}")
+            results["relay"] = RelayBench(args, workdir / "relay").search(servers, RELAY)
+        if "idle" in args.cases:
+            log(f"bench-ws: {args.idle_clients} idle WSS clients")
+            results["idle"] = idle_table(servers, args)
+        if "handshakes" in args.cases:
+            log("bench-ws: new TLS handshakes per second")
+            results["handshakes"] = handshake_table(servers, args)
+    except ServerError as error:
+        raise SystemExit(f"bench-ws: {error}") from None
+    finally:
+        for server in servers:
+            server.stop()
+        if args.keep:
+            log(f"bench-ws: run directories kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report = render(results, args, command, time.monotonic() - began, load_before, files_limit)
+    print(report)
+    if args.write:
+        write_section(args.write, report, SECTION)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(as_json(results), indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
