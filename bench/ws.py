@@ -65,16 +65,21 @@ def taking_turns(servers: list[SipServer], rounds: int):
 
 def idle_table(servers: list[SipServer], args: argparse.Namespace) -> list[IdleRun]:
     runs = []
-    for turn, server in taking_turns(servers, args.rounds):
-        server.restart()
-        run = idle_run(server, args.idle_clients, args.idle_generators, (turn + 1) * USERS_PER_RUN,
-                       args.idle_hold)
-        log(f"  {server.name:<9} idle {run.registered}/{run.clients} registered in {run.connect_seconds:.1f} s "
+    for transport, clients in args.idle:
+        for turn, server in taking_turns(servers, args.rounds):
+            server.restart()
+            runs.append(idle_run(server, transport, clients, args.idle_generators, (turn + 1) * USERS_PER_RUN,
+                                 args.idle_hold))
+            log_idle(runs[-1])
+    return runs
+
+
+def log_idle(run: IdleRun) -> None:
+    log(f"  {run.server:<9} idle {run.transport} {run.registered}/{run.clients} registered in "
+        f"{run.connect_seconds:.1f} s "
             f"({run.failed} failed): {run.per_connection('rss') / 1024:.1f} KiB RSS, "
             f"{run.per_connection('pss') / 1024:.1f} KiB PSS per connection, {run.pings} pings, "
-            f"{run.closed_by_server} closed by the server")
-        runs.append(run)
-    return runs
+        f"{run.closed_by_server} closed by the server{', the server DIED' if run.server_died else ''}")
 
 
 def handshake_table(servers: list[SipServer], args: argparse.Namespace) -> list[HandshakeRun]:
@@ -101,6 +106,17 @@ def make_servers(args: argparse.Namespace, workdir: Path) -> list[SipServer]:
     return servers
 
 
+def idle_cases(value: str) -> list[tuple[str, int]]:
+    """"wss:1000,ws:10000" -> [("wss", 1000), ("ws", 10000)]."""
+    cases = []
+    for item in names(value):
+        transport, _, clients = item.partition(":")
+        if transport not in ("ws", "wss") or not clients.isdigit() or int(clients) < 1:
+            raise argparse.ArgumentTypeError(f"expected TRANSPORT:CLIENTS with ws or wss, got {item!r}")
+        cases.append((transport, int(clients)))
+    return cases
+
+
 def interrupted(signum: int, frame: object) -> None:
     raise SystemExit(f"bench-ws: interrupted by {signal.Signals(signum).name}")
 
@@ -120,7 +136,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-rate", type=float, default=20000.0, help="relay: highest rate probed")
     parser.add_argument("--pairs", type=int, default=20, help="relay: WebSocket client pairs")
     parser.add_argument("--generators", type=int, default=2, help="client processes (relay, handshakes)")
-    parser.add_argument("--idle-clients", type=int, default=10000, help="idle: WSS clients held at once")
+    parser.add_argument("--idle", type=idle_cases, default=idle_cases("wss:1000,wss:10000,ws:10000"),
+                        help="idle: TRANSPORT:CLIENTS held at once, each a table row per server")
     parser.add_argument("--idle-generators", type=int, default=4, help="idle: client processes")
     parser.add_argument("--idle-hold", type=float, default=35.0,
                         help="idle: seconds the clients stay (past one 30 s ping interval)")
@@ -158,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     command = os.environ.get("BENCH_COMMAND") or shlex.join(["python", "-m", "bench.ws", *argv])
     began, load_before = time.monotonic(), os.getloadavg()
     files_limit = raise_open_files_limit()   # the servers and the clients inherit it
-    if "idle" in args.cases and files_limit < args.idle_clients + 1000:
+    most = max(clients for _, clients in args.idle)
+    if "idle" in args.cases and files_limit < most + 1000:
         raise SystemExit(f"bench-ws: the descriptor limit is {files_limit}, too low for "
-                         f"{args.idle_clients} connections; raise the hard limit (ulimit -Hn)")
+                         f"{most} connections; raise the hard limit (ulimit -Hn)")
     workdir = Path(tempfile.mkdtemp(prefix="ovs-bench-ws-"))
     os.chmod(workdir, 0o755)
     results: dict = {}
@@ -171,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"bench-ws: {RELAY.title}: {', '.join(s.name for s in servers)}")
             results["relay"] = RelayBench(args, workdir / "relay").search(servers, RELAY)
         if "idle" in args.cases:
-            log(f"bench-ws: {args.idle_clients} idle WSS clients")
+            log("bench-ws: idle clients, " + ", ".join(f"{n} over {t}" for t, n in args.idle))
             results["idle"] = idle_table(servers, args)
         if "handshakes" in args.cases:
             log("bench-ws: new TLS handshakes per second")

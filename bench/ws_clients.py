@@ -270,7 +270,8 @@ def percentile(ordered: list[float], share: float) -> float | None:
 
 async def idle(args: argparse.Namespace) -> dict:
     registrations = Registrations()
-    context = client_context()
+    transport = args.url.split(":", 1)[0]
+    context = client_context() if transport == "wss" else None
     clients: list[WsClient] = []
     failed = 0
     semaphore = asyncio.Semaphore(args.concurrency)
@@ -281,7 +282,7 @@ async def idle(args: argparse.Namespace) -> dict:
             try:
                 client = await connect(args.url, lambda c, d: registrations.answer(d), context)
                 tag = f"i{index}x{os.getpid()}"
-                if await registrations.register(client, f"i{index}", tag, "wss") == 200:
+                if await registrations.register(client, f"i{index}", tag, transport) == 200:
                     clients.append(client)
                     return
             except (OSError, asyncio.TimeoutError, ConnectionError) as error:

@@ -159,6 +159,7 @@ def relay_run(server, rate: float, seconds: float, pairs: int, processes: int, f
 @dataclass
 class IdleRun:
     server: str
+    transport: str              # "wss" or "ws"
     clients: int
     registered: int = 0
     failed: int = 0
@@ -171,30 +172,37 @@ class IdleRun:
     hold_seconds: float = 0.0
     connect_seconds: float = 0.0
     open_files_limit: int = 0
+    server_died: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """99 % of the clients registered and the server lived: only then is a figure per connection given
+        (divided by the connections actually held)."""
+        return self.registered >= 0.99 * self.clients and not self.server_died
 
     def per_connection(self, kind: str) -> float:
         """Bytes per registered connection: the growth of `kind` (rss, pss) over the idle server's."""
-        if not self.registered:
+        if not self.complete:
             return math.nan
         return (self.memory_after[kind] - self.memory_before[kind]) / self.registered
 
     @property
     def shared_per_connection(self) -> float | None:
-        if self.shared_before is None or self.shared_after is None or not self.registered:
+        if self.shared_before is None or self.shared_after is None or not self.complete:
             return None
         return (self.shared_after - self.shared_before) / self.registered
 
 
-def idle_run(server, clients: int, processes: int, first_user: int, hold: float) -> IdleRun:
-    """`clients` WSS clients register and stay `hold` seconds (pings on); memory before and after."""
-    run = IdleRun(server.name, clients, memory_before=server.memory(), shared_before=server.shared_memory_used(),
+def idle_run(server, transport: str, clients: int, processes: int, first_user: int, hold: float) -> IdleRun:
+    """`clients` WSS (or WS) clients register and stay `hold` seconds (pings on); memory before and after."""
+    run = IdleRun(server.name, transport, clients, memory_before=server.memory(), shared_before=server.shared_memory_used(),
                   open_files_limit=server.open_files_limit())
     arguments, first = [], first_user
     for share in spread(clients, processes):
         arguments.append(["--first", str(first), "--clients", str(share)])
         first += share
     began = time.monotonic()
-    generators = Generators("idle", server.wss_url, arguments)
+    generators = Generators("idle", server.wss_url if transport == "wss" else server.ws_url, arguments)
     try:
         ready = [json.loads(line) for line in generators.read_all()]
         run.connect_seconds = time.monotonic() - began
@@ -209,6 +217,7 @@ def idle_run(server, clients: int, processes: int, first_user: int, hold: float)
         ended = generators.results()
     finally:
         generators.end()
+    run.server_died = not server.alive()
     run.pings = sum(r["pings"] for r in ended)
     run.closed_by_server = sum(r["closed_by_server"] for r in ended)
     return run

@@ -19,6 +19,7 @@ from .sip_servers import BENCH, HOST, Kamailio, Oversipd
 KAMAILIO_WS_CONFIG = BENCH / "kamailio" / "ws.cfg"
 OVERSIPD_WS_CONF_TEMPLATE = BENCH / "oversipd-ws.conf"
 OVERSIPD_WS_SCRIPT = BENCH / "oversipd_ws.py"
+PKG_MB = 64     # Kamailio's private memory per process (Debian's default is 8 MB)
 CERTIFICATE_KIND = "ECDSA P-256 (prime256v1), self-signed for 127.0.0.1"
 
 
@@ -97,7 +98,7 @@ class KamailioWs(WsUrls, Kamailio):
         return self.workdir / "kamailio.cfg"
 
     def command(self) -> list[str]:
-        return super().command() + ["-l", f"tcp:{HOST}:{self.port}", "-l", f"tls:{HOST}:{self.port + 1}",
+        return super().command() + ["-M", str(PKG_MB), "-l", f"tcp:{HOST}:{self.port}", "-l", f"tls:{HOST}:{self.port + 1}",
                           "-l", f"tls:{HOST}:{self.port + 2}"]
 
     def shared_memory_used(self) -> int | None:
