@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from .sip_search import OVERTIME_SECONDS, OVERTIME_SHARE
 from .sip_servers import SipServer
 
@@ -63,6 +65,18 @@ class Generators:
 def spread(total: int, parts: int) -> list[int]:
     """`total` split into `parts` near-equal whole shares."""
     return [total // parts + (1 if index < total % parts else 0) for index in range(parts)]
+
+
+def process_ids(server: SipServer) -> set[int]:
+    try:
+        return {process.pid for process in server.processes()}
+    except psutil.Error:
+        return set()
+
+
+def died(server: SipServer, pids_before: set[int]) -> bool:
+    """The server, or one of its processes (a crashed Kamailio child takes the rest down), is gone."""
+    return not server.alive() or not pids_before <= process_ids(server)
 
 
 def cpu_spent(server: SipServer, before: dict[int, int]) -> tuple[int, int]:
@@ -117,10 +131,16 @@ class RelayRun:
         if self.total("failed") or self.total("late") or ok < planned:
             problems.append(f"{int(self.total('failed'))} failed, {int(self.total('late'))} unanswered in 2 s, "
                             f"{int(ok)}/{int(planned)} answered 200")
+        # As bench-sip's runs: over WebSocket nothing is retransmitted, an overloaded server shows as
+        # answers that lag behind (MESSAGEs queued up), or as clients that could not send at the pace.
+        allowed = self.seconds * (1 + OVERTIME_SHARE) + OVERTIME_SECONDS
         sending = max(c["sending_seconds"] for c in self.clients)
-        if not problems and sending > self.seconds * (1 + OVERTIME_SHARE) + OVERTIME_SECONDS:
+        last_answer = max(c["wall_seconds"] for c in self.clients)
+        if not problems and sending > allowed:
             problems.append(f"sending took {sending:.1f} s, not {self.seconds:g} s (the clients could not keep "
                             f"the pace; busiest client process {self.generator_load:.0%} of a core)")
+        elif not problems and last_answer > allowed:
+            problems.append(f"the last 200 came {last_answer:.1f} s into a {self.seconds:g} s run (MESSAGEs queued up)")
         return "; ".join(problems)
 
     @property
@@ -193,13 +213,15 @@ class IdleRun:
         return (self.shared_after - self.shared_before) / self.registered
 
 
-def idle_run(server, transport: str, clients: int, processes: int, first_user: int, hold: float) -> IdleRun:
+def idle_run(server, transport: str, clients: int, processes: int, concurrency: int, first_user: int,
+             hold: float) -> IdleRun:
     """`clients` WSS (or WS) clients register and stay `hold` seconds (pings on); memory before and after."""
+    pids = process_ids(server)
     run = IdleRun(server.name, transport, clients, memory_before=server.memory(), shared_before=server.shared_memory_used(),
                   open_files_limit=server.open_files_limit())
     arguments, first = [], first_user
     for share in spread(clients, processes):
-        arguments.append(["--first", str(first), "--clients", str(share)])
+        arguments.append(["--first", str(first), "--clients", str(share), "--concurrency", str(concurrency)])
         first += share
     began = time.monotonic()
     generators = Generators("idle", server.wss_url if transport == "wss" else server.ws_url, arguments)
@@ -217,7 +239,7 @@ def idle_run(server, transport: str, clients: int, processes: int, first_user: i
         ended = generators.results()
     finally:
         generators.end()
-    run.server_died = not server.alive()
+    run.server_died = died(server, pids)
     run.pings = sum(r["pings"] for r in ended)
     run.closed_by_server = sum(r["closed_by_server"] for r in ended)
     return run
@@ -232,6 +254,7 @@ class HandshakeRun:
     seconds: float
     clients: list[dict]
     cpu_ns: int
+    server_died: bool = False
 
     @property
     def completed(self) -> int:
@@ -262,13 +285,13 @@ class HandshakeRun:
 def handshake_run(server, seconds: float, processes: int, concurrency: int) -> HandshakeRun:
     generators = Generators("handshakes", server.tls_url,
                             [["--seconds", str(seconds), "--concurrency", str(concurrency)]] * processes)
-    before = server.cpu_ns()
+    before, pids = server.cpu_ns(), process_ids(server)
     try:
         clients = generators.results()
     finally:
         generators.end()
     cpu_ns, _ = cpu_spent(server, before)
-    return HandshakeRun(server.name, seconds, clients, cpu_ns)
+    return HandshakeRun(server.name, seconds, clients, cpu_ns, server_died=died(server, pids))
 
 
 def raise_open_files_limit() -> int:
