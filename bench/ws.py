@@ -33,7 +33,7 @@ from .ws_report import render
 from .ws_runs import HandshakeRun, IdleRun, handshake_run, idle_run, raise_open_files_limit, relay_run
 from .ws_servers import KamailioWs, OversipdWs, make_certificate
 
-DEFAULT_BASE_PORT = 24000
+DEFAULT_BASE_PORT = 25500
 SECTION = "bench-ws"
 RELAY = Case("relay", "ws", "ws", "SIP MESSAGE relayed between WebSocket clients", "MESSAGE/s", 2, 500)
 CASES = ("relay", "idle", "handshakes")
