@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .sip import Bench, Case, log, names, write_section
+from .sip import Bench, Case, add_common_options, in_turn, log, names, write_section
 from .sip_servers import ServerError, SipServer
 from .ws_report import render
 from .ws_runs import HandshakeRun, IdleRun, handshake_run, idle_run, raise_open_files_limit, relay_run
@@ -47,19 +47,15 @@ class RelayBench(Bench):
         self.run_number += 1
         result = relay_run(server, rate, seconds, self.args.pairs, self.args.generators,
                            self.run_number * USERS_PER_RUN)
-        verdict = "ok" if result.ok else f"FAILED ({result.failure})"
-        log(f"  {server.name:<9} relay {rate:>8g}/s {seconds:g} s: {verdict}, "
-            f"{result.cpu_us_per_message:.1f} µs/MESSAGE, busiest client process {result.generator_load:.0%}")
-        if not server.alive():
-            raise SystemExit(f"bench-ws: {server.name} died during a run; see {server.workdir / 'server.log'}")
-        return result
+        return self.checked(server, f"{server.name:<9} relay {rate:>8g}/s {seconds:g} s", result,
+                            f"{result.cpu_us_per_message:.1f} µs/MESSAGE, "
+                            f"busiest client process {result.generator_load:.0%}")
 
 
 def taking_turns(servers: list[SipServer], rounds: int):
     """(round, server) in the order oversipd, Kamailio, Kamailio, oversipd, ...: each goes first as often."""
     for turn in range(rounds):
-        shift = turn % len(servers)
-        for server in servers[shift:] + servers[:shift]:
+        for server in in_turn(servers, turn):
             yield turn, server
 
 
@@ -146,15 +142,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--idle-hold", type=float, default=35.0,
                         help="idle: seconds the clients stay (past one 30 s ping interval)")
     parser.add_argument("--handshake-concurrency", type=int, default=16, help="handshakes: loops per process")
-    parser.add_argument("--workers", type=int, default=2, help="oversipd's workers")
-    parser.add_argument("--oversipd", type=Path, default=Path(sys.executable).parent / "oversipd",
-                        help="the oversipd command (default: this Python's)")
     parser.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT,
                         help="oversipd on 3 loopback ports from here, Kamailio on 3 from here + 10")
-    parser.add_argument("--write", type=Path, metavar="MARKDOWN",
-                        help=f"also put the report in this file, as its `{SECTION}` section")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every run as JSON")
-    parser.add_argument("--keep", action="store_true", help="keep the run directories (configs, server logs)")
+    add_common_options(parser, SECTION)
     args = parser.parse_args(argv)
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:
