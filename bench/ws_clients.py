@@ -202,6 +202,7 @@ class Relay:
         self.pending: dict[bytes, float] = {}      # branch of a MESSAGE sent -> when
         self.latencies: list[float] = []
         self.counts = {"sent": 0, "ok": 0, "failed": 0, "late": 0}
+        self.failed_statuses: dict[int, int] = {}
 
     def on_sip(self, client: WsClient, data: bytes) -> None:
         if data.startswith(b"MESSAGE "):
@@ -222,6 +223,7 @@ class Relay:
             self.latencies.append(time.monotonic() - sent)
         else:
             self.counts["failed"] += 1
+            self.failed_statuses[status] = self.failed_statuses.get(status, 0) + 1
 
     async def run(self) -> dict:
         args = self.args
@@ -256,7 +258,7 @@ class Relay:
             await asyncio.sleep(0.01)
         self.counts["late"] = len(self.pending)
         self.latencies.sort()
-        return {**self.counts, "planned": total, "sending_seconds": sending,
+        return {**self.counts, "failed_statuses": self.failed_statuses, "planned": total, "sending_seconds": sending,
                 "wall_seconds": time.monotonic() - began, "cpu_seconds": process_cpu() - cpu_before,
                 "latency_p50": percentile(self.latencies, 0.5), "latency_p99": percentile(self.latencies, 0.99)}
 

@@ -129,7 +129,12 @@ class RelayRun:
         problems = []
         planned, ok = self.total("planned"), self.total("ok")
         if self.total("failed") or self.total("late") or ok < planned:
-            problems.append(f"{int(self.total('failed'))} failed, {int(self.total('late'))} unanswered in 2 s, "
+            statuses: dict[str, int] = {}
+            for client in self.clients:
+                for status, count in client["failed_statuses"].items():
+                    statuses[status] = statuses.get(status, 0) + count
+            answered = "".join(f", {count} × {status}" for status, count in sorted(statuses.items()))
+            problems.append(f"{int(self.total('failed'))} failed{answered}, {int(self.total('late'))} unanswered in 2 s, "
                             f"{int(ok)}/{int(planned)} answered 200")
         # As bench-sip's runs: over WebSocket nothing is retransmitted, an overloaded server shows as
         # answers that lag behind (MESSAGEs queued up), or as clients that could not send at the pace.
