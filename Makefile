@@ -265,6 +265,23 @@ bench-sip: $(BENCH_STAMP) sip-tester kamailio-server kamailio-python
 	PATH="$$PATH:/usr/sbin" BENCH_COMMAND="make bench-sip$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
 	  $(BENCH_PY) -m bench.sip --write docs/BENCHMARKS.md --json bench/results/sip.json $(BENCH_ARGS)
 
+# --- WebSocket and TLS (issue 19): oversipd next to Kamailio's websocket and tls modules ---
+# MESSAGE/s relayed between WS clients, memory per idle WSS/WS connection (10 000),
+# new TLS handshakes/s (about 15 minutes on 2 cores); writes its section of
+# docs/BENCHMARKS.md.  Debian's kamailio ships websocket.so and tls.so in packages
+# of their own, installed here when missing.  A short smoke:
+# BENCH_ARGS="--duration 2 --rounds 1 --probe-duration 1 --idle wss:200,ws:200 --idle-hold 3"
+.PHONY: kamailio-ws-modules bench-ws
+KAMAILIO_MODULES := /usr/lib/x86_64-linux-gnu/kamailio/modules
+kamailio-ws-modules: kamailio-server
+	@[ -e $(KAMAILIO_MODULES)/websocket.so ] && [ -e $(KAMAILIO_MODULES)/tls.so ] || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    kamailio-websocket-modules kamailio-tls-modules; }
+
+bench-ws: $(BENCH_STAMP) kamailio-ws-modules
+	PATH="$$PATH:/usr/sbin" BENCH_COMMAND="make bench-ws$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
+	  $(BENCH_PY) -m bench.ws --write docs/BENCHMARKS.md --json bench/results/ws.json $(BENCH_ARGS)
+
 # --- overload (issue 22, SIP.md §15): one worker under ~3x its capacity ---------
 # Unique OPTIONS and INVITEs over UDP from SIPp for 60 s: RSS, 503s, latency of
 # the accepted requests, recovery (bench/overload.py; over 2 minutes, both cores).

@@ -93,6 +93,12 @@ def wait_bound(port: int, uas: Uas, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+def in_turn(servers: list, turn: int) -> list:
+    """The servers in the order of `turn`: A B, B A, ... so that each goes first as often."""
+    shift = turn % len(servers)
+    return servers[shift:] + servers[:shift]
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
@@ -132,11 +138,16 @@ class Bench:
         spent = [after - cpu_before.get(pid, 0) for pid, after in cpu_after.items()]
         result = Run(rate, seconds, calls, uac, uas_counts, sum(spent),
                      rcvbuf_after - rcvbuf_before, case.messages_per_call, max(spent, default=0))
+        return self.checked(server, f"{server.name:<15} {case.key:<9} {rate:>8g}/s {seconds:g} s", result,
+                            f"{result.cpu_us_per_message:.1f} µs/msg, RcvbufErrors +{result.rcvbuf_errors}")
+
+    @staticmethod
+    def checked(server: SipServer, what: str, result, figures: str):
+        """`result`, logged; the whole bench ends if the server died in its run."""
         verdict = "ok" if result.ok else f"FAILED ({result.failure})"
-        log(f"  {server.name:<15} {case.key:<9} {rate:>8g}/s {seconds:g} s: {verdict}, "
-            f"{result.cpu_us_per_message:.1f} µs/msg, RcvbufErrors +{result.rcvbuf_errors}")
+        log(f"  {what}: {verdict}, {figures}")
         if not server.alive():
-            raise SystemExit(f"bench-sip: {server.name} died during a run; see {server.workdir / 'server.log'}")
+            raise SystemExit(f"bench: {server.name} died during a run; see {server.workdir / 'server.log'}")
         return result
 
     def fresh_start(self, server: SipServer, case: Case) -> None:
@@ -156,8 +167,7 @@ class Bench:
         for server in servers:
             self.fresh_start(server, case)
         for turn in itertools.count():
-            shift = turn % len(servers)
-            pending = [(s, searches[s.name]) for s in servers[shift:] + servers[:shift]
+            pending = [(s, searches[s.name]) for s in in_turn(servers, turn)
                        if searches[s.name].next_run() is not None]
             if not pending:
                 self.same_rate(servers, case, searches)
@@ -186,8 +196,7 @@ class Bench:
             if search.rate == common:
                 search.same_rate_runs = list(search.sustained)
         for turn in range(self.args.rounds):
-            shift = turn % len(servers)
-            for server in servers[shift:] + servers[:shift]:
+            for server in in_turn(servers, turn):
                 search = searches[server.name]
                 if search.rate and search.rate != common:
                     result = self.run(server, case, common, self.args.duration)
@@ -345,11 +354,11 @@ def render(tables: list[str], args: argparse.Namespace, command: str, seconds: f
     ])
 
 
-def write_section(path: Path, body: str) -> None:
+def write_section(path: Path, body: str, section: str = SECTION) -> None:
     from .markdown import replace_section
     path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text() if path.exists() else ""
-    path.write_text(replace_section(text, SECTION, body))
+    path.write_text(replace_section(text, section, body))
 
 
 # --- the command line ---------------------------------------------------------------
@@ -367,6 +376,17 @@ def names(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def add_common_options(parser: argparse.ArgumentParser, section: str) -> None:
+    """The options of every bench that runs oversipd next to Kamailio (bench-sip, bench-ws)."""
+    parser.add_argument("--workers", type=int, default=2, help="oversipd's workers")
+    parser.add_argument("--oversipd", type=Path, default=Path(sys.executable).parent / "oversipd",
+                        help="the oversipd command (default: this Python's)")
+    parser.add_argument("--write", type=Path, metavar="MARKDOWN",
+                        help=f"also put the report in this file, as its `{section}` section")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every run as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the run directories (configs, logs, statistics)")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.sip", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -381,9 +401,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--start-rate", type=float, default=0.0,
                         help="first probe's rate (default: 1000 OPTIONS/s, 200 calls/s)")
     parser.add_argument("--max-rate", type=float, default=30000.0, help="highest rate probed")
-    parser.add_argument("--workers", type=int, default=2, help="oversipd's workers")
-    parser.add_argument("--oversipd", type=Path, default=Path(sys.executable).parent / "oversipd",
-                        help="the oversipd command (default: this Python's)")
+    add_common_options(parser, SECTION)
     parser.add_argument("--oversipd-options-script", type=Path, default=OVERSIPD_OPTIONS_SCRIPT,
                         help="server script that answers OPTIONS 200")
     parser.add_argument("--oversipd-proxy-script", type=Path, default=OVERSIPD_PROXY_SCRIPT,
@@ -391,10 +409,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--oversipd-proxy-conf", type=Path, default=OVERSIPD_PROXY_CONF_TEMPLATE,
                         help="config template for oversipd as a proxy (@PORT@, @WORKERS@, @SCRIPT@ filled in)")
     parser.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT, help="200 loopback ports from here")
-    parser.add_argument("--write", type=Path, metavar="MARKDOWN",
-                        help=f"also put the report in this file, as its `{SECTION}` section")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every run as JSON")
-    parser.add_argument("--keep", action="store_true", help="keep the run directories (logs, SIPp statistics)")
     args = parser.parse_args(argv)
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:

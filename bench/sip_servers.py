@@ -190,13 +190,15 @@ class Kamailio(SipServer):
         self.pkg_mb = pkg_mb   # the same private pool for every Kamailio (KEMI's Python needs more than 8 MB)
         self.kemi = kemi       # the routes in Python: bench/kamailio/kemi.cfg and kemi_ROLE.py
 
+    def config(self) -> Path:
+        return KAMAILIO_CONFIGS["kemi" if self.kemi else self.role]
+
     def command(self) -> list[str]:
         listen = ["-l", f"udp:{HOST}:{self.port}"]
         if self.role == "proxy":
             listen += ["-l", f"tcp:{HOST}:{self.port}"]
-        config = KAMAILIO_CONFIGS["kemi" if self.kemi else self.role]
         kemi = ["-A", f'KEMI_SCRIPT="{BENCH / "kamailio" / f"kemi_{self.role}.py"}"'] if self.kemi else []
-        return [self.binary, "-f", str(config), "-DD", "-E",
+        return [self.binary, "-f", str(self.config()), "-DD", "-E",
                 "-Y", str(self.workdir), "-P", str(self.workdir / "kamailio.pid"), "-w", str(self.workdir),
                 "-m", str(self.shm_mb), "-M", str(self.pkg_mb), *kemi, *listen,
                 *(["-x", self.allocator] if self.allocator else [])]
