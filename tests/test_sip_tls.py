@@ -156,3 +156,26 @@ def test_a_handshake_event_that_raises_refuses_that_connection_only(oversipd_dae
     with socket.create_connection(("127.0.0.1", server.port), timeout=CLIENT_TIMEOUT) as plain:
         assert stream_options(plain, "TCP").status == 200   # the worker serves on
     assert server.daemon.worker_pids()[1] == pid
+
+
+def test_an_idle_tls_connection_costs_the_worker_tens_of_kilobytes_not_asyncios_256(oversipd_daemon, pki):
+    """asyncio's TLS read buffer is 256 KiB per connection; ours is TLS_READ_BUFFER (bench-ws measured 285 KiB
+    per idle WSS client before)."""
+    import psutil
+    server = secure_daemon(oversipd_daemon, pki, script=TRANSPORT_SCRIPT)
+    [worker_pid] = server.daemon.worker_pids().values()
+    worker = psutil.Process(worker_pid)
+    with tls_connect(server, pki.client_context()) as first:
+        assert stream_options(first, "TLS").status == 200   # the first connection's one-off costs
+        before = worker.memory_info().rss
+        held = []
+        try:
+            for _ in range(60):
+                sock = tls_connect(server, pki.client_context())
+                held.append(sock)
+                assert stream_options(sock, "TLS").status == 200   # handshake done, buffers made
+            per_connection = (worker.memory_info().rss - before) / len(held)
+        finally:
+            for sock in held:
+                sock.close()
+    assert per_connection < 128 * 1024, f"{per_connection / 1024:.0f} KiB per idle TLS connection"
