@@ -13,13 +13,16 @@ from typing import Any, Callable
 
 import psutil
 
+from oversipd.sip.counters import read_counters
 from oversipd.testing import Daemon
 
 from listen_helpers import free_port
 
 from . import observe
+from .calls import CallStream, Verdict, Window, judge
 from .probe import MODULES, SERVER_SCRIPT
 from .sip_probe import SIP_HANDLER, SipProbe, sip_tables
+from .store import SoakStore
 
 MIN_WORKERS, MAX_WORKERS = 2, 4
 WORKER_TIMEOUT = 2.0          # small, so a SIGSTOP can trip it
@@ -32,6 +35,9 @@ RSS_TOLERANCE = 2 << 20       # bytes a master may grow after its warm-up
 # slot's own UDP and TCP sockets of the SIP listeners (oversipd.sip.transport.sockets;
 # slot 1 uses the [listen.*] sockets themselves: a constant the baseline absorbs).
 PER_SLOT_FDS = 3
+# Once the call stream stopped: Timer J (64*T1) and the proxy's accepted
+# branches (32 s) are the longest a transaction outlives its last message.
+DRAIN_TIMEOUT = 45.0
 
 
 class Violation(Exception):
@@ -60,7 +66,7 @@ class Lifetime:
 class MasterSample:
     """The master's resources, read at one settled instant (Soak.settled_sample)."""
 
-    extra: int   # open fds minus what each worker slot has in the master (PER_SLOT_FDS)
+    extra: int   # open fds minus what each worker slot has in the master (PER_SLOT_FDS) and kept connections
     fds: int
     rss: int
 
@@ -69,7 +75,7 @@ class Soak:
     """A seeded sequence of faults against one daemon directory."""
 
     def __init__(self, seed: int, seconds: float, directory: Path,
-                 say: Callable[[str], None] = print, trace: bool = False) -> None:
+                 say: Callable[[str], None] = print, trace: bool = False, sip_load: bool = True) -> None:
         self.seed = seed
         self.trace = trace  # say each step as it starts
         self.seconds = seconds
@@ -87,11 +93,18 @@ class Soak:
         self.file_workers = self.rng.randint(MIN_WORKERS, MAX_WORKERS)
         self.target = self.file_workers
         (directory / "daemon").mkdir(mode=0o755)
+        self.pid_file = directory / "daemon" / "oversipd.pid"   # `oversipd status` and its SIP counters
         port = free_port("tcp", "udp")
         self.sip = SipProbe(port)
+        # The SIP load: a store that comes and goes, a call stream through every fault.
+        self.store = SoakStore(directory / "pg") if sip_load else None
+        self.calls = CallStream(directory / "calls", port) if sip_load else None
+        self.windows: list[Window] = []   # each step in wall-clock time: what the calls are judged by
+        self.verdict: Verdict | None = None
+        self.drained_in: float | None = None
         self.daemon = Daemon(directory / "daemon", modules=dict(MODULES), server_script=SERVER_SCRIPT + SIP_HANDLER,
                              core=self.core_settings(), settings={"soak": {"flags": str(self.flags)}},
-                             extra_tables=sip_tables(port))
+                             extra_tables=sip_tables(port, self.store.url if self.store else None))
         self.lifetime: Lifetime | None = None
         self.rss_growth: list[int] = []
         self.generation = 0   # [modules.soak] generation: which file a reload applied
@@ -102,7 +115,7 @@ class Soak:
         # respawn_limit = 0: SIGKILLs of young workers are quick deaths, and
         # the campaign wants the count to converge, not the daemon to give up.
         return {"workers": self.file_workers, "log_level": os.environ.get("SOAK_LOG_LEVEL", "info"), "worker_timeout": WORKER_TIMEOUT,
-                "graceful_timeout": GRACEFUL_TIMEOUT, "respawn_limit": 0}
+                "graceful_timeout": GRACEFUL_TIMEOUT, "respawn_limit": 0, "pid_file": str(self.pid_file)}
 
     # --- bookkeeping ------------------------------------------------------------
 
@@ -418,11 +431,14 @@ class Soak:
             if master.status() != psutil.STATUS_SLEEPING:
                 return None
             fds, rss = master.num_fds(), master.memory_info().rss
+            # The master keeps a duplicate of each client connection its
+            # workers hold (docs/sip.md, flows): the call stream's own among them.
+            kept = sum(1 for c in master.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED)
         except psutil.NoSuchProcess:
             raise self.violation("the master vanished") from None
         if self.workers() != before:
             return None
-        return MasterSample(extra=fds - PER_SLOT_FDS * len(before.slots), fds=fds, rss=rss)
+        return MasterSample(extra=fds - PER_SLOT_FDS * len(before.slots) - kept, fds=fds, rss=rss)
 
     def check_rss_flat(self) -> None:
         rss = self.lifetime.rss
@@ -441,6 +457,8 @@ class Soak:
         """Start, inject faults until `seconds` have passed, stop; Violation on the first failure."""
         self.start_daemon()
         self.check_step()
+        if self.calls is not None:
+            self.calls.start()
         started = time.monotonic()
         deadline = started + self.seconds
         while time.monotonic() < deadline:
@@ -449,13 +467,62 @@ class Soak:
             self.fault_name = fault.__name__
             if self.trace:
                 self.say(f"step {self.step} at {time.monotonic() - started:.1f} s: {self.fault_name}")
-            fault(self)
-            self.check_step()
+            self.in_window(lambda: (fault(self), self.check_step()))
+        if self.calls is not None:
+            self.step += 1
+            self.fault_name = "the call stream's end"
+            self.end_calls()
         self.step += 1
         self.fault_name = "final stop"
         self.signal_master(signal.SIGTERM)
         self.end_lifetime(expected_status=0)
 
+    # --- the call stream ---------------------------------------------------------------
+
+    def in_window(self, step: Callable[[], Any]) -> None:
+        """Run a step and note its wall-clock window, and whether a worker or the master ended in it."""
+        start, (_, lines) = time.time(), self.mark()
+        lifetimes = self.lifetimes
+        try:
+            step()
+        finally:
+            ended = "master" if self.lifetimes != lifetimes else \
+                "worker" if observe.worker_deaths(self.log_lines(lines)) else ""
+            self.windows.append(Window(self.step, self.fault_name, start, time.time(), ended))
+
+    def end_calls(self) -> None:
+        """Stop the stream; every call that got 200 got its BYE through, or a fault explains it; no transaction left."""
+        assert self.calls is not None
+        self.calls.stop()
+        self.verdict = verdict = judge(self.calls.calls(), self.windows)
+        if not verdict.counts:
+            raise self.violation(f"the call stream made no call: see {self.calls.directory}")
+        if verdict.unexcused:
+            call, windows = verdict.unexcused[0]
+            raise self.violation(f"{len(verdict.unexcused)} call(s) failed with no worker or master ended "
+                                 f"meanwhile; the first: {call} during {[w.fault for w in windows]}")
+        self.checked("every call that got 200 got its BYE through, unless a fault ended its worker")
+        self.check_transactions_drain()
+
+    def check_transactions_drain(self) -> None:
+        """Once the traffic stopped and its timers ran out, every worker holds no transaction."""
+        began = time.monotonic()
+
+        def held() -> dict[int, tuple[int, int]]:
+            rows = read_counters(self.pid_file) or {}
+            return {slot: (row["server_tx"], row["client_tx"]) for slot, row in rows.items()
+                    if slot <= self.target and (row["server_tx"] or row["client_tx"])}
+
+        if not observe.poll_until(lambda: not held(), DRAIN_TIMEOUT):
+            raise self.violation(f"transactions left {DRAIN_TIMEOUT:g} s after the calls stopped "
+                                 f"(slot: (server, client)): {held()}")
+        self.drained_in = time.monotonic() - began
+        self.checked("no transaction left once the calls stopped")
+
     def cleanup(self) -> None:
         self.sip.close()
+        if self.calls is not None:
+            self.calls.close()
         self.daemon.cleanup()
+        if self.store is not None:
+            self.store.close()
