@@ -19,14 +19,25 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from oversipd.sip.counters import read_counters
 
 from listen_helpers import free_port
 from sip_helpers import SIPP, SIPP_DIR, Callee
+
+from . import observe
+
+if TYPE_CHECKING:
+    from .runner import Soak
 
 UDP_RATE = 20          # calls per second over UDP (a socket per call)
 TCP_RATE = 5           # calls per second over the one TCP connection
 CALL_TIMEOUT = 16.0    # the scenario's wait for each 200 (tests/sipp/soak_call_uac.xml)
 STOP_TIMEOUT = 60.0    # the callers' calls in progress end within CALL_TIMEOUT twice, plus their pause
+# Once the stream stopped: Timer J (64*T1) and the proxy's accepted branches
+# (32 s) are the longest a transaction outlives its last message.
+DRAIN_TIMEOUT = 45.0
 RECONNECT_AFTER = 0.2  # seconds between a TCP caller's end and its next run
 # What the caller logs (tests/sipp/soak_call_uac.xml); a call sipp aborted (a retransmission
 # limit, an unexpected response, its run's end) logs no last line.
@@ -230,3 +241,46 @@ def judge(calls: list[Call], windows: list[Window]) -> Verdict:
         else:
             excused[f"{excuse.ended} ended ({call.transport} {call.outcome})"] += 1
     return Verdict(counts, excused, unexcused)
+
+
+def in_window(soak: "Soak", step: Callable[[], object]) -> None:
+    """Run a step and note its wall-clock window, and whether a worker or the master ended in it."""
+    start, (_, lines) = time.time(), soak.mark()
+    lifetimes = soak.lifetimes
+    try:
+        step()
+    finally:
+        ended = "master" if soak.lifetimes != lifetimes else \
+            "worker" if observe.worker_deaths(soak.log_lines(lines)) else ""
+        soak.windows.append(Window(soak.step, soak.fault_name, start, time.time(), ended))
+
+
+def end_call_stream(soak: "Soak") -> None:
+    """Stop the stream; every call that got 200 got its BYE through, or a fault explains it; no transaction left."""
+    assert soak.calls is not None
+    soak.calls.stop()
+    soak.verdict = verdict = judge(soak.calls.calls(), soak.windows)
+    if not verdict.counts:
+        raise soak.violation(f"the call stream made no call: see {soak.calls.directory}")
+    if verdict.unexcused:
+        call, windows = verdict.unexcused[0]
+        raise soak.violation(f"{len(verdict.unexcused)} call(s) failed with no worker or master ended "
+                             f"meanwhile; the first: {call} during {[w.fault for w in windows]}")
+    soak.checked("every call that got 200 got its BYE through, unless a fault ended its worker")
+    check_no_transaction_left(soak)
+
+
+def check_no_transaction_left(soak: "Soak") -> None:
+    """Once the traffic stopped and its timers ran out, every live worker holds no transaction (the gauges)."""
+    began = time.monotonic()
+
+    def held() -> dict[int, tuple[int, int]]:
+        rows = read_counters(soak.pid_file) or {}
+        return {slot: (row["server_tx"], row["client_tx"]) for slot, row in rows.items()
+                if slot <= soak.target and (row["server_tx"] or row["client_tx"])}
+
+    if not observe.poll_until(lambda: not held(), DRAIN_TIMEOUT):
+        raise soak.violation(f"transactions left {DRAIN_TIMEOUT:g} s after the calls stopped "
+                             f"(slot: (server, client)): {held()}")
+    soak.drained_in = time.monotonic() - began
+    soak.checked("no transaction left once the calls stopped")

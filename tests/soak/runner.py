@@ -13,13 +13,12 @@ from typing import Any, Callable
 
 import psutil
 
-from oversipd.sip.counters import read_counters
 from oversipd.testing import Daemon
 
 from listen_helpers import free_port
 
 from . import observe
-from .calls import CallStream, Verdict, Window, judge
+from .calls import CallStream, Verdict, Window, end_call_stream, in_window
 from .probe import MODULES, SERVER_SCRIPT
 from .sip_probe import SIP_HANDLER, SipProbe, sip_tables
 from .store import SoakStore
@@ -35,9 +34,6 @@ RSS_TOLERANCE = 2 << 20       # bytes a master may grow after its warm-up
 # slot's own UDP and TCP sockets of the SIP listeners (oversipd.sip.transport.sockets;
 # slot 1 uses the [listen.*] sockets themselves: a constant the baseline absorbs).
 PER_SLOT_FDS = 3
-# Once the call stream stopped: Timer J (64*T1) and the proxy's accepted
-# branches (32 s) are the longest a transaction outlives its last message.
-DRAIN_TIMEOUT = 45.0
 
 
 class Violation(Exception):
@@ -467,57 +463,15 @@ class Soak:
             self.fault_name = fault.__name__
             if self.trace:
                 self.say(f"step {self.step} at {time.monotonic() - started:.1f} s: {self.fault_name}")
-            self.in_window(lambda: (fault(self), self.check_step()))
+            in_window(self, lambda: (fault(self), self.check_step()))
         if self.calls is not None:
             self.step += 1
             self.fault_name = "the call stream's end"
-            self.end_calls()
+            end_call_stream(self)
         self.step += 1
         self.fault_name = "final stop"
         self.signal_master(signal.SIGTERM)
         self.end_lifetime(expected_status=0)
-
-    # --- the call stream ---------------------------------------------------------------
-
-    def in_window(self, step: Callable[[], Any]) -> None:
-        """Run a step and note its wall-clock window, and whether a worker or the master ended in it."""
-        start, (_, lines) = time.time(), self.mark()
-        lifetimes = self.lifetimes
-        try:
-            step()
-        finally:
-            ended = "master" if self.lifetimes != lifetimes else \
-                "worker" if observe.worker_deaths(self.log_lines(lines)) else ""
-            self.windows.append(Window(self.step, self.fault_name, start, time.time(), ended))
-
-    def end_calls(self) -> None:
-        """Stop the stream; every call that got 200 got its BYE through, or a fault explains it; no transaction left."""
-        assert self.calls is not None
-        self.calls.stop()
-        self.verdict = verdict = judge(self.calls.calls(), self.windows)
-        if not verdict.counts:
-            raise self.violation(f"the call stream made no call: see {self.calls.directory}")
-        if verdict.unexcused:
-            call, windows = verdict.unexcused[0]
-            raise self.violation(f"{len(verdict.unexcused)} call(s) failed with no worker or master ended "
-                                 f"meanwhile; the first: {call} during {[w.fault for w in windows]}")
-        self.checked("every call that got 200 got its BYE through, unless a fault ended its worker")
-        self.check_transactions_drain()
-
-    def check_transactions_drain(self) -> None:
-        """Once the traffic stopped and its timers ran out, every worker holds no transaction."""
-        began = time.monotonic()
-
-        def held() -> dict[int, tuple[int, int]]:
-            rows = read_counters(self.pid_file) or {}
-            return {slot: (row["server_tx"], row["client_tx"]) for slot, row in rows.items()
-                    if slot <= self.target and (row["server_tx"] or row["client_tx"])}
-
-        if not observe.poll_until(lambda: not held(), DRAIN_TIMEOUT):
-            raise self.violation(f"transactions left {DRAIN_TIMEOUT:g} s after the calls stopped "
-                                 f"(slot: (server, client)): {held()}")
-        self.drained_in = time.monotonic() - began
-        self.checked("no transaction left once the calls stopped")
 
     def cleanup(self) -> None:
         self.sip.close()
