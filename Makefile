@@ -373,6 +373,6 @@ service-test-deps:
 SOAK_SECONDS ?= 120
 STORM_CYCLES ?= 300
 .PHONY: soak
-soak: $(STAMP)
+soak: $(STAMP) $(MOD_PG_STAMP) postgresql-server sip-tester
 	PYTHONPATH=tests $(PY) -m soak.storm --cycles $(STORM_CYCLES) $(if $(SOAK_SEED),--seed $(SOAK_SEED))
 	PYTHONPATH=tests $(PY) -m soak --seconds $(SOAK_SECONDS) $(if $(SOAK_SEED),--seed $(SOAK_SEED)) $(if $(SOAK_TRACE),--trace)

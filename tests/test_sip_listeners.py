@@ -8,6 +8,7 @@ import pytest
 
 from oversipd.sip.syntax.message import Response, parse_message
 
+from db_helpers import wait_until
 from sip_helpers import StreamReader, UdpClient, read_stream_message, request_bytes, run_sipp, sip_daemon, sipp_counts
 
 
@@ -125,6 +126,32 @@ def test_status_shows_the_sip_counters(oversipd_daemon, tmp_path):
     assert (tmp_path / "o.pid.sip").exists()
     assert server.daemon.stop() == 0
     assert not (tmp_path / "o.pid.sip").exists()   # the master removes the counters file it made
+
+
+def test_status_shows_the_transactions_each_worker_holds_now(oversipd_daemon, tmp_path):
+    """server_tx and client_tx are gauges: an OPTIONS over UDP is held 32 s (Timer J), an ACKed INVITE over TCP not."""
+    from sip_helpers import counters
+    pid_file = tmp_path / "o.pid"
+    server = sip_daemon(oversipd_daemon, core={"pid_file": str(pid_file)})
+    with socket.create_connection((server.host, server.port)) as tcp:
+        via_port = tcp.getsockname()[1]
+        tcp.sendall(request_bytes("INVITE", port=server.port, via_port=via_port, transport="TCP",
+                                  branch="z9hG4bKgauge", call_id="gauge"))
+        rejected = parse_message(read_stream_message(tcp))
+        assert rejected.status == 486
+        tcp.sendall(request_bytes("ACK", port=server.port, via_port=via_port, transport="TCP", branch="z9hG4bKgauge",
+                                  call_id="gauge", to_tag=rejected.to.tag))
+        client = UdpClient(server)
+        for _ in range(2):
+            client.request("OPTIONS")
+            assert client.response().status == 200
+        # Written twice a second: polled (shared memory sends no event).
+        wait_until(lambda: counters(pid_file, "server_tx") == 2, "2 server transactions, the UDP OPTIONS")
+    assert counters(pid_file, "client_tx") == 0
+    status = server.daemon.run_command("status", "--pid-file", str(pid_file)).stdout
+    line = next(line for line in status.splitlines() if line.startswith("sip:"))
+    assert "server_tx 2, client_tx 0" in line
+    assert server.daemon.stop() == 0
 
 
 def test_without_a_sip_table_there_is_no_sip(oversipd_daemon, tmp_path):

@@ -543,3 +543,15 @@ def test_two_baresip_phones_register_with_passwords_and_call_each_other(oversipd
     baresip_phones.append(alice)
     alice.wait_for("call established")
     bob.wait_for("call established")
+
+
+def test_a_postgresql_store_imports_its_driver_in_the_master_before_the_fork():
+    """Found by the soak (docs/RELIABILITY.md §5): each worker imported psycopg in its start, 0.4 s of
+    CPU that, with several workers starting on a loaded machine, outlasted worker_timeout (SIGABRT)."""
+    import sys
+    check = ("import sys; from oversipd.sip.store import open_store; before = 'psycopg_pool' in sys.modules; "
+             "open_store('postgresql://nobody@/nothing?host=/nonexistent'); "
+             "print(before, 'psycopg_pool' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]

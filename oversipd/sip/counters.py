@@ -5,7 +5,10 @@ the pid file (`PIDFILE.sip`), so that `oversipd status` — another process,
 which finds the master through that pid file anyway — can read it.  Each
 worker adds to its own slot's row only (no locks, no system calls: a
 memoryview increment); a respawned worker goes on counting in the same
-row, so the totals cover the daemon's whole life.
+row, so the totals cover the daemon's whole life.  The last two cells are
+gauges, not totals: the server and client transactions the slot's worker
+holds now, written twice a second (and 0 when it closes), so that a
+checker sees them drain once the traffic stops.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from ..settings import MAX_WORKERS
 
 NAMES = ("received", "sent", "dropped", "retransmitted", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx",
          # SIP.md §15: each refusal of the admission control, and the 503s of a store not open
-         "busy_503", "rate_503", "rate_drop", "conn_refused", "auth_403", "store_503")
+         "busy_503", "rate_503", "rate_drop", "conn_refused", "auth_403", "store_503",
+         # gauges: the transactions held now (oversipd.sip.service.WorkerSip.count_transactions)
+         "server_tx", "client_tx")
 RECEIVED, SENT, DROPPED, RETRANSMITTED = 0, 1, 2, 3
 FIRST_CLASS = 4          # + status // 100 - 1
 BUSY_503, RATE_503, RATE_DROP, CONN_REFUSED, AUTH_403, STORE_503 = range(10, 16)
+SERVER_TX, CLIENT_TX = 16, 17
 ROW = len(NAMES)
 CELL = 8                 # unsigned 64-bit
 SIZE = (MAX_WORKERS + 1) * ROW * CELL

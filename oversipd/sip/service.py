@@ -18,7 +18,7 @@ from . import auth, registrar
 from .proxy import engine as proxy, uac
 from .transport import sockets
 from .core.sipcore import SipCore   # imported in the master: a worker's start pays no import
-from .counters import Counters, counters_path
+from .counters import CLIENT_TX, SERVER_TX, Counters, counters_path
 from .transport.flows import FlowTable
 from .transport.listeners import TcpListener, UdpListener
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 _log = Logger("SIP")
 _counters: Counters | None = None
 WILDCARDS = ("0.0.0.0", "::")
+GAUGE_INTERVAL = 0.5   # seconds between two writes of the transaction gauges (`oversipd status`)
 # A listener bound to 0.0.0.0 or [::] is reached through every address of
 # the machine: destination_myself() takes those (read once, in the master).
 _interface_addresses: dict[str, tuple[str, ...]] = {}
@@ -105,6 +106,7 @@ class WorkerSip:
         self.core: SipCore | None = None
         self.listeners: list = []
         self.tcp_listeners: dict[str, TcpListener] = {}
+        self.gauge_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         sip = self.settings.sip
@@ -143,6 +145,21 @@ class WorkerSip:
             await stream.start()
         for listener in udp_listeners.values():
             listener.start_reading()
+        self.count_transactions()
+
+    def count_transactions(self) -> None:
+        """Write the transactions held now into the slot's gauges, and again in GAUGE_INTERVAL.
+
+        Sampled rather than counted at each change: a transaction ends in
+        several places (timers, responses, the proxy's branches), a sample
+        has one.
+        """
+        core = self.core
+        if core is None:
+            return
+        core.counts[SERVER_TX] = len(core.table)
+        core.counts[CLIENT_TX] = len(core.proxy.clients) if core.proxy is not None else 0
+        self.gauge_timer = self.loop.call_later(GAUGE_INTERVAL, self.count_transactions)
 
     def stream_listener(self, name: str, scheme: str, sock: socket.socket, flows: FlowTable) -> TcpListener:
         """A tcp, tls, ws or wss listener on `sock`: the same accepting, another connection (SIP.md §12)."""
@@ -245,6 +262,11 @@ class WorkerSip:
                     waiter.cancel()
 
     def close(self) -> None:
+        if self.gauge_timer is not None:
+            self.gauge_timer.cancel()
+            self.gauge_timer = None
+        if self.core is not None:   # what this worker held ends with it
+            self.core.counts[SERVER_TX] = self.core.counts[CLIENT_TX] = 0
         for listener in self.listeners:
             listener.close()
         self.listeners = []

@@ -12,6 +12,7 @@ from typing import Callable
 
 from . import observe
 from .runner import CONVERGE_TIMEOUT, GRACEFUL_TIMEOUT, MAX_WORKERS, MIN_WORKERS, WORKER_TIMEOUT, Soak
+from .store import store_outage
 
 EXCEPTION_KINDS = ("RuntimeError", "ValueError", "OSError", "ZeroDivisionError", "Exception",
                    "SystemExit", "KeyboardInterrupt")
@@ -416,7 +417,7 @@ FAULTS: list[tuple[int, Callable[[Soak], None]]] = [
     (4, sigterm_worker), (4, sigstop_short), (3, sigstop_long), (6, raise_in_callback),
     (4, broken_then_fixed_config), (3, ignored_signal), (4, burst), (4, signals_during_slow_callbacks),
     (2, restart), (1, sigkill_master), (1, fatal_in_respawned_worker), (1, hang_in_on_terminated),
-    (2, signals_during_stop), (2, signals_during_start),
+    (2, signals_during_stop), (2, signals_during_start), (4, store_outage),
 ]
 
 

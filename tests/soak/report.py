@@ -21,11 +21,17 @@ class Result:
     violation: str = ""
 
 
-def run_campaign(seed: int, seconds: float, say: Callable[[str], None] = print, trace: bool = False) -> Result:
-    """A whole soak: returns the result after printing the counts (and the violation, if any)."""
+def run_campaign(seed: int, seconds: float, say: Callable[[str], None] = print, trace: bool = False,
+                 sip_load: bool = True) -> Result:
+    """A whole soak: returns the result after printing the counts (and the violation, if any).
+
+    `sip_load`: the call stream and the store outages, and at the end the
+    wait for every transaction to drain (up to 32 s of Timer J after the
+    last call); `make test`'s short run leaves them out.
+    """
     directory = Path(tempfile.mkdtemp(prefix="oversipd-soak-"))
     directory.chmod(0o755)
-    soak = Soak(seed, seconds, directory, say, trace)
+    soak = Soak(seed, seconds, directory, say, trace, sip_load)
     began = time.monotonic()
     say(f"soak: seed {seed}, {seconds:g} s of faults, in {directory}")
     try:
@@ -58,7 +64,15 @@ def print_summary(result: Result, say: Callable[[str], None]) -> None:
     for name, count in sorted(soak.checks.items()):
         say(f"  {count:6d}  {name}")
     say(f"SIP: the kept TCP connection survived {soak.sip.survived_kills} SIGKILL/SIGTERM(s) of its worker "
-        f"and was reopened {soak.sip.reopened} time(s) after its slot went away")
+        f"and was reopened {soak.sip.reopened} time(s) after its slot went away; "
+        f"{soak.sip.shed} OPTIONS over UDP shed with 503 and asked again")
+    if soak.verdict is not None:
+        say(f"calls: {soak.verdict.summary()}")
+    if soak.drained_in is not None:
+        say(f"transactions: none left {soak.drained_in:.1f} s after the calls stopped")
+    if soak.store is not None and soak.store.recoveries:
+        say(f"store: {len(soak.store.recoveries)} outage(s), {soak.store.refusals} REGISTER(s) refused 503 meanwhile; "
+            f"served again at most {max(soak.store.recoveries):.2f} s after the server was back")
     if soak.rss_growth:
         say(f"master RSS growth after warm-up: at most {max(soak.rss_growth) >> 10} KiB; "
             f"master fds at most {soak.max_fds}")

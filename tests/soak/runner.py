@@ -18,8 +18,10 @@ from oversipd.testing import Daemon
 from listen_helpers import free_port
 
 from . import observe
+from .calls import CallStream, Verdict, Window, end_call_stream, in_window
 from .probe import MODULES, SERVER_SCRIPT
 from .sip_probe import SIP_HANDLER, SipProbe, sip_tables
+from .store import SoakStore
 
 MIN_WORKERS, MAX_WORKERS = 2, 4
 WORKER_TIMEOUT = 2.0          # small, so a SIGSTOP can trip it
@@ -60,7 +62,7 @@ class Lifetime:
 class MasterSample:
     """The master's resources, read at one settled instant (Soak.settled_sample)."""
 
-    extra: int   # open fds minus what each worker slot has in the master (PER_SLOT_FDS)
+    extra: int   # open fds minus what each worker slot has in the master (PER_SLOT_FDS) and kept connections
     fds: int
     rss: int
 
@@ -69,7 +71,7 @@ class Soak:
     """A seeded sequence of faults against one daemon directory."""
 
     def __init__(self, seed: int, seconds: float, directory: Path,
-                 say: Callable[[str], None] = print, trace: bool = False) -> None:
+                 say: Callable[[str], None] = print, trace: bool = False, sip_load: bool = True) -> None:
         self.seed = seed
         self.trace = trace  # say each step as it starts
         self.seconds = seconds
@@ -87,11 +89,18 @@ class Soak:
         self.file_workers = self.rng.randint(MIN_WORKERS, MAX_WORKERS)
         self.target = self.file_workers
         (directory / "daemon").mkdir(mode=0o755)
+        self.pid_file = directory / "daemon" / "oversipd.pid"   # `oversipd status` and its SIP counters
         port = free_port("tcp", "udp")
         self.sip = SipProbe(port)
+        # The SIP load: a store that comes and goes, a call stream through every fault.
+        self.store = SoakStore(directory / "pg") if sip_load else None
+        self.calls = CallStream(directory / "calls", port) if sip_load else None
+        self.windows: list[Window] = []   # each step in wall-clock time: what the calls are judged by
+        self.verdict: Verdict | None = None
+        self.drained_in: float | None = None
         self.daemon = Daemon(directory / "daemon", modules=dict(MODULES), server_script=SERVER_SCRIPT + SIP_HANDLER,
                              core=self.core_settings(), settings={"soak": {"flags": str(self.flags)}},
-                             extra_tables=sip_tables(port))
+                             extra_tables=sip_tables(port, self.store.url if self.store else None))
         self.lifetime: Lifetime | None = None
         self.rss_growth: list[int] = []
         self.generation = 0   # [modules.soak] generation: which file a reload applied
@@ -102,7 +111,7 @@ class Soak:
         # respawn_limit = 0: SIGKILLs of young workers are quick deaths, and
         # the campaign wants the count to converge, not the daemon to give up.
         return {"workers": self.file_workers, "log_level": os.environ.get("SOAK_LOG_LEVEL", "info"), "worker_timeout": WORKER_TIMEOUT,
-                "graceful_timeout": GRACEFUL_TIMEOUT, "respawn_limit": 0}
+                "graceful_timeout": GRACEFUL_TIMEOUT, "respawn_limit": 0, "pid_file": str(self.pid_file)}
 
     # --- bookkeeping ------------------------------------------------------------
 
@@ -418,11 +427,14 @@ class Soak:
             if master.status() != psutil.STATUS_SLEEPING:
                 return None
             fds, rss = master.num_fds(), master.memory_info().rss
+            # The master keeps a duplicate of each client connection its
+            # workers hold (docs/sip.md, flows): the call stream's own among them.
+            kept = sum(1 for c in master.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED)
         except psutil.NoSuchProcess:
             raise self.violation("the master vanished") from None
         if self.workers() != before:
             return None
-        return MasterSample(extra=fds - PER_SLOT_FDS * len(before.slots), fds=fds, rss=rss)
+        return MasterSample(extra=fds - PER_SLOT_FDS * len(before.slots) - kept, fds=fds, rss=rss)
 
     def check_rss_flat(self) -> None:
         rss = self.lifetime.rss
@@ -441,6 +453,8 @@ class Soak:
         """Start, inject faults until `seconds` have passed, stop; Violation on the first failure."""
         self.start_daemon()
         self.check_step()
+        if self.calls is not None:
+            self.calls.start()
         started = time.monotonic()
         deadline = started + self.seconds
         while time.monotonic() < deadline:
@@ -449,8 +463,11 @@ class Soak:
             self.fault_name = fault.__name__
             if self.trace:
                 self.say(f"step {self.step} at {time.monotonic() - started:.1f} s: {self.fault_name}")
-            fault(self)
-            self.check_step()
+            in_window(self, lambda: (fault(self), self.check_step()))
+        if self.calls is not None:
+            self.step += 1
+            self.fault_name = "the call stream's end"
+            end_call_stream(self)
         self.step += 1
         self.fault_name = "final stop"
         self.signal_master(signal.SIGTERM)
@@ -458,4 +475,8 @@ class Soak:
 
     def cleanup(self) -> None:
         self.sip.close()
+        if self.calls is not None:
+            self.calls.close()
         self.daemon.cleanup()
+        if self.store is not None:
+            self.store.close()

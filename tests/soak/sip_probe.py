@@ -12,6 +12,7 @@ a duplicate and the new worker adopts it.
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -23,27 +24,49 @@ if TYPE_CHECKING:
     from .runner import Soak
 
 TIMEOUT = 10.0
+# A worker behind the call stream for 50 ms sheds new requests with 503 +
+# Retry-After (oversipd.sip.core.limits): the probe asks again, a 200 must follow.
+SHED_RETRIES = 20
+SHED_PAUSE = 0.25
 WORKER_PID_HEADER = "X-Worker-Pid"
 
-# Appended to the soak's server script: every OPTIONS gets 200 and says which worker answered.
+# Appended to the soak's server script: every OPTIONS gets 200 and says which
+# worker answered; a REGISTER goes to the registrar (its store comes and
+# goes: tests/soak/store.py); the rest is routed through [proxy.soak_out],
+# record-routing, to the call stream's callee (tests/soak/calls.py).
 SIP_HANDLER = f'''
 
 from oversipd import SipEvents
+from oversipd.sip import Proxy, registrar
 
 
 @SipEvents.on_request
-def answer_options(request):
-    if request.sip_method == "OPTIONS":
+async def answer_options(request):
+    if request.sip_method == "OPTIONS" and not request.in_dialog:
         request.reply(200, headers=[("{WORKER_PID_HEADER}", str(os.getpid()))])
-    elif request.sip_method != "ACK":
-        request.reply(501)
+        return
+    if request.sip_method == "REGISTER":
+        await registrar.save(request)
+        return
+    if request.in_dialog:
+        request.loose_route()
+    Proxy("soak_out").route(request)
 '''
 
+# The proxy's profile: every request follows the Record-Route, so the BYE of each call crosses oversipd.
+PROXY_PROFILE = {"do_record_routing": True, "use_naptr": False, "transport_preference": ["udp"]}
 
-def sip_tables(port: int) -> dict[str, dict[str, object]]:
-    return {"listen.sip_udp": {"address": f"udp://127.0.0.1:{port}"},
-            "listen.sip_tcp": {"address": f"tcp://127.0.0.1:{port}"},
-            "sip": {"listen": ["sip_udp", "sip_tcp"]}}
+
+def sip_tables(port: int, store: str | None) -> dict[str, dict[str, object]]:
+    """The listeners and the proxy's profile; the registrar's table with a `store`."""
+    tables: dict[str, dict[str, object]] = {
+        "listen.sip_udp": {"address": f"udp://127.0.0.1:{port}"},
+        "listen.sip_tcp": {"address": f"tcp://127.0.0.1:{port}"},
+        "sip": {"listen": ["sip_udp", "sip_tcp"]},
+        "proxy.soak_out": PROXY_PROFILE}
+    if store is not None:
+        tables["registrar"] = {"store": store, "min_expires": 2}
+    return tables
 
 
 class SipProbe:
@@ -58,6 +81,7 @@ class SipProbe:
         self.killed_holder = False           # killed since, its slot respawned: the connection must survive
         self.reopened = 0
         self.survived_kills = 0
+        self.shed = 0                        # OPTIONS over UDP answered 503 + Retry-After, then asked again
 
     def worker_replaced(self, pid: int) -> None:
         """A fault SIGKILLed or SIGTERMed `pid` alone (its slot is respawned)."""
@@ -69,16 +93,25 @@ class SipProbe:
         self.check_tcp(soak)
 
     def check_udp(self, soak: "Soak") -> None:
+        """200 to an OPTIONS over UDP; a 503 with Retry-After (a worker behind the call stream sheds) is asked again."""
+        for _ in range(SHED_RETRIES):
+            response = self.options_over_udp(soak)
+            if not (isinstance(response, Response) and response.status == 503 and response.header("Retry-After")):
+                break
+            self.shed += 1
+            time.sleep(SHED_PAUSE)   # not a wait for an event: a client's pause before it asks again
+        self.expect_200(soak, response, "UDP")
+        soak.checked("the workers answer SIP over UDP")
+
+    def options_over_udp(self, soak: "Soak") -> object:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.settimeout(TIMEOUT)
             sock.bind(("127.0.0.1", 0))
             sock.sendto(options(sock.getsockname()[1], "UDP"), ("127.0.0.1", self.port))
             try:
-                response = parse_message(sock.recv(65535))
+                return parse_message(sock.recv(65535))
             except TimeoutError:
                 raise soak.violation(f"no answer to an OPTIONS over UDP in {TIMEOUT:g} s") from None
-        self.expect_200(soak, response, "UDP")
-        soak.checked("the workers answer SIP over UDP")
 
     def check_tcp(self, soak: "Soak") -> None:
         if self.master != soak.lifetime.master_pid:
