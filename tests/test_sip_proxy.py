@@ -396,3 +396,17 @@ def test_a_call_ringing_through_a_reload_still_connects_through_the_retiring_wor
         daemon.wait_log("reload done: generation 2 serves", since=mark)
     finally:
         client.close()
+
+
+def test_a_2xx_whose_worker_died_after_forwarding_the_invite_still_reaches_the_caller(oversipd_daemon, peer):
+    """RFC 3261 §16.7: a response that no transaction knows is forwarded statelessly, by its Via."""
+    server, client, invite = invite_through_the_proxy(oversipd_daemon, peer, "call-orphan")
+    assert client.response().status == 100
+    daemon = server.daemon
+    mark = daemon.mark()
+    daemon.kill_worker(1, signal.SIGKILL)        # its client transaction and accepted branches are gone
+    daemon.wait_log("killed by SIGKILL; respawned", since=mark)
+    daemon.wait_workers(1)
+    peer.answer(invite, 200)
+    ok = final_response(client)
+    assert ok.status == 200 and len(ok.via) == 1 and ok.via[0].port == client.port

@@ -370,7 +370,27 @@ class ProxyEngine(Logger):
             response.pop_header_value("Via")
             self.send(*upstream, response.to_bytes())
             return
+        if place is not None and self.forward_statelessly(response, source):
+            return
         self.core.counts[C.DROPPED] += 1
+
+    def forward_statelessly(self, response: Response, source: Any) -> bool:
+        """RFC 3261 §16.7: a response to a branch of ours that no transaction knows goes on as a stateless
+        proxy sends it: our Via off, to the next one's received/rport.  A 2xx whose branch died with its
+        worker (killed between the INVITE and the answer) reached nobody before (the soak's lost calls).
+        Over UDP only: an upstream connection is a flow that another worker may hold, and its client resends."""
+        if source.reliable:
+            return False
+        response.pop_header_value("Via")
+        try:
+            vias = response.via
+            upstream = vias[0] if vias else None
+            if upstream is None or upstream.transport != "UDP":
+                return False
+            port = int(upstream.rport) if upstream.rport else upstream.port or 5060
+        except ValueError:   # a peer's bad Via (a ParseError) or rport: dropped
+            return False
+        return self.send(source, (upstream.received or upstream.host.strip("[]"), port), response.to_bytes())
 
     def provisional(self, forward: Forward, response: Response) -> None:
         forward.provisional = True
