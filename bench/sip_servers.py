@@ -187,11 +187,18 @@ class Kamailio(SipServer):
         self.allocator = allocator
         self.shm_mb = shm_mb
 
+    def config(self) -> Path:
+        return KAMAILIO_CONFIGS[self.role]
+
+    def defines(self) -> list[str]:
+        """-A options: the config's preprocessor defines."""
+        return []
+
     def command(self) -> list[str]:
         listen = ["-l", f"udp:{HOST}:{self.port}"]
         if self.role == "proxy":
             listen += ["-l", f"tcp:{HOST}:{self.port}"]
-        return [self.binary, "-f", str(KAMAILIO_CONFIGS[self.role]), "-DD", "-E",
+        return [self.binary, "-f", str(self.config()), *self.defines(), "-DD", "-E",
                 "-Y", str(self.workdir), "-P", str(self.workdir / "kamailio.pid"), "-w", str(self.workdir),
                 "-m", str(self.shm_mb), *listen, *(["-x", self.allocator] if self.allocator else [])]
 

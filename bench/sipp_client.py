@@ -64,8 +64,9 @@ def sipp_command(scenario: Path, transport: str, local_port: int, stats: Path, e
 
 
 def run_uac(scenario: Path, transport: str, local_port: int, target: str, rate: float, calls: int,
-            rundir: Path, send_to: str | None = None) -> SippCounts:
-    """Place `calls` calls at `rate` calls/s to `target` (host:port), via `send_to` if given."""
+            rundir: Path, send_to: str | None = None, options: tuple[str, ...] = ()) -> SippCounts:
+    """Place `calls` calls at `rate` calls/s to `target` (host:port), via `send_to` if given;
+    `options`: more SIPp options (an injection file, -key)."""
     # Calls in flight, beyond which SIPp would slow its rate down: room for a
     # few seconds of backlog, under SIPp's open-file limit (20000 here).
     limit = min(16000, max(1000, int(rate * 4)))
@@ -74,7 +75,7 @@ def run_uac(scenario: Path, transport: str, local_port: int, target: str, rate: 
                 "-timeout", f"{calls / rate + SIPP_TIMEOUT_MARGIN:.0f}s", "-timeout_error"]
     if send_to:
         command += ["-rsa", send_to]
-    command.append(target)
+    command += [*options, target]
     began = time.monotonic()
     with open(rundir / "uac.out", "wb") as out:
         status = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
