@@ -56,6 +56,10 @@ ROLE = "registrar"
 SERVERS = ("oversipd-sqlite", "oversipd-postgresql", "kamailio-sqlite", "kamailio-postgresql")
 # The rate at which every user registers at the UAS before the calls: low enough for every server.
 PRE_REGISTER_RATE = 200.0
+# The phones' side: a UDP socket per registration or call (SIPp -t un), as phones come from many
+# ports; from one socket, every request would land on one oversipd worker (SO_REUSEPORT hashes
+# the 4-tuple, PITFALLS.md), while Kamailio's children read one shared socket.
+PHONES = "udp-per-call"
 
 CASES = {
     # The server receives two REGISTERs per registration: CPU per "message" is per REGISTER transaction.
@@ -232,7 +236,7 @@ class RegisterBench(Bench):
         if case.role != "calls":
             return
         rundir = self.rundir(server)
-        counts = run_uac(REGISTER_UAC, case.transport, self.ports.next_free(self.ports.uac_ports),
+        counts = run_uac(REGISTER_UAC, PHONES, self.ports.next_free(self.ports.uac_ports),
                          f"{HOST}:{server.port}", PRE_REGISTER_RATE, len(self.users), rundir,
                          options=self.sipp_options(server))
         if counts.successful != len(self.users):
@@ -245,7 +249,7 @@ class RegisterBench(Bench):
         uac_port = self.ports.next_free(self.ports.uac_ports)
         if case.role == "register":
             (uac, _), spent, rcvbuf_errors = measured(server, lambda: (run_uac(
-                REGISTER_UAC, case.transport, uac_port, target, rate, calls, rundir,
+                REGISTER_UAC, PHONES, uac_port, target, rate, calls, rundir,
                 options=self.sipp_options(server)), None))
             return uac, None, spent, rcvbuf_errors
         uas_port = self.uas_port(server)
@@ -253,7 +257,7 @@ class RegisterBench(Bench):
         try:
             wait_bound(uas_port, uas)
             (uac, uas_counts), spent, rcvbuf_errors = measured(server, lambda: (
-                run_uac(CALL_UAC, case.transport, uac_port, target, rate, calls, rundir,
+                run_uac(CALL_UAC, PHONES, uac_port, target, rate, calls, rundir,
                         options=self.sipp_options(server)),
                 uas.finish()))
         finally:

@@ -57,8 +57,15 @@ class SippCounts:
                    call_rate=float(last["CallRate(C)"]), exit_status=exit_status, wall_seconds=wall_seconds)
 
 
+# SIPp's -t: one socket for every call, or (udp-per-call) a UDP socket of its own per call, as
+# many phones would come from many ports.
+SIPP_TRANSPORTS = {"udp": "u1", "tcp": "t1", "udp-per-call": "un"}
+
+
 def sipp_command(scenario: Path, transport: str, local_port: int, stats: Path, errors: Path) -> list[str]:
-    return ["sipp", "-sf", str(scenario), "-t", "t1" if transport == "tcp" else "u1",
+    # A socket per call: as many sockets as calls in flight (run_uac's -l), under the open-file limit.
+    per_call = ["-max_socket", "16500"] if transport == "udp-per-call" else []
+    return ["sipp", "-sf", str(scenario), "-t", SIPP_TRANSPORTS[transport], *per_call,
             "-i", HOST, "-p", str(local_port), "-nostdin", "-buff_size", str(SIPP_BUFFER),
             "-trace_stat", "-stf", str(stats), "-fd", "1", "-trace_err", "-error_file", str(errors)]
 
