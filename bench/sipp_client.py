@@ -85,7 +85,8 @@ def run_uac(scenario: Path, transport: str, local_port: int, target: str, rate: 
     command += [*options, target]
     began = time.monotonic()
     with open(rundir / "uac.out", "wb") as out:
-        status = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        # In the run's directory: a SIPp that stops at its start writes its files where it runs.
+        status = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=rundir,
                                 timeout=calls / rate + 2 * SIPP_TIMEOUT_MARGIN).returncode
     return SippCounts.read(rundir / "uac.csv", status, time.monotonic() - began)
 
@@ -99,7 +100,7 @@ class Uas:
         command += ["-m", str(calls)]
         self.out = open(rundir / "uas.out", "wb")
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self.out,
-                                        stderr=subprocess.STDOUT)
+                                        stderr=subprocess.STDOUT, cwd=rundir)
 
     def running(self) -> bool:
         return self.process.poll() is None
