@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import datetime
 import hashlib
-import json
 import os
 import shlex
 import signal
@@ -35,8 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .sip import (Bench, Case, Ports, ServerError, add_search_options, as_json, checked_tools, interrupted, log,
-                  machine_facts, measured, names, number, percent, ratio, wait_bound, write_section)
+from .sip import (Bench, Case, Ports, ServerError, add_search_options, checked_tools, interrupted, log,
+                  machine_facts, measured, names, number, percent, publish, ratio, wait_bound)
 from .sip_search import Search
 from .sip_servers import BENCH, HOST, Kamailio, Oversipd, SipServer, port_free
 from .sipp_client import SCENARIOS, SippCounts, Uas, run_uac
@@ -385,12 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     tables = [table(CASES[key], searches, args) for key, searches in results.items()]
     report = render(tables, args, command, time.monotonic() - began, load_before)
-    print(report)
-    if args.write:
-        write_section(args.write, report, SECTION)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(as_json(results), indent=1) + "\n")
+    publish(report, results, args, SECTION)
     return 0
 
 

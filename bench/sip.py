@@ -481,13 +481,18 @@ def main(argv: list[str] | None = None) -> int:
     tables = [table(CASES[key], searches, args, skipped.get(CASES[key].role, ""))
               for key, searches in results.items()]
     report = render(tables, args, command, time.monotonic() - began, load_before)
+    publish(report, results, args, SECTION)
+    return 0
+
+
+def publish(report: str, results: dict[str, dict[str, Search]], args: argparse.Namespace, section: str) -> None:
+    """The report on stdout, and in --write's section and --json's file when asked."""
     print(report)
     if args.write:
-        write_section(args.write, report)
+        write_section(args.write, report, section)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(as_json(results), indent=1) + "\n")
-    return 0
 
 
 if __name__ == "__main__":
