@@ -129,6 +129,32 @@ class PrivatePostgres:
         shutil.rmtree(self.server.base, ignore_errors=True)
 
 
+class SqliteFile:
+    """A server's SQLite database, in WAL mode (the mode stays with the file): readers never wait
+    for a writer, in Kamailio (usrloc's write-back timer) as in oversipd."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with sqlite3.connect(path) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+
+    def execute(self, sql: str) -> None:
+        with sqlite3.connect(self.path) as connection:
+            connection.executescript(sql)
+
+
+class PostgresDatabase:
+    def __init__(self, server: PrivatePostgres, name: str) -> None:
+        self.server = server
+        self.name = name
+
+    def execute(self, sql: str) -> None:
+        self.server.execute(self.name, sql)
+
+
+Database = SqliteFile | PostgresDatabase
+
+
 def kamailio_schema_and_users(backend: str, users: list[str]) -> str:
     """SQL for Kamailio's tables (the Debian package's own files) and its subscribers, HA1 only."""
     schema = "\n".join((KAMAILIO_SQL[backend] / name).read_text() for name in KAMAILIO_SCHEMA)
@@ -148,12 +174,26 @@ async def add_oversipd_users(url: str, users: list[str]) -> None:
 # --- the servers ----------------------------------------------------------------------
 
 
-class KamailioRegistrar(Kamailio):
+class WithoutBindings:
+    """A server that starts each time with no binding (the users stay): a table's runs do not
+    inherit what a previous table's, or an overloaded run's, left in the location store."""
+
+    database: Database
+    location_table: str
+
+    def empty_location(self) -> None:
+        self.database.execute(f"DELETE FROM {self.location_table}")
+
+
+class KamailioRegistrar(WithoutBindings, Kamailio):
     """Kamailio with bench/kamailio/register.cfg on a database URL (db_sqlite or db_postgres)."""
 
-    def __init__(self, name: str, port: int, workdir: Path, db_url: str) -> None:
+    location_table = "location"
+
+    def __init__(self, name: str, port: int, workdir: Path, db_url: str, database: Database) -> None:
         super().__init__(name, ROLE, port, workdir)
         self.db_url = db_url
+        self.database = database
 
     def config(self) -> Path:
         return KAMAILIO_REGISTRAR
@@ -162,18 +202,26 @@ class KamailioRegistrar(Kamailio):
         postgres = ["-A", "WITH_POSTGRES"] if self.db_url.startswith("postgres") else []
         return ["-A", f'DBURL="{self.db_url}"', *postgres]
 
+    def prepare(self) -> None:
+        self.empty_location()
 
-class OversipdRegistrar(Oversipd):
+
+class OversipdRegistrar(WithoutBindings, Oversipd):
     """oversipd with server.py and bench/oversipd-register.conf on a store URL."""
 
-    def __init__(self, name: str, port: int, workdir: Path, binary: Path, workers: int, store: str) -> None:
+    location_table = "bindings"
+
+    def __init__(self, name: str, port: int, workdir: Path, binary: Path, workers: int, store: str,
+                 database: Database) -> None:
         super().__init__(name, ROLE, port, workdir, binary, workers, SERVER_SCRIPT, OVERSIPD_CONF)
         self.store = store
+        self.database = database
 
     def prepare(self) -> None:
         super().prepare()
         conf = self.workdir / "oversipd.conf"
         conf.write_text(conf.read_text().replace("@STORE@", self.store))
+        self.empty_location()
 
 
 def make_servers(args: argparse.Namespace, ports: Ports, workdir: Path, users: list[str],
@@ -188,22 +236,22 @@ def make_servers(args: argparse.Namespace, ports: Ports, workdir: Path, users: l
         directory.mkdir(parents=True)
         os.chmod(directory, 0o755)
         port = ports.server(index)
-        if kind == "kamailio":
-            sql = kamailio_schema_and_users(backend, users)
-            if backend == "sqlite":
-                url = f"sqlite:///{directory / 'kamailio.db'}"   # db_sqlite: sqlite:// + an absolute path
-                with sqlite3.connect(directory / "kamailio.db") as connection:
-                    connection.executescript(sql)
-            else:
-                assert postgres is not None
-                url = postgres.url("postgres", "kamailio")
-                postgres.execute("kamailio", sql)
-            servers.append(KamailioRegistrar(name, port, directory, url))
+        database: Database
+        if backend == "sqlite":
+            database = SqliteFile(directory / f"{kind}.db")
         else:
-            url = f"sqlite://{directory / 'location.db'}" if backend == "sqlite" \
+            assert postgres is not None
+            database = PostgresDatabase(postgres, kind)
+        if kind == "kamailio":
+            database.execute(kamailio_schema_and_users(backend, users))
+            url = f"sqlite:///{database.path}" if isinstance(database, SqliteFile) \
+                else postgres.url("postgres", "kamailio")   # db_sqlite: sqlite:// + an absolute path
+            servers.append(KamailioRegistrar(name, port, directory, url, database))
+        else:
+            url = f"sqlite://{database.path}" if isinstance(database, SqliteFile) \
                 else postgres.url("postgresql", "oversipd")
             asyncio.run(add_oversipd_users(url, users))
-            servers.append(OversipdRegistrar(name, port, directory, args.oversipd, args.workers, url))
+            servers.append(OversipdRegistrar(name, port, directory, args.oversipd, args.workers, url, database))
         log(f"bench-register: {name}: {len(users)} users in {url}")
     return servers
 
@@ -325,8 +373,10 @@ def render(tables: list[str], args: argparse.Namespace, command: str, seconds: f
         "auth_db checks the subscriber table's `ha1`; oversipd's `[auth] algorithms = [\"MD5\"]`). oversipd runs "
         "the repository's `server.py` (what `make run` serves); Kamailio `bench/kamailio/register.cfg` "
         "(www_authorize/save on REGISTER, proxy_authorize + lookup(\"location\") + record_route + t_relay on "
-        "INVITE), usrloc `db_mode` 2 (write-back, every 10 s). PostgreSQL: a private server over loopback TCP, "
-        "`fsync = off`. The rate search, the success rule, and the CPU accounting (`/proc/PID/schedstat` of "
+        "INVITE), usrloc `db_mode` 2 (write-back, every 10 s). Both SQLite files in WAL mode. PostgreSQL: a "
+        "private server over loopback TCP, `fsync = off`. Every (re)start of a server begins with an empty "
+        "location table (the users stay): the calls table does not inherit the bindings the REGISTER table or "
+        "an overloaded run left. The rate search, the success rule, and the CPU accounting (`/proc/PID/schedstat` of "
         "every process of the server) are `make bench-sip`'s (see its section); CPU per REGISTER transaction is "
         "the server's CPU per registration ÷ 2 (the challenged REGISTER and the authenticated one).",
     ])
