@@ -282,6 +282,21 @@ bench-ws: $(BENCH_STAMP) kamailio-ws-modules
 	PATH="$$PATH:/usr/sbin" BENCH_COMMAND="make bench-ws$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
 	  $(BENCH_PY) -m bench.ws --write docs/BENCHMARKS.md --json bench/results/ws.json $(BENCH_ARGS)
 
+# --- registrar (issue 20): oversipd's registrar next to Kamailio auth_db + usrloc -----
+# Authenticated REGISTERs/s and calls/s to registered users, oversipd (server.py)
+# on SQLite and PostgreSQL next to Kamailio on db_sqlite and db_postgres, SIPp as
+# the phones (bench/register.py; writes its section of docs/BENCHMARKS.md).  Runs
+# from the test virtualenv (psycopg from oversip-mod-postgresql) with a private
+# PostgreSQL.  A short smoke: BENCH_ARGS="--users 200 --duration 2 --rounds 1 --probe-duration 1".
+.PHONY: kamailio-db-modules bench-register
+kamailio-db-modules: kamailio-server
+	@[ -e /usr/share/kamailio/db_sqlite/auth_db-create.sql ] && [ -e /usr/share/kamailio/postgres/auth_db-create.sql ] || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kamailio-sqlite-modules kamailio-postgres-modules; }
+
+bench-register: $(STAMP) $(MOD_PG_STAMP) sip-tester kamailio-db-modules postgresql-server
+	PATH="$$PATH:/usr/sbin" BENCH_COMMAND="make bench-register$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
+	  $(PY) -m bench.register --write docs/BENCHMARKS.md --json bench/results/register.json $(BENCH_ARGS)
+
 # --- overload (issue 22, SIP.md §15): one worker under ~3x its capacity ---------
 # Unique OPTIONS and INVITEs over UDP from SIPp for 60 s: RSS, 503s, latency of
 # the accepted requests, recovery (bench/overload.py; over 2 minutes, both cores).

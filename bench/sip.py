@@ -33,17 +33,19 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from .report import cpu_model
 from .sip_search import Run, Search
 from .sip_servers import (OVERSIPD_CONF_TEMPLATE, OVERSIPD_OPTIONS_SCRIPT, OVERSIPD_PROXY_CONF_TEMPLATE,
                           OVERSIPD_PROXY_SCRIPT, HOST, Kamailio, Oversipd,
                           ServerError, SipServer, port_free)
-from .sipp_client import OPTIONS_UAC, PROXY_UAC, Uas, run_uac, udp_rcvbuf_errors
+from .sipp_client import OPTIONS_UAC, PROXY_UAC, SippCounts, Uas, run_uac, udp_rcvbuf_errors
 
 DEFAULT_BASE_PORT = 23000
 SECTION = "bench-sip"
 QUIET_LOAD = 0.3          # a 1-minute load average above this before the run: the figures are noisy
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,16 @@ def in_turn(servers: list, turn: int) -> list:
     return servers[shift:] + servers[:shift]
 
 
+def measured(server: SipServer, action: Callable[[], T]) -> tuple[T, list[int], int]:
+    """What `action` returns, the CPU ns each server process spent meanwhile, and the RcvbufErrors."""
+    cpu_before, rcvbuf_before = server.cpu_ns(), udp_rcvbuf_errors()
+    result = action()
+    cpu_after, rcvbuf_after = server.cpu_ns(), udp_rcvbuf_errors()
+    # A process that appeared during the run (a late child, a respawned worker) spent all
+    # its CPU time in it; one that ended took its time along (and is not counted).
+    return result, [after - cpu_before.get(pid, 0) for pid, after in cpu_after.items()], rcvbuf_after - rcvbuf_before
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
@@ -115,7 +127,15 @@ class Bench:
     def run(self, server: SipServer, case: Case, rate: float, seconds: float) -> Run:
         """One SIPp run at `rate` for `seconds`; the server's CPU and the RcvbufErrors around it."""
         calls = max(1, round(rate * seconds))
-        rundir = self.rundir(server)
+        uac, uas_counts, spent, rcvbuf_errors = self.drive(server, case, rate, calls, self.rundir(server))
+        result = Run(rate, seconds, calls, uac, uas_counts, sum(spent),
+                     rcvbuf_errors, case.messages_per_call, max(spent, default=0))
+        return self.checked(server, f"{server.name:<15} {case.key:<9} {rate:>8g}/s {seconds:g} s", result,
+                            f"{result.cpu_us_per_message:.1f} µs/msg, RcvbufErrors +{result.rcvbuf_errors}")
+
+    def drive(self, server: SipServer, case: Case, rate: float, calls: int,
+              rundir: Path) -> tuple[SippCounts, SippCounts | None, list[int], int]:
+        """The SIPp traffic of one run: (UAC's counts, UAS's or None, CPU ns of each server process, RcvbufErrors)."""
         uas = None
         target = f"{HOST}:{server.port}"
         send_to = None
@@ -125,21 +145,15 @@ class Bench:
                 uas = Uas(case.transport, uas_port, calls, rundir)
                 wait_bound(uas_port, uas)
                 target, send_to = f"{HOST}:{uas_port}", f"{HOST}:{server.port}"
-            cpu_before, rcvbuf_before = server.cpu_ns(), udp_rcvbuf_errors()
-            uac = run_uac(PROXY_UAC if case.role == "proxy" else OPTIONS_UAC, case.transport,
-                          self.ports.next_free(self.ports.uac_ports), target, rate, calls, rundir, send_to)
-            uas_counts = uas.finish() if uas else None
-            cpu_after, rcvbuf_after = server.cpu_ns(), udp_rcvbuf_errors()
+            scenario = PROXY_UAC if case.role == "proxy" else OPTIONS_UAC
+            uac_port = self.ports.next_free(self.ports.uac_ports)
+            (uac, uas_counts), spent, rcvbuf_errors = measured(server, lambda: (
+                run_uac(scenario, case.transport, uac_port, target, rate, calls, rundir, send_to),
+                uas.finish() if uas else None))
         finally:
             if uas is not None:
                 uas.end()
-        # A process that appeared during the run (a late child, a respawned worker) spent all
-        # its CPU time in it; one that ended took its time along (and is not counted).
-        spent = [after - cpu_before.get(pid, 0) for pid, after in cpu_after.items()]
-        result = Run(rate, seconds, calls, uac, uas_counts, sum(spent),
-                     rcvbuf_after - rcvbuf_before, case.messages_per_call, max(spent, default=0))
-        return self.checked(server, f"{server.name:<15} {case.key:<9} {rate:>8g}/s {seconds:g} s", result,
-                            f"{result.cpu_us_per_message:.1f} µs/msg, RcvbufErrors +{result.rcvbuf_errors}")
+        return uac, uas_counts, spent, rcvbuf_errors
 
     @staticmethod
     def checked(server: SipServer, what: str, result, figures: str):
@@ -153,8 +167,12 @@ class Bench:
     def fresh_start(self, server: SipServer, case: Case) -> None:
         """(Re)start a server and warm it up: a cold server fails below what a warm one holds."""
         server.restart()
+        self.after_start(server, case)
         if self.args.warmup > 0:
             self.run(server, case, self.start_rate(case), self.args.warmup)
+
+    def after_start(self, server: SipServer, case: Case) -> None:
+        """What a server needs after each (re)start, before its warm-up (bench/register.py's registrations)."""
 
     def start_rate(self, case: Case) -> float:
         return self.args.start_rate or case.start_rate
@@ -313,11 +331,9 @@ def tool_version(command: list[str], marker: str) -> str:
     return next((line.strip() for line in output.splitlines() if marker in line), "unknown")
 
 
-def render(tables: list[str], args: argparse.Namespace, command: str, seconds: float,
-           load_before: tuple[float, ...]) -> str:
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    noisy = load_before[0] > QUIET_LOAD
-    facts = [
+def machine_facts(args: argparse.Namespace, load_before: tuple[float, ...]) -> list[str]:
+    """The machine, the versions of the programs measured, and the load around the run."""
+    return [
         f"CPU: {cpu_model()}, {os.cpu_count()} cores; kernel {platform.release()}; "
         f"Python {sys.version.split()[0]}",
         f"{tool_version([str(args.oversipd), '--version'], 'oversipd')} ({args.oversipd}); "
@@ -326,6 +342,13 @@ def render(tables: list[str], args: argparse.Namespace, command: str, seconds: f
         "load average (1/5/15 min) before: " + " ".join(f"{x:.2f}" for x in load_before)
         + "; after: " + " ".join(f"{x:.2f}" for x in os.getloadavg()),
     ]
+
+
+def render(tables: list[str], args: argparse.Namespace, command: str, seconds: float,
+           load_before: tuple[float, ...]) -> str:
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    noisy = load_before[0] > QUIET_LOAD
+    facts = machine_facts(args, load_before)
     return "\n".join([
         "## SIP: oversipd next to Kamailio (`make bench-sip`)",
         "",
@@ -393,30 +416,39 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cases", type=names, default=list(CASES), help="tables to make: " + ", ".join(CASES))
     parser.add_argument("--servers", type=lambda v: set(names(v)), default={"oversipd", "kamailio", "kamailio-kemi"},
                         help="oversipd, kamailio, kamailio-tlsf, kamailio-kemi")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of each sustained run")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="sustained runs at the rate found, and at the table's common rate, per server")
-    parser.add_argument("--probe-duration", type=float, default=2.0, help="seconds of each search probe")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds at the start rate after each (re)start")
-    parser.add_argument("--start-rate", type=float, default=0.0,
-                        help="first probe's rate (default: 1000 OPTIONS/s, 200 calls/s)")
-    parser.add_argument("--max-rate", type=float, default=30000.0, help="highest rate probed")
-    add_common_options(parser, SECTION)
     parser.add_argument("--oversipd-options-script", type=Path, default=OVERSIPD_OPTIONS_SCRIPT,
                         help="server script that answers OPTIONS 200")
     parser.add_argument("--oversipd-proxy-script", type=Path, default=OVERSIPD_PROXY_SCRIPT,
                         help="server script that proxies every request (OverSIP's default routing)")
     parser.add_argument("--oversipd-proxy-conf", type=Path, default=OVERSIPD_PROXY_CONF_TEMPLATE,
                         help="config template for oversipd as a proxy (@PORT@, @WORKERS@, @SCRIPT@ filled in)")
-    parser.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT, help="200 loopback ports from here")
+    add_search_options(parser, SECTION, DEFAULT_BASE_PORT)
     args = parser.parse_args(argv)
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:
         parser.error(f"--cases: unknown {', '.join(unknown)} (known: {', '.join(CASES)})")
+    checked_tools(parser, "make bench-sip")
+    return args
+
+
+def add_search_options(parser: argparse.ArgumentParser, section: str, base_port: int) -> None:
+    """The options of a rate search of servers side by side (bench/sip.py, bench/register.py)."""
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of each sustained run")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="sustained runs at the rate found, and at the table's common rate, per server")
+    parser.add_argument("--probe-duration", type=float, default=2.0, help="seconds of each search probe")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds at the start rate after each (re)start")
+    parser.add_argument("--start-rate", type=float, default=0.0,
+                        help="first probe's rate (default: each table's own)")
+    parser.add_argument("--max-rate", type=float, default=30000.0, help="highest rate probed")
+    parser.add_argument("--base-port", type=int, default=base_port, help="200 loopback ports from here")
+    add_common_options(parser, section)
+
+
+def checked_tools(parser: argparse.ArgumentParser, target: str) -> None:
     for tool in ("sipp", "kamailio"):
         if shutil.which(tool) is None:
-            parser.error(f"{tool} is not installed: `make bench-sip` installs it (Debian's sip-tester, kamailio)")
-    return args
+            parser.error(f"{tool} is not installed: `{target}` installs it (Debian's sip-tester, kamailio)")
 
 
 def as_json(results: dict[str, dict[str, Search]]) -> dict:
@@ -466,13 +498,18 @@ def main(argv: list[str] | None = None) -> int:
     tables = [table(CASES[key], searches, args, skipped.get(CASES[key].role, ""))
               for key, searches in results.items()]
     report = render(tables, args, command, time.monotonic() - began, load_before)
+    publish(report, results, args, SECTION)
+    return 0
+
+
+def publish(report: str, results: dict[str, dict[str, Search]], args: argparse.Namespace, section: str) -> None:
+    """The report on stdout, and in --write's section and --json's file when asked."""
     print(report)
     if args.write:
-        write_section(args.write, report)
+        write_section(args.write, report, section)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(as_json(results), indent=1) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -193,14 +193,19 @@ class Kamailio(SipServer):
     def config(self) -> Path:
         return KAMAILIO_CONFIGS["kemi" if self.kemi else self.role]
 
+    def defines(self) -> list[str]:
+        """-A options: the config's preprocessor defines (KEMI: its script)."""
+        if self.kemi:
+            return ["-A", f'KEMI_SCRIPT="{BENCH / "kamailio" / f"kemi_{self.role}.py"}"']
+        return []
+
     def command(self) -> list[str]:
         listen = ["-l", f"udp:{HOST}:{self.port}"]
         if self.role == "proxy":
             listen += ["-l", f"tcp:{HOST}:{self.port}"]
-        kemi = ["-A", f'KEMI_SCRIPT="{BENCH / "kamailio" / f"kemi_{self.role}.py"}"'] if self.kemi else []
-        return [self.binary, "-f", str(self.config()), "-DD", "-E",
+        return [self.binary, "-f", str(self.config()), *self.defines(), "-DD", "-E",
                 "-Y", str(self.workdir), "-P", str(self.workdir / "kamailio.pid"), "-w", str(self.workdir),
-                "-m", str(self.shm_mb), "-M", str(self.pkg_mb), *kemi, *listen,
+                "-m", str(self.shm_mb), "-M", str(self.pkg_mb), *listen,
                 *(["-x", self.allocator] if self.allocator else [])]
 
 

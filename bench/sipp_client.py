@@ -57,15 +57,23 @@ class SippCounts:
                    call_rate=float(last["CallRate(C)"]), exit_status=exit_status, wall_seconds=wall_seconds)
 
 
+# SIPp's -t: one socket for every call, or (udp-per-call) a UDP socket of its own per call, as
+# many phones would come from many ports.
+SIPP_TRANSPORTS = {"udp": "u1", "tcp": "t1", "udp-per-call": "un"}
+
+
 def sipp_command(scenario: Path, transport: str, local_port: int, stats: Path, errors: Path) -> list[str]:
-    return ["sipp", "-sf", str(scenario), "-t", "t1" if transport == "tcp" else "u1",
+    # A socket per call: as many sockets as calls in flight (run_uac's -l), under the open-file limit.
+    per_call = ["-max_socket", "16500"] if transport == "udp-per-call" else []
+    return ["sipp", "-sf", str(scenario), "-t", SIPP_TRANSPORTS[transport], *per_call,
             "-i", HOST, "-p", str(local_port), "-nostdin", "-buff_size", str(SIPP_BUFFER),
             "-trace_stat", "-stf", str(stats), "-fd", "1", "-trace_err", "-error_file", str(errors)]
 
 
 def run_uac(scenario: Path, transport: str, local_port: int, target: str, rate: float, calls: int,
-            rundir: Path, send_to: str | None = None) -> SippCounts:
-    """Place `calls` calls at `rate` calls/s to `target` (host:port), via `send_to` if given."""
+            rundir: Path, send_to: str | None = None, options: tuple[str, ...] = ()) -> SippCounts:
+    """Place `calls` calls at `rate` calls/s to `target` (host:port), via `send_to` if given;
+    `options`: more SIPp options (an injection file, -key)."""
     # Calls in flight, beyond which SIPp would slow its rate down: room for a
     # few seconds of backlog, under SIPp's open-file limit (20000 here).
     limit = min(16000, max(1000, int(rate * 4)))
@@ -74,10 +82,11 @@ def run_uac(scenario: Path, transport: str, local_port: int, target: str, rate: 
                 "-timeout", f"{calls / rate + SIPP_TIMEOUT_MARGIN:.0f}s", "-timeout_error"]
     if send_to:
         command += ["-rsa", send_to]
-    command.append(target)
+    command += [*options, target]
     began = time.monotonic()
     with open(rundir / "uac.out", "wb") as out:
-        status = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        # In the run's directory: a SIPp that stops at its start writes its files where it runs.
+        status = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=rundir,
                                 timeout=calls / rate + 2 * SIPP_TIMEOUT_MARGIN).returncode
     return SippCounts.read(rundir / "uac.csv", status, time.monotonic() - began)
 
@@ -91,7 +100,7 @@ class Uas:
         command += ["-m", str(calls)]
         self.out = open(rundir / "uas.out", "wb")
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self.out,
-                                        stderr=subprocess.STDOUT)
+                                        stderr=subprocess.STDOUT, cwd=rundir)
 
     def running(self) -> bool:
         return self.process.poll() is None

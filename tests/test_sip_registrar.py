@@ -154,6 +154,25 @@ def test_expires_below_min_gets_423_above_max_is_lowered_and_a_binding_expires_b
     assert list(bound_contacts(phone.authenticated_register())) == [phone.contact()[1:-1]]
 
 
+def test_bindings_are_read_while_another_process_writes_and_an_expired_one_is_deleted_on_read(sqlite_server):
+    phone = SipPhone(sqlite_server, "alice")
+    phone.authenticated_register(f"Contact: {phone.contact()}")
+    database = sqlite3.connect(sqlite_server.daemon.directory / "location.db", isolation_level=None)
+    try:
+        database.execute("INSERT INTO bindings SELECT aor, 'sip:gone@192.0.2.1', 'sip:gone@192.0.2.1', 1.0, "
+                         "call_id, cseq, path, instance, reg_id, q FROM bindings")   # expired in 1970
+        assert list(bound_contacts(phone.authenticated_register())) == [phone.contact()[1:-1]]
+        assert database.execute("SELECT count(*) FROM bindings WHERE expires <= 1.0").fetchone() == (0,)
+        # Another process holds the write lock: a read of the bindings does not wait for it
+        # (busy_timeout would end in a 503), as a lookup takes no write lock when nothing expired.
+        database.execute("BEGIN IMMEDIATE")
+        listed = phone.authenticated_register()
+        database.execute("ROLLBACK")
+    finally:
+        database.close()
+    assert (listed.status, list(bound_contacts(listed))) == (200, [phone.contact()[1:-1]])
+
+
 @parametrised_stores
 def test_a_register_older_than_the_binding_in_its_call_id_is_refused(oversipd_daemon, store_url):
     server = registrar_daemon(oversipd_daemon, store_url)

@@ -37,7 +37,7 @@ class PostgresqlStore(SqlStore):
     async def _open_pool(self) -> Any:
         from psycopg_pool import AsyncConnectionPool
         pool = AsyncConnectionPool(self.conninfo, min_size=1, max_size=POOL_SIZE, open=False,
-                                   kwargs={"application_name": worker_label(), "autocommit": False},
+                                   kwargs={"application_name": worker_label(), "autocommit": True},
                                    timeout=CONNECT_TIMEOUT)
         await pool.open()   # connections come as the store is used: a database that is down costs 503s, not the worker
         return pool
@@ -54,7 +54,8 @@ class PostgresqlStore(SqlStore):
             if self.pool is not None and self.pool.is_open:
                 async with self.pool.get().connection() as connection:
                     return await _run_on(connection, statements)
-            async with await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=int(CONNECT_TIMEOUT)) \
+            async with await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=int(CONNECT_TIMEOUT),
+                                                             autocommit=True) \
                     as connection:   # the CLI, or a process without the pool
                 return await _run_on(connection, statements)
         except (psycopg.Error, OSError) as error:
@@ -67,12 +68,20 @@ class PostgresqlStore(SqlStore):
 
 
 async def _run_on(connection: Any, statements: list[Statement]) -> list[tuple[Any, ...]]:
-    rows: list[Any] = []
+    """The statements on an autocommit connection: one alone is its own transaction (one round
+    trip, where BEGIN and COMMIT would make three); several run between BEGIN and COMMIT."""
+    if len(statements) == 1:
+        return await _execute(connection, statements)
     async with connection.transaction():
-        async with connection.cursor() as cursor:
-            for sql, params in statements:
-                await cursor.execute(sql.replace("?", "%s"), params)
-                rows = await cursor.fetchall() if cursor.description else []
+        return await _execute(connection, statements)
+
+
+async def _execute(connection: Any, statements: list[Statement]) -> list[tuple[Any, ...]]:
+    rows: list[Any] = []
+    async with connection.cursor() as cursor:
+        for sql, params in statements:
+            await cursor.execute(sql.replace("?", "%s"), params)
+            rows = await cursor.fetchall() if cursor.description else []
     return rows
 
 

@@ -29,12 +29,17 @@ class SqlStore:
         return await self.run(statements)
 
     async def bindings(self, aor: str, now: float) -> list[Binding]:
+        # One read; the DELETE only when an expired binding was read: a DELETE on every
+        # lookup took SQLite's write lock (and PostgreSQL a round trip) for nothing.
         rows = await self.run([
-            ("DELETE FROM bindings WHERE aor = ? AND expires <= ?", (aor, now)),
             ("SELECT aor, key, contact, expires, call_id, cseq, path, instance, reg_id, q FROM bindings "
              "WHERE aor = ? ORDER BY q DESC, expires DESC", (aor,)),
         ])
-        return [Binding.from_row(tuple(row)) for row in rows]
+        bindings = [Binding.from_row(tuple(row)) for row in rows]
+        live = [binding for binding in bindings if binding.expires > now]
+        if len(live) < len(bindings):
+            await self.run([("DELETE FROM bindings WHERE aor = ? AND expires <= ?", (aor, now))])
+        return live
 
     async def put(self, binding: Binding) -> None:
         await self.run([(UPSERT_BINDING, binding.row())])
