@@ -31,7 +31,7 @@ class SqlStore:
     async def bindings(self, aor: str, now: float) -> list[Binding]:
         # One read; the DELETE only when an expired binding was read: a DELETE on every
         # lookup took SQLite's write lock (and PostgreSQL a round trip) for nothing.
-        rows = await self.run([
+        rows = await self.read([
             ("SELECT aor, key, contact, expires, call_id, cseq, path, instance, reg_id, q FROM bindings "
              "WHERE aor = ? ORDER BY q DESC, expires DESC", (aor,)),
         ])
