@@ -50,7 +50,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -150,6 +150,17 @@ class Sampler(threading.Thread):
 
 
 # --- the servers -------------------------------------------------------------------
+
+class Server(Protocol):
+    """What a flood needs of a server: oversipd or Kamailio, listening on UDP and TCP at `port`."""
+    label: str
+    port: int
+
+    def memory_kib(self) -> int: ...
+    def memory_note(self) -> str: ...
+    def counters(self) -> dict[str, int]: ...
+    def stop(self) -> None: ...
+
 
 def stop_server(process: subprocess.Popen) -> None:
     """SIGTERM, and SIGKILL after 30 s."""
@@ -382,8 +393,7 @@ HEADER = ("| server | transport | memory measured | idle | max during the flood 
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-def flood(server, transport: str, rate: int, duration: float, directory: Path) -> Outcome:
-    directory.mkdir()
+def flood(server: Server, transport: str, rate: int, duration: float, directory: Path) -> Outcome:
     idle = server.memory_kib()
     before = server.counters()
     drops = kernel_drops(transport)
@@ -412,7 +422,6 @@ def calibrate(daemon: Oversipd, directory: Path, step_seconds: float = 3.0) -> i
     Offering far more instead would measure less: the worker would spend
     part of its time refusing (the standing-queue 503s).
     """
-    directory.mkdir()
     capacity = CALIBRATION_LADDER[0]
     for rate in CALIBRATION_LADDER:
         before = daemon.counters()
@@ -428,15 +437,21 @@ def calibrate(daemon: Oversipd, directory: Path, step_seconds: float = 3.0) -> i
     return capacity
 
 
-def flood_each(server, transports: tuple[str, ...], rate: int, args: argparse.Namespace,
-               directory: Path) -> list[Outcome]:
-    """The same flood over each transport in turn, each after a pause longer than Timer J
-    (PITFALLS: an overloaded run poisons the next)."""
+def flood_each(name: str, start: Callable[[Path], Server], transports: tuple[str, ...], rate: int,
+               args: argparse.Namespace, directory: Path) -> list[Outcome]:
+    """The same flood over each transport in turn, each on a server started afresh (its idle
+    memory is not the previous flood's) after a pause longer than Timer J (PITFALLS: an
+    overloaded run poisons the next)."""
     outcomes = []
     for transport in transports:
-        time.sleep(args.settle)   # the previous run's transactions and SIPp's leftovers are gone
-        outcomes.append(flood(server, transport, rate, args.duration,
-                              directory / f"{server.label.split()[0].lower()}-{transport}"))
+        time.sleep(args.settle)   # the previous run's SIPp and kernel leftovers are gone
+        run_directory = directory / f"{name}-{transport}"
+        run_directory.mkdir()
+        server = start(run_directory)
+        try:
+            outcomes.append(flood(server, transport, rate, args.duration, run_directory))
+        finally:
+            server.stop()
     return outcomes
 
 
@@ -457,19 +472,23 @@ def main() -> int:
         return 2
     transports = ("udp", "tcp") if args.transport == "both" else (args.transport,)
     directory = Path(tempfile.mkdtemp(prefix="ovs-overload-"))
-    daemon = Oversipd(directory, free_port(), args.max_transactions, args.max_connections)
+
+    def oversipd(run_directory: Path) -> Oversipd:
+        return Oversipd(run_directory, free_port(), args.max_transactions, args.max_connections)
+
+    def kamailio(run_directory: Path) -> Kamailio:
+        return Kamailio(run_directory, free_port(), density=2 * capacity, shm_mb=args.kamailio_shm)
+
+    (directory / "calibration").mkdir()
+    daemon = oversipd(directory / "calibration")
     try:
         capacity = calibrate(daemon, directory / "calibration")
-        rate = int(args.factor * capacity / 2)
-        outcomes = flood_each(daemon, transports, rate, args, directory)
     finally:
         daemon.stop()
+    rate = int(args.factor * capacity / 2)
+    outcomes = flood_each("oversipd", oversipd, transports, rate, args, directory)
     if args.kamailio:
-        kamailio = Kamailio(directory, free_port(), density=2 * capacity, shm_mb=args.kamailio_shm)
-        try:
-            outcomes += flood_each(kamailio, transports, rate, args, directory)
-        finally:
-            kamailio.stop()
+        outcomes += flood_each("kamailio", kamailio, transports, rate, args, directory)
     print(f"one worker each; oversipd: max_transactions {args.max_transactions}, max_connections "
           f"{args.max_connections}, script work {SCRIPT_WORK_US} µs/request; "
           f"Kamailio: pike {capacity} requests/s per source (2 s units); over TCP one connection per SIPp UAC (-t t1)")
@@ -479,7 +498,7 @@ def main() -> int:
         print(outcome.row())
     for outcome in outcomes:
         if outcome.counters:
-            print(f"{outcome.label} counters during the flood: " +
+            print(f"{outcome.label} over {outcome.transport.upper()}, counters during the flood: " +
                   ", ".join(f"{name} {value}" for name, value in outcome.counters.items() if value))
     print(f"files: {directory}")
     return 0
