@@ -2,11 +2,12 @@
 
 Over UDP and over TCP (--transport udp|tcp|both).  Over TCP each SIPp UAC
 keeps one connection (`-t t1`, like a trunk); a connection per call (`-t
-tn`) at thousands of calls/s would run the loopback out of ephemeral ports
-(TIME_WAIT) and measure the kernel, not the server.
+tn`) at thousands of calls/s opens ~10^5 connections a minute on one
+loopback address pair, where ephemeral ports and TIME_WAIT, not the server,
+could become the limit.
 
 oversipd: one worker on UDP and TCP with `[limits] max_transactions` and
-`max_connections`; its server
+`max_connections`, a fresh one for each transport's flood; its server
 script answers OPTIONS 200 and INVITE 486 after ~SCRIPT_WORK_US of work (a
 script does something per request).  First a short calibration: SIPp offers
 OPTIONS at a ladder of rates, 3 s each; the highest the worker serves whole
