@@ -300,7 +300,8 @@ bench-register: $(STAMP) $(MOD_PG_STAMP) sip-tester kamailio-db-modules postgres
 # --- overload (issue 22, SIP.md §15): one worker under ~3x its capacity ---------
 # Unique OPTIONS and INVITEs over UDP and TCP from SIPp for 60 s each: RSS, 503s,
 # latency of the accepted requests, recovery (bench/overload.py; over 5 minutes,
-# both cores). e.g. BENCH_ARGS="--duration 20 --transport tcp --max-transactions 50000".
+# both cores). e.g. BENCH_ARGS="--duration 20 --transport tcp --max-transactions 50000";
+# --transport all adds a run with a TCP connection per call (SIPp -t tn).
 .PHONY: bench-overload
 bench-overload: $(STAMP) sip-tester
 	$(PY) bench/overload.py $(BENCH_ARGS)
