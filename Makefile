@@ -298,9 +298,10 @@ bench-register: $(STAMP) $(MOD_PG_STAMP) sip-tester kamailio-db-modules postgres
 	  $(PY) -m bench.register --write docs/BENCHMARKS.md --json bench/results/register.json $(BENCH_ARGS)
 
 # --- overload (issue 22, SIP.md §15): one worker under ~3x its capacity ---------
-# Unique OPTIONS and INVITEs over UDP from SIPp for 60 s: RSS, 503s, latency of
-# the accepted requests, recovery (bench/overload.py; over 2 minutes, both cores).
-# e.g. BENCH_ARGS="--duration 20 --max-transactions 50000".
+# Unique OPTIONS and INVITEs over UDP and TCP from SIPp for 60 s each: RSS, 503s,
+# latency of the accepted requests, recovery (bench/overload.py; over 5 minutes,
+# both cores). e.g. BENCH_ARGS="--duration 20 --transport tcp --max-transactions 50000";
+# --transport all adds a run with a TCP connection per call (SIPp -t tn).
 .PHONY: bench-overload
 bench-overload: $(STAMP) sip-tester
 	$(PY) bench/overload.py $(BENCH_ARGS)
