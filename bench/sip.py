@@ -64,6 +64,10 @@ CASES = {
     # INVITE, ACK, BYE from the UAC; 180, 200, 200 from the UAS.
     "proxy-udp": Case("proxy-udp", "proxy", "udp", "calls through a stateful proxy, UDP", "calls/s", 6, 200),
     "proxy-tcp": Case("proxy-tcp", "proxy", "tcp", "calls through a stateful proxy, TCP", "calls/s", 6, 200),
+    # The caller from a UDP socket per call, as many phones are: over one socket (proxy-udp, a
+    # trunk) SO_REUSEPORT gives oversipd's whole load to one worker (issue 23).
+    "proxy-udp-phones": Case("proxy-udp-phones", "proxy", "udp-per-call",
+                             "calls through a stateful proxy, UDP, a socket per call", "calls/s", 6, 200),
 }
 
 
@@ -142,7 +146,7 @@ class Bench:
         try:
             if case.role == "proxy":
                 uas_port = self.ports.next_free(self.ports.uas_ports)
-                uas = Uas(case.transport, uas_port, calls, rundir)
+                uas = Uas("udp" if case.transport == "udp-per-call" else case.transport, uas_port, calls, rundir)
                 wait_bound(uas_port, uas)
                 target, send_to = f"{HOST}:{uas_port}", f"{HOST}:{server.port}"
             scenario = PROXY_UAC if case.role == "proxy" else OPTIONS_UAC
