@@ -45,11 +45,15 @@ async function until(phone, state) {
 }
 
 async function rtpFlows(phone) {
-  await phone.page.waitForFunction(async () => {
-    const bytes = await window.phone.rtpBytes();
-    return bytes.sent > 0 && bytes.received > 0;
-  }, null, { timeout: STEP_TIMEOUT, polling: 100 });
-  return phone.page.evaluate(() => window.phone.rtpBytes());
+  // Polled from here: waitForFunction takes a predicate's Promise for a true
+  // value at once, so it cannot wait on the asynchronous getStats().
+  const deadline = Date.now() + STEP_TIMEOUT;
+  for (;;) {
+    const bytes = await phone.page.evaluate(() => window.phone.rtpBytes());
+    if (bytes.sent > 0 && bytes.received > 0) return bytes;
+    if (Date.now() > deadline) throw new Error(`${phone.user} RTP never flowed both ways: ${JSON.stringify(bytes)}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
 }
 
 async function sideBySide(browser, phones, file) {
