@@ -16,7 +16,6 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Callable
 
 from ...logger import Logger
-from .. import counters as C
 from ..transaction.client import ClientTable, ClientTransaction, Verdict, client_key, make_ack, make_cancel
 from .dns import DnsError, Rfc3263Resolver, SipDestination, Target
 from ..transport.flows import FLOW_FAILED, FlowTable, FlowTarget, token as flow_token
@@ -28,8 +27,9 @@ from ..core.timers import TableTimer
 from ..transport.outgoing import NextHops
 from .accepted import AcceptedBranches
 from .forking import BranchTarget, ForkContext, fork, own_flow_route
-from .headers import OurHeaders, place_of_branch
+from .headers import OurHeaders
 from .places import OtherWorkers
+from .stray import StrayResponses
 from ..syntax.uri import SipUri, parse_name_addr, parse_uri
 
 if TYPE_CHECKING:
@@ -156,6 +156,7 @@ class ProxyEngine(Logger):
         self.slots = slots                            # the workers a connection's requests spread over
         self.headers = OurHeaders(self.place, local, core.settings.advertised_host, self.flows)
         self.others = OtherWorkers(self)              # what passes between this worker and the others
+        self.strays = StrayResponses(self.others, self.accepted, self.send, core.counts)
         self.pending: set[Forward] = set()            # routed, no final outcome yet
         self.idle = asyncio.Event()                   # set while `pending` is empty
         self.idle.set()
@@ -341,7 +342,7 @@ class ProxyEngine(Logger):
     def receive_response(self, response: Response, source: Any, address: Any) -> None:
         tx = self.clients.match(response)
         if tx is None:
-            self.stray_response(response, source, address)
+            self.strays.receive(response, source, address)
             return
         forward = tx.owner          # read first: a transaction that ends lets go of it
         verdict = self.clients.receive(tx, response.status, self.loop.time())
@@ -358,39 +359,6 @@ class ProxyEngine(Logger):
         else:
             self.final(forward, tx, response)
         self.arm_timer()
-
-    def stray_response(self, response: Response, source: Any, address: Any) -> None:
-        """A response without a transaction here: another worker's, a retransmitted 2xx, or none of ours."""
-        branch = response.top_via.branch or ""
-        place = place_of_branch(branch)
-        if place is not None and self.others.pass_to_place(place, response.to_bytes(), source, address):
-            return
-        upstream = self.accepted.upstream(branch)
-        if upstream is not None and 200 <= response.status < 300:
-            response.pop_header_value("Via")
-            self.send(*upstream, response.to_bytes())
-            return
-        if place is not None and self.forward_statelessly(response, source):
-            return
-        self.core.counts[C.DROPPED] += 1
-
-    def forward_statelessly(self, response: Response, source: Any) -> bool:
-        """RFC 3261 §16.7: a response to a branch of ours that no transaction knows goes on as a stateless
-        proxy sends it: our Via off, to the next one's received/rport.  A 2xx whose branch died with its
-        worker (killed between the INVITE and the answer) reached nobody before (the soak's lost calls).
-        Over UDP only: an upstream connection is a flow that another worker may hold, and its client resends."""
-        if source.reliable:
-            return False
-        response.pop_header_value("Via")
-        try:
-            vias = response.via
-            upstream = vias[0] if vias else None
-            if upstream is None or upstream.transport != "UDP":
-                return False
-            port = int(upstream.rport) if upstream.rport else upstream.port or 5060
-        except ValueError:   # a peer's bad Via (a ParseError) or rport: dropped
-            return False
-        return self.send(source, (upstream.received or upstream.host.strip("[]"), port), response.to_bytes())
 
     def provisional(self, forward: Forward, response: Response) -> None:
         forward.provisional = True

@@ -87,7 +87,7 @@ def peek_place(data: bytes) -> str | None:
 
     Half the responses land on the other worker with 2 of them; parsing each
     twice was a measurable share of a proxied call.  None for anything odd:
-    the parser and the proxy's stray_response take it.
+    the parser and the proxy's StrayResponses take it.
     """
     start = data.find(PEEK_MARK)
     if start < 0:
