@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from oversipd.errors import EXIT_USAGE
+from oversipd.sip.counters import read_counters
 from oversipd.sip.settings import LimitSettings
 from oversipd.sip.syntax.message import parse_message
 
@@ -135,6 +136,36 @@ def test_auth_failures_block_a_source_with_403_for_a_minute(oversipd_daemon, tmp
     assert client.response().status == 403
     server.daemon.wait_events("request", count=4)
     assert not {"blocked", "last"} & {e["call_id"] for e in server.daemon.find("request")}
+
+
+def blocked_within(client: UdpClient, seconds: float) -> bool:
+    """Whether `client`'s OPTIONS get 403 within `seconds`: another worker's failures arrive over the relay."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        client.request("OPTIONS")
+        if client.response().status == 403:
+            return True
+    return False
+
+
+def test_auth_failures_from_one_ip_are_counted_across_the_workers(oversipd_daemon, tmp_path):
+    """Each failure is told to every worker: an IP's ports spread over the slots, its tries do not."""
+    pid_file = tmp_path / "o.pid"
+    server = sip_daemon(oversipd_daemon, script=SCRIPT, workers=2, core={"pid_file": str(pid_file)},
+                        extra_tables={"limits": {"auth_failures": 3}})
+    for _ in range(3):   # from three ports: the kernel's hash sends them to either slot
+        client = UdpClient(server)
+        client.request("MESSAGE", user="fail")
+        assert client.response().status == 401
+        client.close()
+    clients = [UdpClient(server) for _ in range(16)]   # all 16 on one slot: about once in 30 000 runs
+    try:
+        assert all(blocked_within(client, 5.0) for client in clients)
+    finally:
+        for client in clients:
+            client.close()
+    refused = {slot: row["auth_403"] for slot, row in read_counters(pid_file).items()}
+    assert all(refused.get(slot) for slot in (1, 2)), refused   # both workers blocked the IP
 
 
 def test_beyond_max_connections_new_connections_are_closed(oversipd_daemon, tmp_path):

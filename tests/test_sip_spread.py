@@ -1,4 +1,4 @@
-"""Issue 23 — TCP load spread over the workers.
+"""Issue 23 — TCP (and UDP) load spread over the workers.
 
 A client's connection is accepted by the worker its slot's listening socket
 belongs to (a reuseport group per TCP SIP listener, transport/sockets.py).
@@ -6,7 +6,9 @@ Once a connection carries a trunk's load (TRUNK_RATE requests within a
 second), the requests read from it are handled by the worker their Call-ID
 hashes to (OtherWorkers.pass_on_by_call, proxy/places.py): one trunk connection no longer
 pins every call to one core, while a phone's connection keeps its requests
-with the worker that holds it.
+with the worker that holds it.  The same holds for a UDP source address that
+carries a trunk's load (UdpTrunks): the kernel gives one address to one
+slot's socket, whose worker passes the trunk's requests on by Call-ID.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 
 from listen_helpers import free_port
 from oversipd.sip.transport.listeners import TRUNK_RATE
-from sip_helpers import SIPP, StreamReader, request_bytes, sip_daemon, sipp_counts
+from sip_helpers import SIPP, StreamReader, UdpClient, request_bytes, sip_daemon, sipp_counts
 from test_sip_proxy_sipp import PROFILE, ROUTING_SCRIPT, call, callees  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(SIPP is None, reason="sipp is missing: `make test` installs sip-tester")
@@ -78,6 +80,50 @@ def test_a_phones_connection_keeps_its_requests_with_the_worker_holding_it(overs
     server = sip_daemon(oversipd_daemon, workers=2)
     events = options_over_one_connection(server, TRUNK_RATE - 1)
     assert len({e["worker"] for e in events}) == 1
+
+
+def options_from_one_udp_address(server, count: int) -> list[dict]:
+    """`count` OPTIONS, one after the other, from one UDP socket; the handler's events."""
+    client = UdpClient(server)
+    try:
+        for number in range(count):
+            client.request("OPTIONS", call_id=f"one-address-{number}")
+            data, sender = client.sock.recvfrom(65535)
+            assert data.startswith(b"SIP/2.0 200") and sender[1] == server.port, (data, sender)
+    finally:
+        client.close()
+    events = server.daemon.wait_events("request", count=count)
+    assert len({e["call_id"] for e in events}) == count   # each handled once
+    return events
+
+
+def test_requests_from_a_udp_trunk_are_handled_by_both_workers(oversipd_daemon):
+    server = sip_daemon(oversipd_daemon, workers=2)
+    events = options_from_one_udp_address(server, TRUNK_REQUESTS)
+    by_worker = collections.Counter(e["worker"] for e in events)
+    assert set(by_worker) == {1, 2} and min(by_worker.values()) >= TRUNK_REQUESTS // 4, by_worker
+    server.daemon.wait_log("a trunk, its requests now spread over the workers by Call-ID")
+
+
+def test_a_phones_udp_requests_stay_with_the_worker_of_its_slot(oversipd_daemon):
+    server = sip_daemon(oversipd_daemon, workers=2)
+    events = options_from_one_udp_address(server, TRUNK_RATE - 1)
+    assert len({e["worker"] for e in events}) == 1
+
+
+def test_a_udp_trunk_in_and_out_carries_calls_routed_by_both_workers(oversipd_daemon, callees):
+    """SIPp's caller and callee each on one UDP socket: retransmissions, ACKs and BYEs meet their worker."""
+    server = sip_daemon(oversipd_daemon, script=ROUTING_SCRIPT, workers=2,
+                        extra_tables={"proxy.proxy_out": PROFILE})
+    uas = callees("proxy_call_uas.xml", transport="u1", calls=TRUNK_CALLS)
+    result = call(server, f"127.0.0.1:{uas.port}", "udp", transport="u1", calls=TRUNK_CALLS, rate=100)
+    assert sipp_counts(result) == (TRUNK_CALLS, 0), result.stdout[-3000:]
+    status, output = uas.finish()
+    assert status == 0, output[-3000:]
+    events = server.daemon.wait_events("success", count=2 * TRUNK_CALLS)
+    assert collections.Counter((e["call_id"], e["method"]) for e in events).most_common(1)[0][1] == 1
+    by_worker = collections.Counter(e["worker"] for e in events if e["method"] == "INVITE")
+    assert set(by_worker) == {1, 2} and min(by_worker.values()) >= TRUNK_CALLS // 5, by_worker
 
 
 def test_a_trunk_connection_in_and_one_out_carry_calls_routed_by_both_workers(oversipd_daemon, callees):

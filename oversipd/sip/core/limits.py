@@ -195,10 +195,13 @@ def note_auth_failure(request: Any) -> None:
     """Count one failed authentication of `request` against its source IP (call it once per failure).
 
     Once `[limits] auth_failures` of them came from one IP within a minute,
-    the core answers every new request from that IP with 403 for a minute.
+    the core answers every new request from that IP with 403 for a minute,
+    in every worker: each failure is told to the others (OtherWorkers).
     """
     core = request._core
     core.admission.note_auth_failure(request.source_ip, core.loop.time())
+    if core.admission.settings.auth_failures and core.proxy is not None:
+        core.proxy.others.share_auth_failure(request.source_ip)
 
 
 def auth_blocked(request: Any) -> bool:

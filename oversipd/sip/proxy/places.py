@@ -15,7 +15,7 @@ from typing import Any
 from ..syntax.message import Request as Message, parse_message
 from ..syntax.peek import call_id_of
 from ..transport.flows import FlowTarget, RelayedFlow
-from ..transport.listeners import AcceptedConnection
+from ..transport.listeners import AcceptedConnection, UdpListener
 from ..transport.outgoing import ANOTHER_WORKERS_NEXT_HOP
 from ..transport.relay import SlotRelay, place_of
 from .headers import peek_place
@@ -88,19 +88,22 @@ class OtherWorkers:
     def pass_on_by_call(self, data: bytes, source: Any, address: Any) -> bool:
         """A request read from a trunk goes to the worker its Call-ID hashes to (issue 23).
 
-        One connection (a trunk from an SBC, a PBX) can carry thousands of
-        calls a second; read and handled by the one worker that accepted it,
-        they all ran on one core.  Once a connection shows it is a trunk
-        (AcceptedConnection.is_trunk), the reader passes each request on
-        unparsed, every request of a call to the same worker (its CANCEL and
-        non-2xx ACK meet their INVITE's transaction there), which answers over
-        the flow.  A phone's or a browser's connection never gets there: its
-        requests stay with the worker that holds it, and with what a script
-        keeps on the connection (cvars, an asserted user).
+        One connection, or one UDP source address (a trunk from an SBC, a
+        PBX), can carry thousands of calls a second; read and handled by the
+        one worker that accepted it, or whose slot's socket the kernel hands
+        that address to, they all ran on one core.  Once a connection or an
+        address shows it is a trunk (AcceptedConnection.is_trunk,
+        UdpTrunks), the reader passes each request on unparsed, every request
+        of a call to the same worker (its retransmissions, CANCEL and non-2xx
+        ACK meet their INVITE's transaction there), which answers over the
+        flow, or from its own socket of the same UDP address.  A phone's or a
+        browser's requests never get there: they stay with the worker that
+        holds its connection, with what a script keeps on it (cvars, an
+        asserted user), and with the slot its UDP address hashes to.
         False: ours, or the target is not there (handled here then).
         """
-        if self.engine.slots < 2 or self.relay is None or not isinstance(source, AcceptedConnection) \
-                or not source.is_trunk(self.engine.loop.time()):
+        if self.engine.slots < 2 or self.relay is None or not isinstance(source, (AcceptedConnection, UdpListener)) \
+                or not source.is_trunk(address, self.engine.loop.time()):
             return False
         call_id = call_id_of(data)
         if call_id is None:
@@ -138,6 +141,26 @@ class OtherWorkers:
     def flow_gone(self, branch: str, method: str) -> None:
         """The relay's word that a flow we passed a request to is gone: the engine fails its transaction."""
         self.engine.flow_gone(branch, method)
+
+    # --- failed authentications ------------------------------------------------------------
+
+    def share_auth_failure(self, ip: str) -> None:
+        """To every other worker: `auth_failures` counts per source IP across the daemon (SIP.md §15).
+
+        One IP's requests reach several workers (its ports hash to different
+        slots, a trunk's calls spread by Call-ID): counted where each landed,
+        a guesser would get `auth_failures` tries per worker.
+        """
+        if self.relay is None:
+            return
+        for slot_id in range(1, self.engine.slots + 1):
+            if slot_id != self.engine.slot_id:
+                self.relay.tell_auth_failed(place_of(slot_id, self.engine.generation), ip)
+
+    def auth_failed(self, ip: str) -> None:
+        """Another worker's failed authentication from `ip`: counted here too."""
+        core = self.engine.core
+        core.admission.note_auth_failure(ip, core.loop.time())
 
 
 def _transaction_of(data: bytes) -> tuple[str, str] | None:

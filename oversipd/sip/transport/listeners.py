@@ -36,6 +36,9 @@ MAX_DATAGRAM = 65536
 # A phone or a browser sends a few a minute, a busy one a few a second; a
 # trunk from an SBC or a PBX carries its callers' hundreds or thousands.
 TRUNK_RATE = 50
+# A UDP socket marks at most this many source addresses as trunks: a flood
+# from spoofed addresses must not grow a worker's memory without bound.
+MAX_UDP_TRUNKS = 1024
 
 _log = Logger("SIP")
 
@@ -48,6 +51,34 @@ class Source(Protocol):
     flow: tuple[int, int] | None   # a client's connection: (slot, flow id) (oversipd.sip.transport.flows)
 
     def send(self, data: bytes, address: Any) -> bool: ...
+
+
+class UdpTrunks:
+    """The source addresses of one UDP socket that carry a trunk's load: TRUNK_RATE requests within a second.
+
+    A UDP trunk (an SBC, a PBX, a carrier sending from one address) meets
+    the problem a TCP trunk did (issue 23): the reuseport group hands one
+    source address to one slot, so all its calls ran on one core.  Sticky for
+    the worker's life, as a connection's mark is for the connection's.
+    """
+
+    def __init__(self) -> None:
+        self.trunks: set[Any] = set()
+        self.counted: dict[Any, int] = {}   # requests per address in the second that began at counting_since
+        self.counting_since = 0.0
+
+    def is_trunk(self, address: Any, now: float) -> bool:
+        if address in self.trunks:
+            return True
+        if now - self.counting_since >= 1.0:
+            self.counting_since, self.counted = now, {}
+        counted = self.counted[address] = self.counted.get(address, 0) + 1
+        if counted < TRUNK_RATE or len(self.trunks) >= MAX_UDP_TRUNKS:
+            return False
+        self.trunks.add(address)
+        _log.log_system_info(f"UDP from {address[0]}:{address[1]} carries {TRUNK_RATE}+ requests a second: "
+                             "a trunk, its requests now spread over the workers by Call-ID")
+        return True
 
 
 class UdpListener:
@@ -65,6 +96,10 @@ class UdpListener:
         # One byte more than the largest message: a larger datagram is seen as
         # such.  Never more than a datagram can carry: recvfrom allocates it.
         self.read_size = min(core.settings.max_message_size + 1, MAX_DATAGRAM)
+        self.trunks = UdpTrunks()
+
+    def is_trunk(self, address: Any, now: float) -> bool:
+        return self.trunks.is_trunk(address, now)
 
     def start_reading(self) -> None:
         """Read from now on (what came meanwhile waits in the socket's buffer)."""
@@ -261,7 +296,7 @@ class AcceptedConnection(TcpConnection):
     counted = 0         # requests in the second that began at `counting_since`
     counting_since = 0.0
 
-    def is_trunk(self, now: float) -> bool:
+    def is_trunk(self, address: Any, now: float) -> bool:
         """Whether this connection carries the load of many callers (an SBC, a PBX): counted per request."""
         if self.trunk:
             return True

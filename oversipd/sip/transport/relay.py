@@ -46,6 +46,7 @@ from ...logger import Logger
 KIND_MESSAGE = b"M"   # M listener ip port \n message: receive it as if it had come in there
 KIND_FLOW = b"F"      # F flow-id origin-place \n request: send it over that flow of ours
 KIND_GONE = b"X"      # X branch method \n: the flow of that request is gone (430)
+KIND_AUTH = b"A"      # A ip \n: a failed authentication from that IP (SIP.md §15 auth_failures)
 RETRY_BIND = 0.02     # seconds: a retiring worker two generations back may still hold the name
 MAX_RELAYED = 65536 + 512
 MAX_PENDING = 4096    # datagrams waiting for one place's queue; beyond, that place is stuck: drop
@@ -68,6 +69,7 @@ class Receiver(Protocol):
     def relayed(self, listener: str, message: bytes, address: tuple[str, int]) -> None: ...
     def send_on_flow(self, flow_id: int, origin: str, request: bytes) -> None: ...
     def flow_gone(self, branch: str, method: str) -> None: ...
+    def auth_failed(self, ip: str) -> None: ...
 
 
 class SlotRelay:
@@ -119,6 +121,8 @@ class SlotRelay:
         elif kind == KIND_GONE:
             branch, method = fields
             self.receiver.flow_gone(branch, method)
+        elif kind == KIND_AUTH:
+            self.receiver.auth_failed(fields[0])
 
     def pass_on(self, place: str, listener: str, message: bytes, address: tuple) -> bool:
         """A message for that place's worker to receive as if it had come in on `listener` from `address`."""
@@ -130,6 +134,9 @@ class SlotRelay:
 
     def tell_flow_gone(self, place: str, branch: str, method: str) -> bool:
         return self.send(place, KIND_GONE, f"{branch} {method}", b"")
+
+    def tell_auth_failed(self, place: str, ip: str) -> bool:
+        return self.send(place, KIND_AUTH, ip, b"")
 
     def send(self, place: str, kind: bytes, head: str, payload: bytes) -> bool:
         """Send it to that place, or queue it behind what waits for room there; False: not passed on."""

@@ -7,7 +7,8 @@ before its first fork.  Worker K reads, sends and accepts only through slot
 K's sockets.  Linux hands a datagram, or a new connection, to one socket of
 a reuseport group by a hash of its 4-tuple:
 * UDP: every retransmission and ACK from one source address lands on the
-  slot that holds its transaction;
+  slot that holds its transaction (a trunk's address: on the slot that
+  reads it, which passes each request on by Call-ID, proxy/places.py);
 * TCP: connections spread over the workers by that hash, where one shared
   listening socket let whichever worker woke first take them (issue 23).
 
