@@ -10,12 +10,17 @@ The rules (README "Overload"):
 * `max_transactions`: while a worker holds that many server + client
   transactions, a new request gets 503 with Retry-After, sent statelessly
   (no transaction, so the refusal itself costs no memory).
-* A standing receive queue: when every read of a UDP socket has found more
-  waiting for SHED_AFTER seconds in a row, the worker is behind (what it
-  reads now waited in the kernel's buffer); new requests get the same 503
-  until a read empties the queue.  A 503 costs a fraction of a served
+* A standing receive queue: when, after a whole batch of reads, the next
+  datagram in a UDP socket's queue has waited SHED_SOJOURN seconds there
+  (its kernel timestamp), the worker is behind; new requests get the same
+  503 until a read empties the queue.  A 503 costs a fraction of a served
   request, so the queue drains, the excess hears 503 instead of being
   dropped by the kernel in silence, and what is accepted waits little.
+  Judged by the age of what waits, not by a queue that is merely never
+  empty: near a worker's capacity, with its peers on the same cores, the
+  queue seldom empties for tens of milliseconds while nothing in it waits
+  long, and a "never empty for 50 ms" rule shed calls a busy but
+  unhurried worker could serve.
 * `per_source_rate` R: a token bucket per source IP, R requests/s with a
   burst of R.  Beyond it a request gets 503 with Retry-After, at most R
   such 503s per second per source; what the source sends beyond that is
@@ -36,7 +41,10 @@ RETRY_AFTER_BUSY = 5     # seconds: transactions end within 32 s, most much soon
 RETRY_AFTER_RATE = 1     # seconds: the bucket refills within one
 AUTH_WINDOW = 60.0       # seconds: failures counted per minute, and the block lasts one
 MAX_SOURCES = 65536      # source IPs tracked per table and worker (~10 MB at most)
-SHED_AFTER = 0.05        # seconds of standing UDP receive queue before new requests get 503
+# Seconds the next datagram of a UDP socket has waited in its queue, after a
+# whole batch of reads, that make a worker behind: a fifth of T1, the 500 ms
+# after which clients retransmit and the load grows by itself.
+SHED_SOJOURN = 0.1
 
 
 class Verdict(enum.Enum):
@@ -82,8 +90,7 @@ class Admission:
         self.buckets: dict[str, Bucket] = {}
         self.failures: dict[str, Failures] = {}
         self.connections = 0   # accepted TCP connections open in this worker
-        self.backlogged_since: float | None = None   # since when every read found more waiting (the oldest listener)
-        self.backlogs: dict[Any, float] = {}          # UDP listener -> since when its reads find more waiting
+        self.behind: set[Any] = set()   # UDP listeners whose queue stood SHED_SOJOURN, not emptied since
         self.configure(settings)
 
     def configure(self, settings: LimitSettings) -> None:
@@ -106,20 +113,16 @@ class Admission:
                 return verdict
         if transactions >= self.max_transactions:
             return Verdict.BUSY
-        if self.backlogged_since is not None and now - self.backlogged_since >= SHED_AFTER:
+        if self.behind:
             return Verdict.BUSY
         return Verdict.ADMIT
 
-    def read_udp(self, listener: Any, emptied: bool, now: float) -> None:
-        """A UDP listener's batch of reads ended: with its socket `emptied`, or with more still waiting."""
-        if emptied:
-            if self.backlogs.pop(listener, None) is None:
-                return
-        elif listener not in self.backlogs:
-            self.backlogs[listener] = now
-        else:
-            return
-        self.backlogged_since = min(self.backlogs.values(), default=None)
+    def read_udp(self, listener: Any, waited: float | None) -> None:
+        """A UDP listener's reads ended: its queue empty (`waited` None), or its next datagram `waited` s old."""
+        if waited is None:
+            self.behind.discard(listener)   # caught up
+        elif waited >= SHED_SOJOURN:
+            self.behind.add(listener)
 
     def charge(self, ip: str, now: float) -> Verdict:
         """Take a token from `ip`'s bucket; a 503 token when none is left; silence after both."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
+import time
 from typing import Any, Protocol
 
 from ... import kept
@@ -32,6 +34,11 @@ KEEPALIVE_FIRST = (b"\r", b"\n")
 # A datagram whose first byte is below this is no SIP message: CRLF, STUN (00 or 01), or nothing.
 NOT_SIP_BELOW = b" "
 MAX_DATAGRAM = 65536
+# Linux's SO_TIMESTAMPNS (also the ancillary message's type), which Python's socket module
+# does not name: each datagram's arrival time as a struct timespec.
+SO_TIMESTAMPNS = 35
+TIMESPEC = struct.Struct("@ll")
+TIMESTAMP_SPACE = socket.CMSG_SPACE(TIMESPEC.size)
 # Requests within one second that make a client's connection a trunk (issue 23).
 # A phone or a browser sends a few a minute, a busy one a few a second; a
 # trunk from an SBC or a PBX carries its callers' hundreds or thousands.
@@ -97,6 +104,8 @@ class UdpListener:
         # such.  Never more than a datagram can carry: recvfrom allocates it.
         self.read_size = min(core.settings.max_message_size + 1, MAX_DATAGRAM)
         self.trunks = UdpTrunks()
+        # The kernel stamps each datagram's arrival: the age of what waits tells a worker that is behind.
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
     def is_trunk(self, address: Any, now: float) -> bool:
         return self.trunks.is_trunk(address, now)
@@ -113,7 +122,7 @@ class UdpListener:
             try:
                 data, address = recvfrom(size)
             except (BlockingIOError, InterruptedError):
-                self.core.admission.read_udp(self, True, self.loop.time())
+                self.core.admission.read_udp(self, None)
                 return
             except OSError:   # e.g. ECONNREFUSED reported for an earlier sendto: nothing to read
                 continue
@@ -125,17 +134,22 @@ class UdpListener:
                 self.not_sip(data, address)
                 continue
             receive(data, self, address)
-        # A whole batch: is more waiting?  Then the worker may be behind (admission control).
-        self.core.admission.read_udp(self, not self.more_waiting(), self.loop.time())
+        # A whole batch: how long has the next one waited?  The worker may be behind (admission control).
+        self.core.admission.read_udp(self, self.head_waited())
 
-    def more_waiting(self) -> bool:
-        try:
-            self.sock.recvfrom(1, socket.MSG_PEEK)   # non-blocking; leaves the datagram queued
+    def head_waited(self) -> float | None:
+        """Seconds the next datagram has waited in the socket's queue (its kernel timestamp); None: none waits."""
+        try:   # non-blocking; leaves the datagram queued
+            _, ancillary, _, _ = self.sock.recvmsg(1, TIMESTAMP_SPACE, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:   # an error queued for an earlier sendto: something is there
-            return True
-        return True
+            return None
+        except OSError:   # an error queued for an earlier sendto: something is there, of no age
+            return 0.0
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                seconds, nanoseconds = TIMESPEC.unpack_from(data)
+                return time.time() - seconds - nanoseconds / 1e9
+        return 0.0
 
     def not_sip(self, data: bytes, address: Any) -> None:
         """A keep-alive (RFC 5626 §4.4): CRLFs are ignored, a STUN Binding request answered."""
