@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from oversipd.errors import EXIT_USAGE
 from oversipd.sip.counters import read_counters
 from oversipd.sip.settings import LimitSettings
 from oversipd.sip.syntax.message import parse_message
+from oversipd.sip.transport.listeners import stream_queue_age
 
 from conftest import module
 from sip_helpers import StreamReader, UdpClient, counters, request_bytes, sip_daemon, wait_counter
@@ -244,3 +246,49 @@ def test_a_standing_receive_queue_is_shed_with_503_not_dropped(oversipd_daemon, 
         client.request("OPTIONS", call_id="after-again")
         status = client.response().status
     assert status == 200
+
+
+# Each request costs the reactor 1 ms.
+BUSY_SCRIPT = module('''
+from oversipd import SipEvents
+
+@SipEvents.on_request
+def on_request(request):
+    end = time.perf_counter() + 0.001
+    while time.perf_counter() < end:
+        pass
+    request.reply(200)
+''')
+
+
+def tcp_request_bytes(conn: socket.socket, port: int, call_id: str) -> bytes:
+    return request_bytes("OPTIONS", port=port, transport="TCP", via_port=conn.getsockname()[1], call_id=call_id)
+
+
+def test_a_connections_standing_backlog_is_shed_with_503(oversipd_daemon, tmp_path):
+    """2 000 requests of 1 ms each in one burst over one connection: TCP has no arrival stamps; the
+    worker sees from its reads' pace that what waits is older than SHED_SOJOURN, and sheds it."""
+    pid_file = tmp_path / "o.pid"
+    server = sip_daemon(oversipd_daemon, script=BUSY_SCRIPT, core={"pid_file": str(pid_file)})
+    with socket.create_connection((server.host, server.port)) as conn:
+        burst = b"".join(tcp_request_bytes(conn, server.port, f"burst-{n}") for n in range(2000))
+        # Sent while the responses are read: neither side's buffers fill and stop the other.
+        sender = threading.Thread(target=conn.sendall, args=(burst,))
+        sender.start()
+        reader = StreamReader(conn)
+        statuses = [int(reader.message().split(b" ", 2)[1]) for _ in range(2000)]   # every one answered
+        sender.join()
+    assert 0 < statuses.count(200) < 2000 and statuses.count(503) == 2000 - statuses.count(200)
+    assert counters(pid_file, "busy_503") == statuses.count(503)
+    with socket.create_connection((server.host, server.port)) as conn:   # caught up: served again
+        conn.sendall(tcp_request_bytes(conn, server.port, "after"))
+        assert StreamReader(conn).message().startswith(b"SIP/2.0 200")
+
+
+def test_a_streams_queue_age_is_estimated_from_the_pace_of_its_reads():
+    # The previous read left nothing in the kernel: caught up, whatever came since.
+    assert stream_queue_age(65536, 10000, None, 0, 5.0) is None
+    # 64 KiB took 0.2 s; 64 KiB read now and 192 KiB still queued take 0.8 s more.
+    assert stream_queue_age(65536, 196608, 1.0, 65536, 1.2) == pytest.approx(0.8)
+    # A steady stream read in small pieces: each waited about one read's time.
+    assert stream_queue_age(1000, 20, 1.0, 1000, 1.001) == pytest.approx(0.00102)

@@ -12,8 +12,10 @@ The rules (README "Overload"):
   (no transaction, so the refusal itself costs no memory).
 * A standing receive queue: when, after a whole batch of reads, the next
   datagram in a UDP socket's queue has waited SHED_SOJOURN seconds there
-  (its kernel timestamp), the worker is behind; new requests get the same
-  503 until a read empties the queue.  A 503 costs a fraction of a served
+  (its kernel timestamp), or when what a connection's read brought and left
+  in the kernel will have waited that long (an estimate, transport/listeners.py
+  stream_queue_age), the worker
+  is behind; new requests get the same 503 until a read empties the queue.  A 503 costs a fraction of a served
   request, so the queue drains, the excess hears 503 instead of being
   dropped by the kernel in silence, and what is accepted waits little.
   Judged by the age of what waits, not by a queue that is merely never
@@ -117,12 +119,17 @@ class Admission:
             return Verdict.BUSY
         return Verdict.ADMIT
 
-    def read_udp(self, listener: Any, waited: float | None) -> None:
-        """A UDP listener's reads ended: its queue empty (`waited` None), or its next datagram `waited` s old."""
+    def queue_read(self, source: Any, waited: float | None) -> None:
+        """What a read of a UDP socket or a connection found: its queue empty (`waited` None), or what waits
+        there `waited` seconds old (a datagram's kernel stamp, a stream's estimate: stream_queue_age)."""
         if waited is None:
-            self.behind.discard(listener)   # caught up
+            self.behind.discard(source)   # caught up
         elif waited >= SHED_SOJOURN:
-            self.behind.add(listener)
+            self.behind.add(source)
+
+    def source_gone(self, source: Any) -> None:
+        """A connection closed: whatever it said of the queue goes with it."""
+        self.behind.discard(source)
 
     def charge(self, ip: str, now: float) -> Verdict:
         """Take a token from `ip`'s bucket; a 503 token when none is left; silence after both."""

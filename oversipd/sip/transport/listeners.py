@@ -11,8 +11,10 @@ accepted connection is a flow, oversipd.sip.transport.flows).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import socket
 import struct
+import termios
 import time
 from typing import Any, Protocol
 
@@ -39,6 +41,8 @@ MAX_DATAGRAM = 65536
 SO_TIMESTAMPNS = 35
 TIMESPEC = struct.Struct("@ll")
 TIMESTAMP_SPACE = socket.CMSG_SPACE(TIMESPEC.size)
+QUEUED = struct.Struct("@i")
+QUEUED_BUFFER = bytes(QUEUED.size)
 # Requests within one second that make a client's connection a trunk (issue 23).
 # A phone or a browser sends a few a minute, a busy one a few a second; a
 # trunk from an SBC or a PBX carries its callers' hundreds or thousands.
@@ -122,7 +126,7 @@ class UdpListener:
             try:
                 data, address = recvfrom(size)
             except (BlockingIOError, InterruptedError):
-                self.core.admission.read_udp(self, None)
+                self.core.admission.queue_read(self, None)
                 return
             except OSError:   # e.g. ECONNREFUSED reported for an earlier sendto: nothing to read
                 continue
@@ -135,7 +139,7 @@ class UdpListener:
                 continue
             receive(data, self, address)
         # A whole batch: how long has the next one waited?  The worker may be behind (admission control).
-        self.core.admission.read_udp(self, self.head_waited())
+        self.core.admission.queue_read(self, self.head_waited())
 
     def head_waited(self) -> float | None:
         """Seconds the next datagram has waited in the socket's queue (its kernel timestamp); None: none waits."""
@@ -189,6 +193,9 @@ class TcpConnection(asyncio.Protocol):
     # worker's death (oversipd.kept); a TLS session or a WebSocket's state
     # lives in the worker and dies with it.
     kept_by_master = True
+    fd = -1                            # the socket's descriptor: what the kernel still holds (FIONREAD)
+    backlog_at: float | None = None    # the last read that left bytes in the kernel: when, and its size
+    backlog_read = 0
 
     def __init__(self, server: "TcpListener") -> None:
         self.server = server
@@ -222,12 +229,16 @@ class TcpConnection(asyncio.Protocol):
     def connection_made(self, channel: asyncio.BaseTransport) -> None:
         self.channel = channel  # type: ignore[assignment]
         self.peer = channel.get_extra_info("peername")
+        sock = channel.get_extra_info("socket")
+        if sock is not None:
+            self.fd = sock.fileno()
         self.server.connections.add(self)
         self.last_activity = self.server.loop.time()
         self.arm_idle_timer(self.core.settings.tcp_idle_timeout)
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = self.server.loop.time()
+        self.last_activity = now = self.server.loop.time()
+        self.note_backlog(len(data), now)
         try:
             items = self.framer.feed(data)
         except FramingError as error:
@@ -240,6 +251,13 @@ class TcpConnection(asyncio.Protocol):
                 self.channel.write(CRLF)   # RFC 5626 §4.4.1: a CRLF pong
             else:
                 self.core.receive(item, self, self.peer)
+
+    def note_backlog(self, read: int, now: float) -> None:
+        """Admission control: how long what this read brought, and what still waits, will have waited."""
+        queued = bytes_queued(self.fd)
+        waited = stream_queue_age(read, queued, self.backlog_at, self.backlog_read, now)
+        self.backlog_at, self.backlog_read = (now, read) if queued else (None, 0)
+        self.core.admission.queue_read(self, waited)
 
     def refuse_stream(self, error: FramingError) -> None:
         """SIP.md §11: 400 or 513 when the header block names a request we can answer; then close."""
@@ -274,6 +292,10 @@ class TcpConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.channel is not None:
             self.channel.pause_reading()
+            # Not read while paused: its queue says nothing of the worker's (a peer that stops
+            # reading our responses must not keep the worker shedding everyone's requests).
+            self.backlog_at = None
+            self.core.admission.source_gone(self)
 
     def resume_writing(self) -> None:
         if self.channel is not None and not self.channel.is_closing():
@@ -300,7 +322,32 @@ class TcpConnection(asyncio.Protocol):
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         self.server.connections.discard(self)
+        self.core.admission.source_gone(self)
         self.channel = None
+
+
+def stream_queue_age(read: int, queued: int, previous_at: float | None, previous_read: int,
+                     now: float) -> float | None:
+    """How long the bytes of a connection not handled yet will have waited once handled; None: caught up.
+
+    A stream carries no arrival stamps (Linux's TCP timestamps on loopback
+    are the read's own time), so the age is estimated from the pace of the
+    reads: when the previous read (`previous_read` bytes at `previous_at`)
+    also left bytes in the kernel, the worker was busy all along and took
+    `now - previous_at` to get through them; what it has now — `read` just
+    read and `queued` still in the kernel — takes as long per byte.
+    """
+    if previous_at is None:
+        return None
+    return (read + queued) * (now - previous_at) / max(previous_read, 1)
+
+
+def bytes_queued(fd: int) -> int:
+    """What the kernel holds for a connection, not read yet; 0 when it cannot say."""
+    try:
+        return QUEUED.unpack(fcntl.ioctl(fd, termios.FIONREAD, QUEUED_BUFFER))[0]
+    except (OSError, ValueError):
+        return 0
 
 
 class AcceptedConnection(TcpConnection):
