@@ -12,12 +12,13 @@ The rules (README "Overload"):
   (no transaction, so the refusal itself costs no memory).
 * A standing receive queue: when, after a whole batch of reads, the next
   datagram in a UDP socket's queue has waited SHED_SOJOURN seconds there
-  (its kernel timestamp), or when what a connection's read brought and left
-  in the kernel will have waited that long (an estimate, transport/listeners.py
-  stream_queue_age), the worker
-  is behind; new requests get the same 503 until a read empties the queue.  A 503 costs a fraction of a served
-  request, so the queue drains, the excess hears 503 instead of being
-  dropped by the kernel in silence, and what is accepted waits little.
+  (its kernel timestamp), or when what a connection's read brought and
+  left in the kernel will have waited that long (an estimate:
+  stream_queue_age in transport/listeners.py), the worker is behind; new
+  requests get the same 503 until a read empties that queue.  A 503 costs
+  a fraction of a served request, so the queue drains, the excess hears
+  503 instead of being dropped by the kernel in silence (or waiting in
+  the peer's buffers), and what is accepted waits little.
   Judged by the age of what waits, not by a queue that is merely never
   empty: near a worker's capacity, with its peers on the same cores, the
   queue seldom empties for tens of milliseconds while nothing in it waits
@@ -92,7 +93,8 @@ class Admission:
         self.buckets: dict[str, Bucket] = {}
         self.failures: dict[str, Failures] = {}
         self.connections = 0   # accepted TCP connections open in this worker
-        self.behind: set[Any] = set()   # UDP listeners whose queue stood SHED_SOJOURN, not emptied since
+        # UDP listeners and connections whose queue stood SHED_SOJOURN, not emptied since
+        self.behind: set[Any] = set()
         self.configure(settings)
 
     def configure(self, settings: LimitSettings) -> None:

@@ -251,6 +251,8 @@ class TcpConnection(asyncio.Protocol):
                 self.channel.write(CRLF)   # RFC 5626 §4.4.1: a CRLF pong
             else:
                 self.core.receive(item, self, self.peer)
+        if self.backlog_at is None:   # nothing was left in the kernel: this connection is caught up
+            self.core.admission.queue_read(self, None)
 
     def note_backlog(self, read: int, now: float) -> None:
         """Admission control: how long what this read brought, and what still waits, will have waited."""
