@@ -35,9 +35,13 @@ UDP_RATE = 20          # calls per second over UDP (a socket per call)
 TCP_RATE = 5           # calls per second over the one TCP connection
 CALL_TIMEOUT = 16.0    # the scenario's wait for each 200 (tests/sipp/soak_call_uac.xml)
 STOP_TIMEOUT = 60.0    # the callers' calls in progress end within CALL_TIMEOUT twice, plus their pause
-# Once the stream stopped: Timer J (64*T1) and the proxy's accepted branches
-# (32 s) are the longest a transaction outlives its last message.
-DRAIN_TIMEOUT = 45.0
+# Once the stream stopped, the longest a transaction outlives the caller's last
+# message: a request forwarded to a callee that never answers (SIPp ignores a
+# BYE for a call it aborted; SIPp's caller sends that BYE when it aborts the
+# call at the very end) is retransmitted until Timer F (64*T1, 32 s), answered
+# 408 upstream, and then its server transaction absorbs retransmissions for
+# Timer J (32 s more): 64 s (seed 4230668120 met it: 45 s was too short).
+DRAIN_TIMEOUT = 75.0
 RECONNECT_AFTER = 0.2  # seconds between a TCP caller's end and its next run
 # What the caller logs (tests/sipp/soak_call_uac.xml); a call sipp aborted (a retransmission
 # limit, an unexpected response, its run's end) logs no last line.
