@@ -213,17 +213,22 @@ def test_limit_defaults_are_sip_md_s():
                                             per_source_rate=0, auth_failures=10)
 
 
-# Each request costs the reactor 5 ms: 200 sent at once queue up in the socket.
-SLOW_SCRIPT = module('''
+def busy_script(seconds: float) -> str:
+    """A server script whose every request costs the reactor `seconds` of CPU before its 200."""
+    return module(f'''
 from oversipd import SipEvents
 
 @SipEvents.on_request
 def on_request(request):
-    end = time.perf_counter() + 0.005
+    end = time.perf_counter() + {seconds}
     while time.perf_counter() < end:
         pass
     request.reply(200)
 ''')
+
+
+# Each request costs the reactor 5 ms: 200 sent at once queue up in the socket.
+SLOW_SCRIPT = busy_script(0.005)
 
 
 def test_a_standing_receive_queue_is_shed_with_503_not_dropped(oversipd_daemon, tmp_path):
@@ -249,16 +254,7 @@ def test_a_standing_receive_queue_is_shed_with_503_not_dropped(oversipd_daemon, 
 
 
 # Each request costs the reactor 1 ms.
-BUSY_SCRIPT = module('''
-from oversipd import SipEvents
-
-@SipEvents.on_request
-def on_request(request):
-    end = time.perf_counter() + 0.001
-    while time.perf_counter() < end:
-        pass
-    request.reply(200)
-''')
+BUSY_SCRIPT = busy_script(0.001)
 
 
 def tcp_request_bytes(conn: socket.socket, port: int, call_id: str) -> bytes:

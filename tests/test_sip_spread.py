@@ -63,8 +63,13 @@ def options_over_one_connection(server, count: int) -> list[dict]:
             sock.sendall(request_bytes("OPTIONS", port=server.port, via_port=sock.getsockname()[1],
                                        transport="TCP", call_id=f"one-connection-{number}"))
             assert reader.message().startswith(b"SIP/2.0 200")   # back over the same connection
+    return handled_once_each(server, count)
+
+
+def handled_once_each(server, count: int) -> list[dict]:
+    """The handler's events for `count` requests of distinct Call-IDs, each handled once."""
     events = server.daemon.wait_events("request", count=count)
-    assert len({e["call_id"] for e in events}) == count   # each handled once
+    assert len({e["call_id"] for e in events}) == count
     return events
 
 
@@ -92,9 +97,7 @@ def options_from_one_udp_address(server, count: int) -> list[dict]:
             assert data.startswith(b"SIP/2.0 200") and sender[1] == server.port, (data, sender)
     finally:
         client.close()
-    events = server.daemon.wait_events("request", count=count)
-    assert len({e["call_id"] for e in events}) == count   # each handled once
-    return events
+    return handled_once_each(server, count)
 
 
 def test_requests_from_a_udp_trunk_are_handled_by_both_workers(oversipd_daemon):
