@@ -73,20 +73,6 @@ def handled_once_each(server, count: int) -> list[dict]:
     return events
 
 
-def test_requests_read_from_a_trunk_are_handled_by_both_workers(oversipd_daemon):
-    server = sip_daemon(oversipd_daemon, workers=2)
-    events = options_over_one_connection(server, TRUNK_REQUESTS)   # TRUNK_RATE within a second, and more
-    by_worker = collections.Counter(e["worker"] for e in events)
-    assert set(by_worker) == {1, 2} and min(by_worker.values()) >= TRUNK_REQUESTS // 4, by_worker
-    server.daemon.wait_log("a trunk, its requests now spread over the workers by Call-ID")
-
-
-def test_a_phones_connection_keeps_its_requests_with_the_worker_holding_it(oversipd_daemon):
-    server = sip_daemon(oversipd_daemon, workers=2)
-    events = options_over_one_connection(server, TRUNK_RATE - 1)
-    assert len({e["worker"] for e in events}) == 1
-
-
 def options_from_one_udp_address(server, count: int) -> list[dict]:
     """`count` OPTIONS, one after the other, from one UDP socket; the handler's events."""
     client = UdpClient(server)
@@ -100,46 +86,42 @@ def options_from_one_udp_address(server, count: int) -> list[dict]:
     return handled_once_each(server, count)
 
 
-def test_requests_from_a_udp_trunk_are_handled_by_both_workers(oversipd_daemon):
+# One trunk (a connection, or a UDP source address) and one phone, over each transport.
+ONE_SOURCE = pytest.mark.parametrize("send", [options_over_one_connection, options_from_one_udp_address],
+                                     ids=["tcp", "udp"])
+
+
+@ONE_SOURCE
+def test_requests_read_from_a_trunk_are_handled_by_both_workers(oversipd_daemon, send):
     server = sip_daemon(oversipd_daemon, workers=2)
-    events = options_from_one_udp_address(server, TRUNK_REQUESTS)
+    events = send(server, TRUNK_REQUESTS)   # TRUNK_RATE within a second, and more
     by_worker = collections.Counter(e["worker"] for e in events)
     assert set(by_worker) == {1, 2} and min(by_worker.values()) >= TRUNK_REQUESTS // 4, by_worker
     server.daemon.wait_log("a trunk, its requests now spread over the workers by Call-ID")
 
 
-def test_a_phones_udp_requests_stay_with_the_worker_of_its_slot(oversipd_daemon):
+@ONE_SOURCE
+def test_a_phones_requests_stay_with_the_worker_holding_its_connection_or_slot(oversipd_daemon, send):
     server = sip_daemon(oversipd_daemon, workers=2)
-    events = options_from_one_udp_address(server, TRUNK_RATE - 1)
+    events = send(server, TRUNK_RATE - 1)
     assert len({e["worker"] for e in events}) == 1
 
 
-def test_a_udp_trunk_in_and_out_carries_calls_routed_by_both_workers(oversipd_daemon, callees):
-    """SIPp's caller and callee each on one UDP socket: retransmissions, ACKs and BYEs meet their worker."""
+@pytest.mark.parametrize("transport, sipp", [("tcp", "t1"), ("udp", "u1")], ids=["tcp", "udp"])
+def test_a_trunk_in_and_one_out_carry_calls_routed_by_both_workers(oversipd_daemon, callees, transport, sipp):
+    """SIPp's caller and callee each on one connection, or one UDP socket: every request of a call,
+    retransmissions included, meets the worker its Call-ID hashes to, and each callback runs once."""
     server = sip_daemon(oversipd_daemon, script=ROUTING_SCRIPT, workers=2,
-                        extra_tables={"proxy.proxy_out": PROFILE})
-    uas = callees("proxy_call_uas.xml", transport="u1", calls=TRUNK_CALLS)
-    result = call(server, f"127.0.0.1:{uas.port}", "udp", transport="u1", calls=TRUNK_CALLS, rate=100)
+                        extra_tables={"proxy.proxy_out": {**PROFILE, "transport_preference": [transport]}})
+    uas = callees("proxy_call_uas.xml", transport=sipp, calls=TRUNK_CALLS)
+    # 100 calls/s: INVITE, ACK and BYE make the caller a trunk within a fraction of a second.
+    result = call(server, f"127.0.0.1:{uas.port}", transport, transport=sipp, calls=TRUNK_CALLS, rate=100)
     assert sipp_counts(result) == (TRUNK_CALLS, 0), result.stdout[-3000:]
     status, output = uas.finish()
     assert status == 0, output[-3000:]
     events = server.daemon.wait_events("success", count=2 * TRUNK_CALLS)
     assert collections.Counter((e["call_id"], e["method"]) for e in events).most_common(1)[0][1] == 1
     by_worker = collections.Counter(e["worker"] for e in events if e["method"] == "INVITE")
-    assert set(by_worker) == {1, 2} and min(by_worker.values()) >= TRUNK_CALLS // 5, by_worker
-
-
-def test_a_trunk_connection_in_and_one_out_carry_calls_routed_by_both_workers(oversipd_daemon, callees):
-    server = sip_daemon(oversipd_daemon, script=ROUTING_SCRIPT, workers=2,
-                        extra_tables={"proxy.proxy_out": {**PROFILE, "transport_preference": ["tcp"]}})
-    uas = callees("proxy_call_uas.xml", transport="t1", calls=TRUNK_CALLS)
-    # 100 calls/s: INVITE, ACK and BYE make the caller's connection a trunk within a fraction of a second.
-    result = call(server, f"127.0.0.1:{uas.port}", "tcp", transport="t1", calls=TRUNK_CALLS, rate=100)
-    assert sipp_counts(result) == (TRUNK_CALLS, 0), result.stdout[-3000:]
-    status, output = uas.finish()
-    assert status == 0, output[-3000:]
-    invites = [e for e in server.daemon.wait_events("success", count=2 * TRUNK_CALLS) if e["method"] == "INVITE"]
-    by_worker = collections.Counter(e["worker"] for e in invites)
     assert set(by_worker) == {1, 2} and min(by_worker.values()) >= TRUNK_CALLS // 5, by_worker
 
 
