@@ -173,6 +173,32 @@ def test_bindings_are_read_while_another_process_writes_and_an_expired_one_is_de
     assert (listed.status, list(bound_contacts(listed))) == (200, [phone.contact()[1:-1]])
 
 
+def test_a_register_meeting_another_process_s_write_lock_waits_for_it_while_the_worker_serves_on(sqlite_server):
+    """A worker writes in its reactor only when the write lock is free at once; else its store's thread waits."""
+    phone = SipPhone(sqlite_server, "alice")
+    phone.authenticated_register(f"Contact: {phone.contact()}")   # the file, its tables, the worker's writer
+    database = sqlite3.connect(sqlite_server.daemon.directory / "location.db", isolation_level=None)
+    try:
+        database.execute("BEGIN IMMEDIATE")
+        challenge = challenges(phone.register(f"Contact: {phone.contact(';expires=120')}"))[0]
+        phone.cseq += 1
+        phone.send_request("REGISTER", phone.uri, f"Contact: {phone.contact(';expires=120')}",
+                           "Authorization: " + authorization("REGISTER", phone.uri, phone.user, phone.password,
+                                                             challenge),
+                           cseq=phone.cseq, to=f"<sip:alice@{phone.domain}>")
+        # From the same address, so to the same worker: answered while that REGISTER waits for the lock.
+        phone.send_request("OPTIONS", phone.uri, cseq=1, to=f"<{phone.uri}>", call_id=uuid.uuid4().hex)
+        meanwhile = phone.response()
+        database.execute("ROLLBACK")
+    finally:
+        database.close()
+    assert (meanwhile.status, meanwhile.cseq_method) == (200, "OPTIONS")
+    registered = phone.response()
+    assert (registered.status, registered.cseq_method) == (200, "REGISTER")
+    # Stored as the lock came free (a reactor that had waited on it would answer 2 s later: 118).
+    assert list(bound_contacts(registered).values()) in ([120], [119])
+
+
 @parametrised_stores
 def test_a_register_older_than_the_binding_in_its_call_id_is_refused(oversipd_daemon, store_url):
     server = registrar_daemon(oversipd_daemon, store_url)
