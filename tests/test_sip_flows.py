@@ -295,6 +295,51 @@ def test_a_request_for_a_closed_connection_gets_430_from_either_worker(flow_serv
     assert {e["status"] for e in daemon.find("error")} == {430}
 
 
+SMALL_RELAY_QUEUE = """
+import oversipd.sip.transport.relay as relay
+relay.MAX_PENDING = 4   # what may wait for another worker's relay queue: the daemon's 4096, made small here
+"""
+
+
+def caller_routed_by(server, route: str, slot: int) -> UdpClient:
+    """A UDP caller whose MESSAGEs the worker of `slot` routes (the kernel's reuseport hash of its
+    address picks the slot and keeps it): fresh ports until one is answered from there."""
+    for number in range(MAX_CALLERS):
+        caller = UdpClient(server)
+        call_id = f"probe-{caller.port}"
+        caller.send(message_for_client(route, caller.port, call_id))
+        assert final_status(caller) == 200
+        if server.daemon.wait_events("request", call_id=call_id)[0]["worker"] == slot:
+            return caller
+        caller.close()
+    raise AssertionError(f"{MAX_CALLERS} callers and none routed by worker {slot}")
+
+
+def test_a_request_for_a_flow_whose_worker_is_far_behind_gets_503_not_430(oversipd_daemon, registrar):
+    """A 430 tells an Outbound client its flow died (it re-registers: more load); the flow lives, its worker lags."""
+    server = sip_daemon(oversipd_daemon, script=FLOW_SCRIPT + SMALL_RELAY_QUEUE, workers=2,
+                        extra_tables={"proxy.proxy_out": PROFILE})
+    daemon = server.daemon
+    with registered_client(server, registrar) as (client, route):
+        holder = owner_of_connection(daemon, client)
+        caller = caller_routed_by(server, route, 3 - holder)
+        count = 40   # beyond the relay's kernel queue (net.unix.max_dgram_qlen, 10 here) and the 4 waiting
+        holder_pid = daemon.worker_pids()[holder]
+        os.kill(holder_pid, signal.SIGSTOP)   # alive, holding the flow, reading nothing
+        try:
+            for number in range(count):
+                caller.send(message_for_client(route, caller.port, f"lagging-{number}"))
+            first = final_status(caller)   # what could not wait in line is answered at once
+        finally:
+            os.kill(holder_pid, signal.SIGCONT)
+        statuses = [first] + [final_status(caller) for _ in range(count - 1)]
+        caller.close()
+    assert first == 503
+    assert set(statuses) == {200, 503}, statuses
+    waited = [request for request in client.received if request.call_id.startswith("lagging-")]
+    assert len(waited) == statuses.count(200)   # those that waited in line reached the client
+
+
 def test_a_forged_flow_token_is_not_a_flow(flow_server, registrar):
     with registered_client(flow_server, registrar) as (client, route):
         token = route[len("<sip:"):route.index("@")]

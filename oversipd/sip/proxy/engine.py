@@ -325,14 +325,14 @@ class ProxyEngine(Logger):
         return await self.next_hops.source_for(target.transport, address, (host or "").strip("[]") or None,
                                                tls_event), address
 
-    def flow_gone(self, branch: str, method: str) -> None:
-        """The flow a request of ours was passed to is gone: 430 upstream (SIP.md §10)."""
+    def flow_gone(self, branch: str, method: str, outcome: tuple[int, str] = FLOW_FAILED) -> None:
+        """The flow a request of ours was passed to is gone: 430 upstream (SIP.md §10); or `outcome`."""
         tx = self.clients.transactions.get(client_key(branch, method))
         if tx is None:
             return
         forward = self.clients.terminate(tx)
         if forward is not None and tx is forward.tx:
-            self.fail(forward, *FLOW_FAILED)
+            self.fail(forward, *outcome)
 
     def send(self, source: Any, address: Any, data: bytes) -> bool:
         return self.core.send(source, address, data, None)

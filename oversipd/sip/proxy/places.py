@@ -14,7 +14,7 @@ from typing import Any
 
 from ..syntax.message import Request as Message, parse_message
 from ..syntax.peek import call_id_of
-from ..transport.flows import FlowTarget, RelayedFlow
+from ..transport.flows import FLOW_FAILED, FlowTarget, RelayedFlow
 from ..transport.listeners import AcceptedConnection, UdpListener
 from ..transport.outgoing import ANOTHER_WORKERS_NEXT_HOP
 from ..transport.relay import SlotRelay, place_of
@@ -24,6 +24,7 @@ from .headers import peek_place
 # a request for it waits this long for the new worker before it gets 430.
 FLOW_HOLDER_WAIT = 1.0
 FLOW_RETRY = 0.02
+HOLDER_OVERLOADED = (503, "Service Unavailable")
 FLOW_SOURCE = "flow:"   # a relayed message that came in over a flow: "flow:SLOT:FLOW-ID:TRANSPORT"
 NEXT_HOP_SOURCE = "next-hop"   # a relayed response that came in over another worker's next-hop connection
 
@@ -61,13 +62,20 @@ class OtherWorkers:
         holder = place_of(target.slot_id, self.engine.generation)
         if relay is not None and relay.pass_to_flow(holder, target.flow_id, request):
             return True
-        if relay is None or waited >= FLOW_HOLDER_WAIT:
-            transaction = _transaction_of(request)
-            if transaction is not None:
-                self.engine.flow_gone(*transaction)
+        if relay is not None and relay.backed_up(holder):
+            # The flow is alive; its worker is overloaded: a 430 would send an Outbound client
+            # to re-register (RFC 5626 §4.4), more load; a retry would only wait in line.
+            self.fail_transaction_of(request, HOLDER_OVERLOADED)
+        elif relay is None or waited >= FLOW_HOLDER_WAIT:
+            self.fail_transaction_of(request, FLOW_FAILED)
         else:
             self.engine.loop.call_later(FLOW_RETRY, self.pass_to_flow, target, request, waited + FLOW_RETRY)
         return True   # sent as far as the transaction knows: flow_gone ends it if it never gets there
+
+    def fail_transaction_of(self, request: bytes, outcome: tuple[int, str]) -> None:
+        transaction = _transaction_of(request)
+        if transaction is not None:
+            self.engine.flow_gone(*transaction, outcome=outcome)
 
     def send_on_flow(self, flow_id: int, origin: str, request: bytes) -> None:
         """Another worker's request for a flow of ours: out over it, or tell that worker it is gone."""

@@ -132,6 +132,11 @@ class SlotRelay:
         """A request for that place's worker to send over its flow `flow_id`."""
         return self.send(place, KIND_FLOW, f"{flow_id} {self.place}", request)
 
+    def backed_up(self, place: str) -> bool:
+        """That place's worker is alive but MAX_PENDING datagrams behind: what we pass on waits seconds."""
+        peer = self.peers.get(place)
+        return peer is not None and len(peer.pending) >= MAX_PENDING
+
     def tell_flow_gone(self, place: str, branch: str, method: str) -> bool:
         return self.send(place, KIND_GONE, f"{branch} {method}", b"")
 
