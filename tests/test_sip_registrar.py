@@ -250,6 +250,13 @@ BAD_CREDENTIALS = [
     'Basic YWxpY2U6eA==', 'Digest username="alice", realm="oversipd", nonce="' + "9" * 300 + '", qop=auth-int',
 ]
 
+def test_credentials_are_read_with_quoted_pairs_undone_and_other_schemes_refused():
+    value = r'Digest username="al\"ice", realm="a\\b", nonce="n", uri="sip:x", response="r", qop=auth, nc=00000001'
+    assert digest.parse_credentials(value) == {"username": 'al"ice', "realm": "a\\b", "nonce": "n", "uri": "sip:x",
+                                               "response": "r", "qop": "auth", "nc": "00000001"}
+    assert digest.parse_credentials('Basic YWxpY2U6eA==') is None
+
+
 
 def test_bad_registers_get_400_bad_credentials_a_fresh_challenge_and_the_worker_serves_on(sqlite_server):
     phone = SipPhone(sqlite_server, "alice")

@@ -17,6 +17,7 @@ import time
 ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 _MAC_BYTES = 12
 _PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*("((?:[^"\\]|\\.)*)"|[^\s,]+)\s*(,|$)')
+_QUOTED_PAIR = re.compile(r"\\(.)")
 
 
 def hexdigest(algorithm: str, text: str) -> str:
@@ -60,9 +61,14 @@ def parse_credentials(value: str) -> dict[str, str] | None:
         if match is None:
             return None
         raw = match.group(3)
-        params[match.group(1).lower()] = re.sub(r"\\(.)", r"\1", raw) if raw is not None else match.group(2)
+        params[match.group(1).lower()] = match.group(2) if raw is None else _unquoted(raw)
         position = match.end()
     return params
+
+
+def _unquoted(raw: str) -> str:
+    """A quoted-string's content with its quoted pairs undone (RFC 3261 §25.1); most have none."""
+    return _QUOTED_PAIR.sub(r"\1", raw) if "\\" in raw else raw
 
 
 def challenge(realm: str, nonce: str, algorithm: str, stale: bool) -> str:
