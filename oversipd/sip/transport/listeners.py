@@ -259,7 +259,8 @@ class TcpConnection(asyncio.Protocol):
         queued = bytes_queued(self.fd)
         waited = stream_queue_age(read, queued, self.backlog_at, self.backlog_read, now)
         self.backlog_at, self.backlog_read = (now, read) if queued else (None, 0)
-        self.core.admission.queue_read(self, waited)
+        if waited is not None:   # None: the last read left nothing queued, so this one is not marked behind
+            self.core.admission.queue_read(self, waited)
 
     def refuse_stream(self, error: FramingError) -> None:
         """SIP.md §11: 400 or 513 when the header block names a request we can answer; then close."""

@@ -135,7 +135,7 @@ class SlotRelay:
     def backed_up(self, place: str) -> bool:
         """That place's worker is alive but MAX_PENDING datagrams behind: what we pass on waits seconds."""
         peer = self.peers.get(place)
-        return peer is not None and len(peer.pending) >= MAX_PENDING
+        return peer is not None and peer.full()
 
     def tell_flow_gone(self, place: str, branch: str, method: str) -> bool:
         return self.send(place, KIND_GONE, f"{branch} {method}", b"")
@@ -198,8 +198,11 @@ class _PeerSlot:
         self.loop = loop
         self.pending: deque[bytes] = deque()
 
+    def full(self) -> bool:
+        return len(self.pending) >= MAX_PENDING
+
     def queue(self, data: bytes) -> bool:
-        if len(self.pending) >= MAX_PENDING:
+        if self.full():
             return False
         if not self.pending:
             self.loop.add_writer(self.sock.fileno(), self.flush)
